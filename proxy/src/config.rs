@@ -1,0 +1,562 @@
+//! The configuration file: one YAML document, checked completely at start-up.
+//!
+//! A gateway that starts with a typo in its config and silently ignores the key
+//! is a security hole, so unknown keys are errors, and every error names the
+//! key (`listen.broker_port_base`) and says why it is wrong.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole Custos configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: ListenConfig,
+    /// The Kafka cluster Custos fronts.
+    pub upstream: UpstreamConfig,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The admin HTTP server.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Client-facing listeners and the addresses advertised to clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address the listeners bind to.
+    #[serde(default = "default_listen_host")]
+    pub host: String,
+    /// Host name or address written into Metadata and FindCoordinator answers;
+    /// clients must be able to reach Custos at it.
+    pub advertised_host: String,
+    /// Port of the bootstrap listener (what clients put in `bootstrap.servers`).
+    pub bootstrap_port: u16,
+    /// Upstream broker with node id N is exposed at `broker_port_base + N`.
+    pub broker_port_base: u16,
+    /// Largest broker node id Custos will expose; bounds the port range.
+    #[serde(default = "default_max_broker_id")]
+    pub max_broker_id: u16,
+    /// TLS towards clients; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// TLS settings of the client-facing listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain presented to clients.
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// PEM CA bundle that client certificates must chain to.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// The upstream Kafka cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of one or more brokers, used to discover the rest.
+    pub bootstrap_servers: Vec<String>,
+    /// TLS towards brokers; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// Time allowed to open (and secure) a connection to a broker.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How often Custos refreshes the broker list on its own.
+    #[serde(default = "default_metadata_refresh_ms")]
+    pub metadata_refresh_ms: u64,
+}
+
+/// TLS settings towards the brokers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM CA bundle that broker certificates must chain to.
+    pub ca: PathBuf,
+    /// PEM client certificate chain, for brokers that require mTLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Name to verify broker certificates against, instead of each broker's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest Kafka frame accepted in either direction, in bytes.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Most client connections served at once; further ones are closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most requests in flight per connection before Custos stops reading.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: default_max_frame_bytes(),
+            max_connections: default_max_connections(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+/// The admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to serve on.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `custos=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_listen_host() -> String {
+    "0.0.0.0".into()
+}
+fn default_max_broker_id() -> u16 {
+    1000
+}
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+fn default_metadata_refresh_ms() -> u64 {
+    30_000
+}
+fn default_max_frame_bytes() -> usize {
+    // Kafka's own `socket.request.max.bytes` default.
+    100 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_in_flight() -> usize {
+    128
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9400))
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, empty for the whole file.
+    pub key: String,
+    /// Why it is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+/// All errors found in one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    /// File the errors are about.
+    pub file: String,
+    /// The errors, in file order.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.file)?;
+        for e in &self.errors {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![err("", format!("cannot read file: {e}"))],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|errors| ConfigErrors { file, errors })
+    }
+
+    /// Parses and validates YAML text; relative TLS paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            vec![err(&key, e.into_inner().to_string())]
+        })?;
+        cfg.resolve_paths(base);
+        let errors = cfg.validate();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(t) = &mut self.listen.tls {
+            fix(&mut t.cert);
+            fix(&mut t.key);
+            if let Some(ca) = &mut t.client_ca {
+                fix(ca);
+            }
+        }
+        if let Some(t) = &mut self.upstream.tls {
+            fix(&mut t.ca);
+            if let Some(c) = &mut t.cert {
+                fix(c);
+            }
+            if let Some(k) = &mut t.key {
+                fix(k);
+            }
+        }
+    }
+
+    /// Checks every rule that types alone cannot express; returns all violations.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let l = &self.listen;
+        if l.advertised_host.trim().is_empty() {
+            errors.push(err("listen.advertised_host", "must not be empty"));
+        }
+        if l.bootstrap_port == 0 {
+            errors.push(err(
+                "listen.bootstrap_port",
+                "must be a port between 1 and 65535",
+            ));
+        }
+        if l.broker_port_base == 0 {
+            errors.push(err(
+                "listen.broker_port_base",
+                "must be a port between 1 and 65535",
+            ));
+        }
+        let top = u32::from(l.broker_port_base) + u32::from(l.max_broker_id);
+        if top > 65535 {
+            errors.push(err(
+                "listen.broker_port_base",
+                format!(
+                    "broker_port_base {} + max_broker_id {} = {top} exceeds the largest port 65535",
+                    l.broker_port_base, l.max_broker_id
+                ),
+            ));
+        }
+        let range = u32::from(l.broker_port_base)..=top;
+        if range.contains(&u32::from(l.bootstrap_port)) {
+            errors.push(err(
+                "listen.bootstrap_port",
+                format!(
+                    "{} falls inside the broker port range {}..={top}",
+                    l.bootstrap_port, l.broker_port_base
+                ),
+            ));
+        }
+        if range.contains(&u32::from(self.admin.listen.port())) {
+            errors.push(err(
+                "admin.listen",
+                format!(
+                    "port {} falls inside the broker port range {}..={top}",
+                    self.admin.listen.port(),
+                    l.broker_port_base
+                ),
+            ));
+        }
+        if self.admin.listen.port() == l.bootstrap_port {
+            errors.push(err(
+                "admin.listen",
+                "uses the same port as listen.bootstrap_port",
+            ));
+        }
+        if let Some(t) = &l.tls {
+            check_file(&mut errors, "listen.tls.cert", &t.cert);
+            check_file(&mut errors, "listen.tls.key", &t.key);
+            if let Some(ca) = &t.client_ca {
+                check_file(&mut errors, "listen.tls.client_ca", ca);
+            } else if t.require_client_cert {
+                errors.push(err(
+                    "listen.tls.require_client_cert",
+                    "is true but listen.tls.client_ca is not set, so no certificate could be verified",
+                ));
+            }
+        }
+        let u = &self.upstream;
+        if u.bootstrap_servers.is_empty() {
+            errors.push(err(
+                "upstream.bootstrap_servers",
+                "must list at least one host:port",
+            ));
+        }
+        for (i, s) in u.bootstrap_servers.iter().enumerate() {
+            if let Err(why) = parse_host_port(s) {
+                errors.push(err(&format!("upstream.bootstrap_servers[{i}]"), why));
+            }
+        }
+        if u.connect_timeout_ms == 0 {
+            errors.push(err("upstream.connect_timeout_ms", "must be greater than 0"));
+        }
+        if u.metadata_refresh_ms < 1000 {
+            errors.push(err("upstream.metadata_refresh_ms", "must be at least 1000"));
+        }
+        if let Some(t) = &u.tls {
+            check_file(&mut errors, "upstream.tls.ca", &t.ca);
+            match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => {
+                    check_file(&mut errors, "upstream.tls.cert", c);
+                    check_file(&mut errors, "upstream.tls.key", k);
+                }
+                (None, None) => {}
+                (Some(_), None) => errors.push(err(
+                    "upstream.tls.key",
+                    "is required when upstream.tls.cert is set",
+                )),
+                (None, Some(_)) => errors.push(err(
+                    "upstream.tls.cert",
+                    "is required when upstream.tls.key is set",
+                )),
+            }
+        }
+        let lim = &self.limits;
+        if lim.max_frame_bytes < 1024 || lim.max_frame_bytes > i32::MAX as usize {
+            errors.push(err(
+                "limits.max_frame_bytes",
+                format!("must be between 1024 and {}", i32::MAX),
+            ));
+        }
+        if lim.max_connections == 0 {
+            errors.push(err("limits.max_connections", "must be greater than 0"));
+        }
+        if lim.max_in_flight == 0 {
+            errors.push(err("limits.max_in_flight", "must be greater than 0"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            errors.push(err("log.level", format!("is not a valid filter: {e}")));
+        }
+        errors
+    }
+}
+
+fn check_file(errors: &mut Vec<ConfigError>, key: &str, path: &Path) {
+    if let Err(e) = std::fs::metadata(path) {
+        errors.push(err(key, format!("cannot read {}: {e}", path.display())));
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`), with a reason when it is malformed.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{s:?} has an empty host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?} has an invalid port {port:?}"))?;
+    if port == 0 {
+        return Err(format!("{s:?} has port 0"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+listen:
+  advertised_host: proxy.local
+  bootstrap_port: 9092
+  broker_port_base: 9100
+upstream:
+  bootstrap_servers: [\"kafka-1:9092\", \"[::1]:9093\"]
+admin:
+  listen: 127.0.0.1:8400
+";
+
+    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(text, Path::new("/nonexistent"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.listen.host, "0.0.0.0");
+        assert_eq!(c.limits.max_frame_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.shutdown.drain_timeout_ms, 30_000);
+        assert_eq!(
+            parse_host_port(&c.upstream.bootstrap_servers[1]),
+            Ok(("::1".to_string(), 9093))
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("bootstrap_port: 9092", "bootstrap_prot: 9092");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e[0].key, "listen.bootstrap_prot");
+        assert!(e[0].message.contains("unknown field"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = GOOD.replace("broker_port_base: 9100", "broker_port_base: lots");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e[0].key, "listen.broker_port_base");
+    }
+
+    #[test]
+    fn port_range_overflow_and_overlap_are_reported_together() {
+        let text = GOOD
+            .replace("broker_port_base: 9100", "broker_port_base: 65000")
+            .replace("bootstrap_port: 9092", "bootstrap_port: 65001");
+        let e = parse(&text).unwrap_err();
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"listen.broker_port_base"), "{keys:?}");
+        assert!(keys.contains(&"listen.bootstrap_port"), "{keys:?}");
+    }
+
+    #[test]
+    fn bad_bootstrap_server_is_indexed() {
+        let text = GOOD.replace("\"[::1]:9093\"", "\"kafka-2\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e[0].key, "upstream.bootstrap_servers[1]");
+    }
+
+    #[test]
+    fn missing_tls_files_are_named() {
+        let text = GOOD.replace(
+            "upstream:\n  bootstrap_servers",
+            "upstream:\n  tls:\n    ca: missing-ca.pem\n  bootstrap_servers",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.key == "upstream.tls.ca" && e.message.contains("missing-ca.pem")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn require_client_cert_needs_a_ca() {
+        let text = GOOD.replace(
+            "  broker_port_base: 9100\n",
+            "  broker_port_base: 9100\n  tls:\n    cert: /etc/hostname\n    key: /etc/hostname\n    require_client_cert: true\n",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e[0].key, "listen.tls.require_client_cert");
+    }
+}

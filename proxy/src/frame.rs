@@ -1,0 +1,184 @@
+//! Kafka framing: a 4-byte big-endian length, then that many bytes.
+//!
+//! The length prefix decides everything: a frame is split off the read buffer
+//! without copying once it is whole, and a length that is negative or above the
+//! configured maximum ends the connection before any memory is reserved for it,
+//! so a hostile peer cannot make Custos allocate what it claims.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::Decoder;
+
+/// Why a stream of frames could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The peer announced a frame larger than allowed.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The length prefix was negative: not Kafka.
+    #[error("negative frame length {0}")]
+    NegativeLength(i32),
+    /// The stream ended inside a frame.
+    #[error("connection closed inside a frame ({have} of {want} bytes received)")]
+    Truncated {
+        /// Bytes received (prefix included).
+        have: usize,
+        /// Bytes the frame needed (prefix included).
+        want: usize,
+    },
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A `tokio_util` decoder of Kafka frames; yields each frame body without its prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max: usize,
+}
+
+impl FrameCodec {
+    /// A codec refusing frames above `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self { max }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+        if len < 0 {
+            return Err(FrameError::NegativeLength(len));
+        }
+        let len = len as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if src.len() < 4 + len {
+            // Reserve once for the whole frame so a large frame is not read
+            // through a series of small reallocations.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(len).freeze()))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                let want = if src.len() >= 4 {
+                    4 + i32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize
+                } else {
+                    4
+                };
+                Err(FrameError::Truncated {
+                    have: src.len(),
+                    want,
+                })
+            }
+        }
+    }
+}
+
+/// Writes one frame (prefix and body) without copying the body.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &Bytes) -> std::io::Result<()> {
+    let prefix = (body.len() as u32).to_be_bytes();
+    let mut buf = (&prefix[..]).chain(body.clone());
+    // write_all_buf uses vectored writes where the stream supports them, so
+    // the prefix and the body go out in one system call without a copy.
+    w.write_all_buf(&mut buf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn splits_pipelined_frames_and_waits_for_partial_ones() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&frame(b"one"));
+        buf.extend_from_slice(&frame(b"second"));
+        buf.extend_from_slice(&frame(b"third")[..5]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("ok").as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            codec.decode(&mut buf).expect("ok").as_deref(),
+            Some(&b"second"[..])
+        );
+        assert!(codec.decode(&mut buf).expect("ok").is_none());
+        buf.extend_from_slice(&frame(b"third")[5..]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("ok").as_deref(),
+            Some(&b"third"[..])
+        );
+    }
+
+    #[test]
+    fn refuses_oversized_frames_before_buffering_them() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&2000u32.to_be_bytes()[..]);
+        match codec.decode(&mut buf) {
+            Err(FrameError::TooLarge {
+                len: 2000,
+                max: 1024,
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(buf.capacity() < 2000);
+    }
+
+    #[test]
+    fn refuses_negative_lengths() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&(-5i32).to_be_bytes()[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::NegativeLength(-5))
+        ));
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_an_error() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&frame(b"truncated")[..6]);
+        match codec.decode_eof(&mut buf) {
+            Err(FrameError::Truncated { have: 6, want: 13 }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut empty = BytesMut::new();
+        assert!(codec.decode_eof(&mut empty).expect("clean eof").is_none());
+    }
+
+    #[tokio::test]
+    async fn write_frame_prefixes_the_length() {
+        let mut out = Vec::new();
+        write_frame(&mut out, &Bytes::from_static(b"abc"))
+            .await
+            .expect("write");
+        assert_eq!(out, frame(b"abc"));
+    }
+}

@@ -1,0 +1,27 @@
+//! Custos: a Kafka-protocol security and compliance gateway.
+//!
+//! A Kafka request's path through this crate, by file:
+//! `server.rs` accepts the connection (TLS in `tls.rs`) and opens the upstream
+//! one (`upstream.rs`); `session.rs` reads frames (`frame.rs`), decodes the
+//! header (`message.rs`), checks the allow-list (`versions.rs`), runs the
+//! stages (`pipeline.rs`, one file each under `stages/`), and forwards; the
+//! response comes back through the same session and stages. Broker addresses
+//! are mapped in `broker_map.rs`; `admin.rs` and `metrics.rs` serve operators;
+//! `config.rs` reads the one configuration file.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod broker_map;
+pub mod config;
+pub mod frame;
+pub mod message;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod session;
+pub mod stages;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+pub mod versions;

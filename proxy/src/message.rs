@@ -1,0 +1,463 @@
+//! Requests and responses as they cross Custos: raw bytes first, decoded on demand.
+//!
+//! Every request header is decoded (api key, version, correlation id, client
+//! id): Custos needs it to route, refuse and match responses. Bodies stay the
+//! `Bytes` they arrived in unless a stage asks for them; a body that a stage
+//! only reads is never re-encoded, and one it changed is re-encoded behind the
+//! original header bytes.
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, VersionRange};
+
+use crate::versions;
+
+/// Kafka's UNSUPPORTED_VERSION error code.
+pub const UNSUPPORTED_VERSION: i16 = 35;
+
+/// Why a request frame was refused before any stage saw it.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// Too short to hold a request header.
+    #[error("frame of {0} bytes is too short for a request header")]
+    TooShort(usize),
+    /// An api key Kafka does not define, or Custos does not forward.
+    #[error("api key {0} is not allowed through Custos")]
+    RefusedApiKey(i16),
+    /// A version outside what Custos accepts for that api.
+    #[error("{key:?} version {version} is outside the accepted range {range}")]
+    UnsupportedVersion {
+        /// The api.
+        key: ApiKey,
+        /// Version asked for.
+        version: i16,
+        /// Versions accepted.
+        range: VersionRange,
+    },
+    /// The header or body did not decode.
+    #[error("malformed {what}: {why}")]
+    Malformed {
+        /// Which part.
+        what: &'static str,
+        /// Decoder's reason.
+        why: String,
+    },
+}
+
+/// Why a body could not be decoded or encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{api:?} v{version} body: {why}")]
+pub struct CodecError {
+    /// The api.
+    pub api: ApiKey,
+    /// The version.
+    pub version: i16,
+    /// Decoder's or encoder's reason.
+    pub why: String,
+}
+
+/// A client request on its way to the broker.
+#[derive(Debug)]
+pub struct Request {
+    /// The api.
+    pub api_key: ApiKey,
+    /// The decoded header.
+    pub header: RequestHeader,
+    raw: Bytes,
+    body_offset: usize,
+    body: Option<RequestKind>,
+    dirty: bool,
+}
+
+impl Request {
+    /// Decodes the header of a request frame and checks the allow-list.
+    pub fn parse(raw: Bytes) -> Result<Request, RequestError> {
+        if raw.len() < 8 {
+            return Err(RequestError::TooShort(raw.len()));
+        }
+        let api_key_raw = i16::from_be_bytes([raw[0], raw[1]]);
+        let version = i16::from_be_bytes([raw[2], raw[3]]);
+        let (api_key, range) =
+            versions::allowed_raw(api_key_raw).ok_or(RequestError::RefusedApiKey(api_key_raw))?;
+        // ApiVersions is the one api a client may send at a version the server
+        // does not know: the broker answers with its list at version 0, which
+        // is how clients negotiate (KIP-511).
+        let version_ok = if api_key == ApiKey::ApiVersions {
+            version >= 0
+        } else {
+            version >= range.min && version <= range.max
+        };
+        if !version_ok {
+            return Err(RequestError::UnsupportedVersion {
+                key: api_key,
+                version,
+                range,
+            });
+        }
+        let header_version = api_key.request_header_version(version.min(range.max));
+        let mut buf = raw.clone();
+        let header = RequestHeader::decode(&mut buf, header_version).map_err(|e| {
+            RequestError::Malformed {
+                what: "request header",
+                why: e.to_string(),
+            }
+        })?;
+        let body_offset = raw.len() - buf.remaining();
+        Ok(Request {
+            api_key,
+            header,
+            raw,
+            body_offset,
+            body: None,
+            dirty: false,
+        })
+    }
+
+    /// The request's api version.
+    pub fn version(&self) -> i16 {
+        self.header.request_api_version
+    }
+
+    /// The correlation id the response will carry.
+    pub fn correlation_id(&self) -> i32 {
+        self.header.correlation_id
+    }
+
+    /// The whole frame as received (or as re-encoded, once `into_bytes` ran).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Whether the broker will answer: a Produce with `acks=0` gets no response.
+    pub fn expects_response(&self) -> Result<bool, RequestError> {
+        if self.api_key != ApiKey::Produce {
+            return Ok(true);
+        }
+        if let Some(RequestKind::Produce(p)) = &self.body {
+            return Ok(p.acks != 0);
+        }
+        let acks = produce_acks(&self.raw[self.body_offset..], self.version()).ok_or(
+            RequestError::Malformed {
+                what: "produce request",
+                why: "too short to hold acks".into(),
+            },
+        )?;
+        Ok(acks != 0)
+    }
+
+    /// The decoded body; decoded on first use, not marked as changed.
+    pub fn body(&mut self) -> Result<&RequestKind, CodecError> {
+        self.decode()?;
+        self.body
+            .as_ref()
+            .ok_or_else(|| self.codec_err("not decoded"))
+    }
+
+    /// The decoded body for changing; the request is re-encoded when forwarded.
+    pub fn body_mut(&mut self) -> Result<&mut RequestKind, CodecError> {
+        self.decode()?;
+        self.dirty = true;
+        let err = self.codec_err("not decoded");
+        self.body.as_mut().ok_or(err)
+    }
+
+    fn decode(&mut self) -> Result<(), CodecError> {
+        if self.body.is_none() {
+            let mut buf = self.raw.slice(self.body_offset..);
+            let body = RequestKind::decode(self.api_key, &mut buf, self.version())
+                .map_err(|e| self.codec_err(&e.to_string()))?;
+            self.body = Some(body);
+        }
+        Ok(())
+    }
+
+    fn codec_err(&self, why: &str) -> CodecError {
+        CodecError {
+            api: self.api_key,
+            version: self.version(),
+            why: why.to_string(),
+        }
+    }
+
+    /// The frame to forward: the original bytes, or the header bytes followed
+    /// by the re-encoded body when a stage changed it.
+    pub fn into_bytes(self) -> Result<Bytes, CodecError> {
+        match (&self.body, self.dirty) {
+            (Some(body), true) => {
+                let mut out = BytesMut::with_capacity(self.raw.len());
+                out.extend_from_slice(&self.raw[..self.body_offset]);
+                body.encode(&mut out, self.version())
+                    .map_err(|e| self.codec_err(&e.to_string()))?;
+                Ok(out.freeze())
+            }
+            _ => Ok(self.raw),
+        }
+    }
+}
+
+/// Reads `acks` from a Produce body without decoding its records.
+fn produce_acks(body: &[u8], version: i16) -> Option<i16> {
+    let mut b = body;
+    // transactional_id: a compact nullable string from v9 (flexible versions),
+    // a classic nullable string before.
+    if version >= 9 {
+        let n = read_uvarint(&mut b)?;
+        let len = n.saturating_sub(1) as usize;
+        if b.len() < len {
+            return None;
+        }
+        b = &b[len..];
+    } else {
+        if b.len() < 2 {
+            return None;
+        }
+        let n = i16::from_be_bytes([b[0], b[1]]);
+        b = &b[2..];
+        let len = n.max(0) as usize;
+        if b.len() < len {
+            return None;
+        }
+        b = &b[len..];
+    }
+    if b.len() < 2 {
+        return None;
+    }
+    Some(i16::from_be_bytes([b[0], b[1]]))
+}
+
+fn read_uvarint(b: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A broker response on its way to the client.
+#[derive(Debug)]
+pub struct Response {
+    /// The api of the request it answers.
+    pub api_key: ApiKey,
+    /// The version of the request it answers.
+    pub api_version: i16,
+    /// Its correlation id.
+    pub correlation_id: i32,
+    raw: Bytes,
+    body_offset: usize,
+    decode_version: i16,
+    body: Option<ResponseKind>,
+    dirty: bool,
+}
+
+impl Response {
+    /// Decodes the header of a response to a request of `api_key` at `api_version`.
+    pub fn parse(raw: Bytes, api_key: ApiKey, api_version: i16) -> Result<Response, CodecError> {
+        let err = |why: String| CodecError {
+            api: api_key,
+            version: api_version,
+            why,
+        };
+        let range = api_key.valid_versions();
+        let header_version = api_key.response_header_version(api_version.min(range.max));
+        let mut buf = raw.clone();
+        let header = ResponseHeader::decode(&mut buf, header_version)
+            .map_err(|e| err(format!("response header: {e}")))?;
+        let body_offset = raw.len() - buf.remaining();
+        // A broker that does not support the ApiVersions version asked for
+        // answers UNSUPPORTED_VERSION in the version 0 layout.
+        let mut decode_version = api_version;
+        if api_key == ApiKey::ApiVersions {
+            let body = &raw[body_offset..];
+            let unsupported =
+                body.len() >= 2 && i16::from_be_bytes([body[0], body[1]]) == UNSUPPORTED_VERSION;
+            if unsupported || api_version > range.max {
+                decode_version = 0;
+            }
+        }
+        Ok(Response {
+            api_key,
+            api_version,
+            correlation_id: header.correlation_id,
+            raw,
+            body_offset,
+            decode_version,
+            body: None,
+            dirty: false,
+        })
+    }
+
+    /// The version the body is laid out in (differs from the request's only
+    /// for an ApiVersions UNSUPPORTED_VERSION answer).
+    pub fn body_version(&self) -> i16 {
+        self.decode_version
+    }
+
+    /// The decoded body; decoded on first use, not marked as changed.
+    pub fn body(&mut self) -> Result<&ResponseKind, CodecError> {
+        self.decode()?;
+        let err = self.codec_err("not decoded".into());
+        self.body.as_ref().ok_or(err)
+    }
+
+    /// The decoded body for changing; the response is re-encoded for the client.
+    pub fn body_mut(&mut self) -> Result<&mut ResponseKind, CodecError> {
+        self.decode()?;
+        self.dirty = true;
+        let err = self.codec_err("not decoded".into());
+        self.body.as_mut().ok_or(err)
+    }
+
+    fn decode(&mut self) -> Result<(), CodecError> {
+        if self.body.is_none() {
+            let mut buf = self.raw.slice(self.body_offset..);
+            let body = ResponseKind::decode(self.api_key, &mut buf, self.decode_version)
+                .map_err(|e| self.codec_err(e.to_string()))?;
+            self.body = Some(body);
+        }
+        Ok(())
+    }
+
+    fn codec_err(&self, why: String) -> CodecError {
+        CodecError {
+            api: self.api_key,
+            version: self.decode_version,
+            why,
+        }
+    }
+
+    /// The frame for the client: the original bytes, or the original header
+    /// bytes followed by the re-encoded body when a stage changed it.
+    pub fn into_bytes(self) -> Result<Bytes, CodecError> {
+        match (&self.body, self.dirty) {
+            (Some(body), true) => {
+                let mut out = BytesMut::with_capacity(self.raw.len() + 64);
+                out.extend_from_slice(&self.raw[..self.body_offset]);
+                body.encode(&mut out, self.decode_version)
+                    .map_err(|e| self.codec_err(e.to_string()))?;
+                Ok(out.freeze())
+            }
+            _ => Ok(self.raw),
+        }
+    }
+
+    /// Encodes a response that Custos answers itself.
+    pub fn encode_local(
+        api_key: ApiKey,
+        api_version: i16,
+        correlation_id: i32,
+        body: &ResponseKind,
+    ) -> Result<Bytes, CodecError> {
+        let err = |why: String| CodecError {
+            api: api_key,
+            version: api_version,
+            why,
+        };
+        let mut out = BytesMut::new();
+        let header = ResponseHeader::default().with_correlation_id(correlation_id);
+        header
+            .encode(&mut out, api_key.response_header_version(api_version))
+            .map_err(|e| err(e.to_string()))?;
+        body.encode(&mut out, api_version)
+            .map_err(|e| err(e.to_string()))?;
+        Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{MetadataRequest, ProduceRequest};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn encode_request(key: ApiKey, version: i16, corr: i32, body: &RequestKind) -> Bytes {
+        let mut out = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(corr)
+            .with_client_id(Some(StrBytes::from_static_str("test-client")))
+            .encode(&mut out, key.request_header_version(version))
+            .expect("header");
+        body.encode(&mut out, version).expect("body");
+        out.freeze()
+    }
+
+    #[test]
+    fn header_is_decoded_and_untouched_body_is_not_reencoded() {
+        let raw = encode_request(
+            ApiKey::Metadata,
+            12,
+            7,
+            &RequestKind::Metadata(MetadataRequest::default()),
+        );
+        let mut req = Request::parse(raw.clone()).expect("parse");
+        assert_eq!(req.api_key, ApiKey::Metadata);
+        assert_eq!(req.correlation_id(), 7);
+        assert_eq!(
+            req.header.client_id.as_ref().map(|s| s.as_str()),
+            Some("test-client")
+        );
+        assert!(matches!(
+            req.body().expect("decode"),
+            RequestKind::Metadata(_)
+        ));
+        let out = req.into_bytes().expect("bytes");
+        // Same allocation, not a copy: read-only inspection forwards the original.
+        assert_eq!(out.as_ptr(), raw.as_ptr());
+    }
+
+    #[test]
+    fn unknown_and_internal_api_keys_are_refused() {
+        let mut raw = vec![0x27, 0x0f, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+        assert_eq!(
+            Request::parse(Bytes::from(raw.clone())).unwrap_err(),
+            RequestError::RefusedApiKey(9999)
+        );
+        raw[0] = 0;
+        raw[1] = 4; // LeaderAndIsr
+        assert_eq!(
+            Request::parse(Bytes::from(raw)).unwrap_err(),
+            RequestError::RefusedApiKey(4)
+        );
+    }
+
+    #[test]
+    fn versions_outside_the_range_are_refused() {
+        let raw = encode_request(
+            ApiKey::Metadata,
+            12,
+            1,
+            &RequestKind::Metadata(MetadataRequest::default()),
+        );
+        let mut bytes = raw.to_vec();
+        bytes[2..4].copy_from_slice(&99i16.to_be_bytes());
+        assert!(matches!(
+            Request::parse(Bytes::from(bytes)),
+            Err(RequestError::UnsupportedVersion { version: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn produce_acks_zero_expects_no_response() {
+        for version in [3i16, 8, 9, 12] {
+            for (acks, txn) in [(0i16, None), (-1, Some("txn-1")), (1, None), (0, Some("t"))] {
+                let body = ProduceRequest::default()
+                    .with_acks(acks)
+                    .with_transactional_id(txn.map(|t| StrBytes::from_static_str(t).into()));
+                let raw = encode_request(ApiKey::Produce, version, 3, &RequestKind::Produce(body));
+                let req = Request::parse(raw).expect("parse");
+                assert_eq!(
+                    req.expects_response().expect("acks"),
+                    acks != 0,
+                    "v{version} acks={acks} txn={txn:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Prometheus metrics, served at `/metrics` on the admin port.
+//!
+//! Latency is split in two: time the broker took (upstream) and time Custos
+//! itself added, so an operator can tell which side is slow.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kafka_protocol::messages::ApiKey;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ListenerKind {
+    /// The bootstrap port.
+    Bootstrap,
+    /// A per-broker port.
+    Broker,
+}
+
+/// Label: listener kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// Listener kind.
+    pub listener: ListenerKind,
+}
+
+/// Label: Kafka api name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    /// Api name, e.g. `Produce`.
+    pub api: String,
+}
+
+/// Label: whose fault a closed connection was.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlameLabel {
+    /// `client`, `upstream` or `internal`.
+    pub blame: String,
+}
+
+type HistogramFamily = Family<ApiLabel, Histogram, fn() -> Histogram>;
+
+fn upstream_histogram() -> Histogram {
+    // 100 µs .. ~1.6 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 15,
+    ))
+}
+
+fn added_histogram() -> Histogram {
+    // 5 µs .. ~80 ms: Custos's own share should sit at the bottom.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000005, 2.0, 15,
+    ))
+}
+
+/// All of Custos's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections_active: Family<ListenerLabel, Gauge>,
+    /// Client connections accepted.
+    pub connections_total: Family<ListenerLabel, Counter>,
+    /// Client connections refused at the connection limit.
+    pub connections_refused: Counter,
+    /// Connections closed because of an error, by blame.
+    pub connection_errors: Family<BlameLabel, Counter>,
+    /// Requests received, by api.
+    pub requests: Family<ApiLabel, Counter>,
+    /// Bytes received from clients.
+    pub bytes_in: Counter,
+    /// Bytes sent to clients.
+    pub bytes_out: Counter,
+    /// Time from forwarding a request to its response arriving.
+    pub upstream_latency: HistogramFamily,
+    /// Time Custos spent on a request and its response.
+    pub added_latency: HistogramFamily,
+    next_conn_id: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("custos");
+        let connections_active = Family::<ListenerLabel, Gauge>::default();
+        let connections_total = Family::<ListenerLabel, Counter>::default();
+        let connections_refused = Counter::default();
+        let connection_errors = Family::<BlameLabel, Counter>::default();
+        let requests = Family::<ApiLabel, Counter>::default();
+        let bytes_in = Counter::default();
+        let bytes_out = Counter::default();
+        let upstream_latency: HistogramFamily = Family::new_with_constructor(upstream_histogram);
+        let added_latency: HistogramFamily = Family::new_with_constructor(added_histogram);
+        registry.register(
+            "connections_active",
+            "Open client connections",
+            connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections refused at limits.max_connections",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connection_errors",
+            "Connections closed by an error, by whose fault it was",
+            connection_errors.clone(),
+        );
+        registry.register(
+            "requests",
+            "Kafka requests received, by api",
+            requests.clone(),
+        );
+        registry.register(
+            "client_received_bytes",
+            "Bytes received from clients",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "client_sent_bytes",
+            "Bytes sent to clients",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from forwarding a request to the broker's response, by api",
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "proxy_added_latency_seconds",
+            "Time Custos spent on a request and its response, by api",
+            added_latency.clone(),
+        );
+        Self {
+            registry,
+            connections_active,
+            connections_total,
+            connections_refused,
+            connection_errors,
+            requests,
+            bytes_in,
+            bytes_out,
+            upstream_latency,
+            added_latency,
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts one request of `key`.
+    pub fn request(&self, key: ApiKey) {
+        self.requests.get_or_create(&api_label(key)).inc();
+    }
+
+    /// Records the latencies of one request/response exchange.
+    pub fn exchange(&self, key: ApiKey, upstream: Duration, added: Duration) {
+        let label = api_label(key);
+        self.upstream_latency
+            .get_or_create(&label)
+            .observe(upstream.as_secs_f64());
+        self.added_latency
+            .get_or_create(&label)
+            .observe(added.as_secs_f64());
+    }
+
+    /// Counts a connection closed by an error.
+    pub fn connection_error(&self, blame: crate::pipeline::Blame) {
+        self.connection_errors
+            .get_or_create(&BlameLabel {
+                blame: blame.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn api_label(key: ApiKey) -> ApiLabel {
+    ApiLabel {
+        api: format!("{key:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_requests_and_latencies_by_api() {
+        let m = Metrics::new();
+        m.request(ApiKey::Produce);
+        m.request(ApiKey::Produce);
+        m.exchange(
+            ApiKey::Produce,
+            Duration::from_millis(2),
+            Duration::from_micros(30),
+        );
+        m.bytes_in.inc_by(100);
+        let text = m.encode();
+        assert!(
+            text.contains("custos_requests_total{api=\"Produce\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("custos_upstream_latency_seconds_count{api=\"Produce\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("custos_proxy_added_latency_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains("custos_client_received_bytes_total 100"),
+            "{text}"
+        );
+    }
+}

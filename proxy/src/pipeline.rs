@@ -1,0 +1,243 @@
+//! The stage pipeline: what Custos does to requests and responses.
+//!
+//! A stage is one file under `stages/`. It declares which api keys it wants to
+//! see on the way in and on the way out; a frame whose api key no stage wants
+//! is forwarded as the bytes it arrived in. Request stages run in registration
+//! order, response stages in reverse, so the stage closest to the client sees
+//! the request first and the response last (authorize → … → encrypt on the way
+//! in; … → decrypt → rewrite on the way out).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+
+use crate::message::{CodecError, Request, Response};
+
+/// Whose fault a failure was; logs and metrics carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client sent something wrong.
+    Client,
+    /// The broker failed or sent something wrong.
+    Upstream,
+    /// Custos failed.
+    Internal,
+}
+
+impl Blame {
+    /// Lower-case name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::Internal => "internal",
+        }
+    }
+}
+
+/// What a connection is, as stages see it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Process-unique connection number.
+    pub id: u64,
+    /// Client socket address.
+    pub client_addr: SocketAddr,
+    /// Upstream broker this connection represents; `None` on the bootstrap listener.
+    pub broker_id: Option<i32>,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+}
+
+/// A stage's decision about a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Send it on (possibly changed) to the broker.
+    Forward,
+    /// Do not forward; answer the client with this body instead.
+    Respond(Box<ResponseKind>),
+}
+
+/// A stage failure; the connection is closed and the blame logged.
+#[derive(Debug, thiserror::Error)]
+#[error("stage {stage}: {message}")]
+pub struct StageError {
+    /// Failing stage.
+    pub stage: &'static str,
+    /// Whose fault.
+    pub blame: Blame,
+    /// What went wrong (never payload bytes).
+    pub message: String,
+}
+
+impl StageError {
+    /// A failure to decode or encode a body, blamed on whoever sent it.
+    pub fn codec(stage: &'static str, blame: Blame, e: CodecError) -> Self {
+        Self {
+            stage,
+            blame,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One step of the pipeline. Hooks default to doing nothing.
+#[async_trait]
+pub trait Stage: Send + Sync + 'static {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Api keys whose requests this stage must see.
+    fn request_api_keys(&self) -> &[ApiKey] {
+        &[]
+    }
+
+    /// Api keys whose responses this stage must see.
+    fn response_api_keys(&self) -> &[ApiKey] {
+        &[]
+    }
+
+    /// Inspects or changes a request before it is forwarded.
+    async fn on_request(
+        &self,
+        _session: &SessionInfo,
+        _request: &mut Request,
+    ) -> Result<Verdict, StageError> {
+        Ok(Verdict::Forward)
+    }
+
+    /// Inspects or changes a response before the client gets it.
+    async fn on_response(
+        &self,
+        _session: &SessionInfo,
+        _response: &mut Response,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// Registered stages, indexed by api key for a constant-time "does anyone care?".
+pub struct Pipeline {
+    stages: Vec<Arc<dyn Stage>>,
+    by_request_key: Vec<Vec<usize>>,
+    by_response_key: Vec<Vec<usize>>,
+}
+
+const KEY_SLOTS: usize = 128;
+
+fn slot(key: ApiKey) -> usize {
+    (key as i16 as usize) % KEY_SLOTS
+}
+
+impl Pipeline {
+    /// Builds the index over `stages`, kept in registration order.
+    pub fn new(stages: Vec<Arc<dyn Stage>>) -> Self {
+        let mut by_request_key = vec![Vec::new(); KEY_SLOTS];
+        let mut by_response_key = vec![Vec::new(); KEY_SLOTS];
+        for (i, s) in stages.iter().enumerate() {
+            for k in s.request_api_keys() {
+                by_request_key[slot(*k)].push(i);
+            }
+            for k in s.response_api_keys() {
+                // Reverse order on the way back.
+                by_response_key[slot(*k)].insert(0, i);
+            }
+        }
+        Self {
+            stages,
+            by_request_key,
+            by_response_key,
+        }
+    }
+
+    /// Names of the registered stages, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
+    }
+
+    /// Whether any stage wants responses of `key`.
+    pub fn wants_response(&self, key: ApiKey) -> bool {
+        !self.by_response_key[slot(key)].is_empty()
+    }
+
+    /// Runs the request stages for this request's api key.
+    pub async fn on_request(
+        &self,
+        session: &SessionInfo,
+        request: &mut Request,
+    ) -> Result<Verdict, StageError> {
+        for &i in &self.by_request_key[slot(request.api_key)] {
+            match self.stages[i].on_request(session, request).await? {
+                Verdict::Forward => {}
+                respond => return Ok(respond),
+            }
+        }
+        Ok(Verdict::Forward)
+    }
+
+    /// Runs the response stages for this response's api key, in reverse order.
+    pub async fn on_response(
+        &self,
+        session: &SessionInfo,
+        response: &mut Response,
+    ) -> Result<(), StageError> {
+        for &i in &self.by_response_key[slot(response.api_key)] {
+            self.stages[i].on_response(session, response).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Probe {
+        name: &'static str,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Stage for Probe {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn response_api_keys(&self) -> &[ApiKey] {
+            &[ApiKey::Metadata]
+        }
+        async fn on_response(&self, _s: &SessionInfo, _r: &mut Response) -> Result<(), StageError> {
+            self.seen.lock().expect("lock").push(self.name.to_string());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_run_through_stages_in_reverse() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let p = Pipeline::new(vec![
+            Arc::new(Probe {
+                name: "a",
+                seen: seen.clone(),
+            }),
+            Arc::new(Probe {
+                name: "b",
+                seen: seen.clone(),
+            }),
+        ]);
+        assert!(p.wants_response(ApiKey::Metadata));
+        assert!(!p.wants_response(ApiKey::Fetch));
+        let session = SessionInfo {
+            id: 1,
+            client_addr: "127.0.0.1:1".parse().expect("addr"),
+            broker_id: None,
+            tls: false,
+        };
+        // Metadata v0 response: header (corr id 9), no brokers, no topics.
+        let raw = bytes::Bytes::from_static(&[0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let mut r = Response::parse(raw, ApiKey::Metadata, 0).expect("parse");
+        p.on_response(&session, &mut r).await.expect("run");
+        assert_eq!(*seen.lock().expect("lock"), vec!["b", "a"]);
+    }
+}

@@ -1,0 +1,388 @@
+//! Listeners, connection set-up and graceful shutdown.
+//!
+//! One bootstrap listener, one listener per upstream broker (opened as the
+//! broker map learns brokers), the admin server, and a discovery task that
+//! keeps the broker map fresh. Each accepted connection gets its own upstream
+//! connection to the broker its listener stands for. On shutdown the listeners
+//! close first, then sessions finish the requests they hold, up to a deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin;
+use crate::broker_map::{BrokerMap, NewListener, Routing};
+use crate::config::{parse_host_port, Config};
+use crate::metrics::{ListenerKind, ListenerLabel, Metrics};
+use crate::pipeline::{Blame, Pipeline, SessionInfo};
+use crate::session::{self, SessionCtx};
+use crate::stages::{self, StageDeps};
+use crate::stream::Stream;
+use crate::tls::{self, UpstreamTls};
+use crate::upstream;
+
+/// Why Custos could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A TLS file or setting is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not be bound.
+    #[error("`{key}`: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Config key of the address.
+        key: &'static str,
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Where a listener's connections go.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Any bootstrap server.
+    Bootstrap,
+    /// One broker.
+    Broker(i32),
+}
+
+struct Shared {
+    config: Config,
+    brokers: Arc<BrokerMap>,
+    session: Arc<SessionCtx>,
+    metrics: Arc<Metrics>,
+    acceptor: Option<TlsAcceptor>,
+    upstream_tls: Option<UpstreamTls>,
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// A configured, not yet running, Custos.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    new_listeners: tokio::sync::mpsc::UnboundedReceiver<NewListener>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Prepares everything that can fail without touching the network.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        let (brokers, new_listeners) = BrokerMap::new(
+            &config.listen.advertised_host,
+            &config.listen.host,
+            Routing::PortPerBroker {
+                base_port: config.listen.broker_port_base,
+                max_broker_id: config.listen.max_broker_id,
+            },
+        );
+        let brokers = Arc::new(brokers);
+        let metrics = Arc::new(Metrics::new());
+        let pipeline = Arc::new(Pipeline::new(stages::registry(&StageDeps {
+            brokers: brokers.clone(),
+        })));
+        tracing::info!(stages = ?pipeline.names(), "pipeline ready");
+        let acceptor = config.listen.tls.as_ref().map(tls::acceptor).transpose()?;
+        let upstream_tls = config
+            .upstream
+            .tls
+            .as_ref()
+            .map(UpstreamTls::new)
+            .transpose()?;
+        let session = Arc::new(SessionCtx {
+            pipeline,
+            metrics: metrics.clone(),
+            max_frame_bytes: config.limits.max_frame_bytes,
+            max_in_flight: config.limits.max_in_flight,
+        });
+        let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                brokers,
+                session,
+                metrics,
+                acceptor,
+                upstream_tls,
+                connections,
+                tracker: TaskTracker::new(),
+                shutdown,
+            }),
+            new_listeners,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Serves until the shutdown token fires, then drains.
+    pub async fn run(mut self) -> Result<(), StartError> {
+        let s = self.shared.clone();
+        let cfg = &s.config;
+        let bootstrap_addr = format!("{}:{}", cfg.listen.host, cfg.listen.bootstrap_port);
+        let bootstrap =
+            TcpListener::bind(&bootstrap_addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    key: "listen.bootstrap_port",
+                    addr: bootstrap_addr.clone(),
+                    source,
+                })?;
+        let admin_listener = TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "admin.listen",
+                addr: cfg.admin.listen.to_string(),
+                source,
+            })?;
+        tracing::info!(bootstrap = %bootstrap_addr, admin = %cfg.admin.listen, "listening");
+
+        let admin_state = Arc::new(admin::AdminState {
+            metrics: s.metrics.clone(),
+            ready: self.ready.clone(),
+        });
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            admin_state,
+            s.shutdown.clone(),
+        ));
+        let discovery = tokio::spawn(discover(s.clone(), self.ready.clone()));
+        tokio::spawn(accept_loop(
+            s.clone(),
+            bootstrap,
+            Route::Bootstrap,
+            ListenerKind::Bootstrap,
+        ));
+
+        loop {
+            tokio::select! {
+                _ = s.shutdown.cancelled() => break,
+                Some(n) = self.new_listeners.recv() => {
+                    match TcpListener::from_std(n.listener) {
+                        Ok(l) => {
+                            tracing::info!(broker_id = n.broker_id, addr = ?l.local_addr().ok(), "broker listener open");
+                            tokio::spawn(accept_loop(s.clone(), l, Route::Broker(n.broker_id), ListenerKind::Broker));
+                        }
+                        Err(e) => tracing::error!(broker_id = n.broker_id, error = %e, "cannot serve broker listener"),
+                    }
+                }
+            }
+        }
+
+        self.ready.store(false, Ordering::SeqCst);
+        discovery.abort();
+        s.tracker.close();
+        let open = s.tracker.len();
+        let drain = Duration::from_millis(cfg.shutdown.drain_timeout_ms);
+        tracing::info!(
+            connections = open,
+            drain_timeout_ms = cfg.shutdown.drain_timeout_ms,
+            "shutting down: draining in-flight requests"
+        );
+        if tokio::time::timeout(drain, s.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                connections = s.tracker.len(),
+                "drain timeout reached; closing remaining connections"
+            );
+        }
+        admin_task.abort();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Keeps the broker map fresh; the proxy is ready once a broker answered.
+async fn discover(s: Arc<Shared>, ready: Arc<AtomicBool>) {
+    let timeout = Duration::from_millis(s.config.upstream.connect_timeout_ms);
+    let refresh = Duration::from_millis(s.config.upstream.metadata_refresh_ms);
+    let servers: Vec<(String, u16)> = s
+        .config
+        .upstream
+        .bootstrap_servers
+        .iter()
+        .filter_map(|b| parse_host_port(b).ok())
+        .collect();
+    let mut warned = false;
+    loop {
+        let mut ok = false;
+        // Prefer brokers already known (the bootstrap list may be a subset).
+        let mut candidates: Vec<(String, u16)> = s
+            .brokers
+            .brokers()
+            .into_iter()
+            .map(|(_, a)| (a.host, a.port))
+            .collect();
+        candidates.extend(servers.iter().cloned());
+        for (host, port) in &candidates {
+            match upstream::fetch_brokers(host, *port, s.upstream_tls.as_ref(), timeout).await {
+                Ok(list) => {
+                    for b in &list {
+                        s.brokers.learn(b.id, &b.host, b.port);
+                    }
+                    ok = true;
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "broker list refresh failed"),
+            }
+        }
+        if ok {
+            if !ready.swap(true, Ordering::SeqCst) {
+                tracing::info!(
+                    brokers = s.brokers.brokers().len(),
+                    "upstream cluster reachable; ready"
+                );
+            }
+            warned = false;
+        } else if !warned {
+            tracing::warn!(servers = ?s.config.upstream.bootstrap_servers, "no upstream broker reachable; retrying");
+            warned = true;
+        }
+        let wait = if ok { refresh } else { Duration::from_secs(1) };
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn accept_loop(s: Arc<Shared>, listener: TcpListener, route: Route, kind: ListenerKind) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(10);
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = s.connections.clone().try_acquire_owned() else {
+            s.metrics.connections_refused.inc();
+            tracing::warn!(client = %addr, limit = s.config.limits.max_connections, "connection limit reached; closing new connection");
+            drop(tcp);
+            continue;
+        };
+        let s2 = s.clone();
+        s.tracker.spawn(async move {
+            let label = ListenerLabel { listener: kind };
+            s2.metrics.connections_total.get_or_create(&label).inc();
+            s2.metrics.connections_active.get_or_create(&label).inc();
+            serve_connection(&s2, tcp, addr, route).await;
+            s2.metrics.connections_active.get_or_create(&label).dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: Route) {
+    let _ = tcp.set_nodelay(true);
+    let id = s.metrics.next_connection_id();
+    let broker_id = match route {
+        Route::Bootstrap => None,
+        Route::Broker(b) => Some(b),
+    };
+    let timeout = Duration::from_millis(s.config.upstream.connect_timeout_ms);
+
+    let client = match &s.acceptor {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(t)) => Stream::ServerTls(Box::new(t)),
+            Ok(Err(e)) => {
+                s.metrics.connection_error(Blame::Client);
+                tracing::warn!(conn = id, client = %addr, error = %e, "client TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                s.metrics.connection_error(Blame::Client);
+                tracing::warn!(conn = id, client = %addr, "client TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let tls = matches!(client, Stream::ServerTls(_));
+
+    let upstream = match connect_upstream(s, route, id, timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            s.metrics.connection_error(Blame::Upstream);
+            tracing::warn!(conn = id, client = %addr, broker = ?broker_id, error = %e, "cannot reach upstream broker; closing client connection");
+            return;
+        }
+    };
+    let info = SessionInfo {
+        id,
+        client_addr: addr,
+        broker_id,
+        tls,
+    };
+    tracing::debug!(conn = id, client = %addr, broker = ?broker_id, tls, "session open");
+    match session::run(
+        client,
+        upstream,
+        info,
+        s.session.clone(),
+        s.shutdown.clone(),
+    )
+    .await
+    {
+        Ok(()) => tracing::debug!(conn = id, client = %addr, "session closed"),
+        Err(e) => {
+            s.metrics.connection_error(e.blame);
+            tracing::warn!(conn = id, client = %addr, broker = ?broker_id, blame = e.blame.as_str(), error = %e, "connection closed");
+        }
+    }
+}
+
+async fn connect_upstream(
+    s: &Shared,
+    route: Route,
+    conn_id: u64,
+    timeout: Duration,
+) -> Result<Stream, String> {
+    match route {
+        Route::Broker(id) => {
+            let a = s
+                .brokers
+                .upstream(id)
+                .ok_or_else(|| format!("broker {id} is not known"))?;
+            upstream::connect(&a.host, a.port, s.upstream_tls.as_ref(), timeout)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Route::Bootstrap => {
+            // Spread bootstrap connections over the configured servers and
+            // fall through to the next when one is down.
+            let servers = &s.config.upstream.bootstrap_servers;
+            let start = conn_id as usize % servers.len().max(1);
+            let mut last = String::from("no bootstrap servers configured");
+            for i in 0..servers.len() {
+                let Ok((host, port)) = parse_host_port(&servers[(start + i) % servers.len()])
+                else {
+                    continue;
+                };
+                match upstream::connect(&host, port, s.upstream_tls.as_ref(), timeout).await {
+                    Ok(st) => return Ok(st),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(last)
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Every broker address a client sees is a Custos address.
+//!
+//! Metadata, FindCoordinator (single and batched), DescribeCluster, and the
+//! leader hints that Produce (v10+) and Fetch (v16+) responses carry after a
+//! leadership change (KIP-951) all name brokers by host and port. If one real
+//! address slipped through, the client would connect to the broker directly
+//! and bypass every control, so each is replaced with the proxy address of the
+//! same node id, and the broker map learns the real one. A broker whose id
+//! cannot be mapped is left out of the answer rather than leaked.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kafka_protocol::messages::{ApiKey, BrokerId, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::broker_map::BrokerMap;
+use crate::message::Response;
+use crate::pipeline::{Blame, SessionInfo, Stage, StageError};
+
+const NAME: &str = "rewrite_addresses";
+
+/// Kafka's COORDINATOR_NOT_AVAILABLE error code.
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+
+/// Rewrites broker addresses in responses to proxy addresses.
+pub struct RewriteAddresses {
+    brokers: Arc<BrokerMap>,
+}
+
+impl RewriteAddresses {
+    /// A stage rewriting to the addresses of `brokers`.
+    pub fn new(brokers: Arc<BrokerMap>) -> Self {
+        Self { brokers }
+    }
+
+    /// The proxy (host, port) of a broker, learning its real address.
+    fn map(&self, id: BrokerId, host: &StrBytes, port: i32) -> Option<(StrBytes, i32)> {
+        let proxy_port = self.brokers.learn(id.0, host.as_str(), port)?;
+        Some((
+            self.brokers.advertised_host().clone(),
+            i32::from(proxy_port),
+        ))
+    }
+}
+
+/// Whether a Produce or Fetch response at this version can carry node endpoints.
+fn may_carry_endpoints(key: ApiKey, version: i16) -> bool {
+    match key {
+        ApiKey::Produce => version >= 10,
+        ApiKey::Fetch => version >= 16,
+        _ => true,
+    }
+}
+
+#[async_trait]
+impl Stage for RewriteAddresses {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn response_api_keys(&self) -> &[ApiKey] {
+        &[
+            ApiKey::Metadata,
+            ApiKey::FindCoordinator,
+            ApiKey::DescribeCluster,
+            ApiKey::Produce,
+            ApiKey::Fetch,
+        ]
+    }
+
+    async fn on_response(
+        &self,
+        _session: &SessionInfo,
+        response: &mut Response,
+    ) -> Result<(), StageError> {
+        if !may_carry_endpoints(response.api_key, response.api_version) {
+            return Ok(());
+        }
+        let codec = |e| StageError::codec(NAME, Blame::Upstream, e);
+        // Produce and Fetch answers carry endpoints only after a leader change:
+        // look first, and re-encode (copying records) only when there are some.
+        let has_endpoints = match response.body().map_err(codec)? {
+            ResponseKind::Produce(p) => !p.node_endpoints.is_empty(),
+            ResponseKind::Fetch(f) => !f.node_endpoints.is_empty(),
+            _ => true,
+        };
+        if !has_endpoints {
+            return Ok(());
+        }
+        let version = response.api_version;
+        match response.body_mut().map_err(codec)? {
+            ResponseKind::Metadata(m) => {
+                m.brokers
+                    .retain_mut(|b| match self.map(b.node_id, &b.host, b.port) {
+                        Some((h, p)) => {
+                            b.host = h;
+                            b.port = p;
+                            true
+                        }
+                        None => false,
+                    });
+            }
+            ResponseKind::DescribeCluster(d) => {
+                d.brokers
+                    .retain_mut(|b| match self.map(b.broker_id, &b.host, b.port) {
+                        Some((h, p)) => {
+                            b.host = h;
+                            b.port = p;
+                            true
+                        }
+                        None => false,
+                    });
+            }
+            ResponseKind::FindCoordinator(f) => {
+                // Versions 0-3 carry one coordinator at the top level.
+                // (Fields of other versions must stay at their defaults, or the
+                // encoder refuses the body.)
+                if version < 4 && f.error_code == 0 && f.node_id.0 >= 0 {
+                    match self.map(f.node_id, &f.host, f.port) {
+                        Some((h, p)) => {
+                            f.host = h;
+                            f.port = p;
+                        }
+                        None => {
+                            f.error_code = COORDINATOR_NOT_AVAILABLE;
+                            f.host = StrBytes::default();
+                            f.port = -1;
+                            f.node_id = BrokerId(-1);
+                        }
+                    }
+                }
+                // Version 4+ batches them (KIP-699).
+                for c in &mut f.coordinators {
+                    if c.error_code != 0 || c.node_id.0 < 0 {
+                        continue;
+                    }
+                    match self.map(c.node_id, &c.host, c.port) {
+                        Some((h, p)) => {
+                            c.host = h;
+                            c.port = p;
+                        }
+                        None => {
+                            c.error_code = COORDINATOR_NOT_AVAILABLE;
+                            c.host = StrBytes::default();
+                            c.port = -1;
+                            c.node_id = BrokerId(-1);
+                        }
+                    }
+                }
+            }
+            ResponseKind::Produce(p) => {
+                p.node_endpoints
+                    .retain_mut(|n| match self.map(n.node_id, &n.host, n.port) {
+                        Some((h, port)) => {
+                            n.host = h;
+                            n.port = port;
+                            true
+                        }
+                        None => false,
+                    });
+            }
+            ResponseKind::Fetch(f) => {
+                f.node_endpoints
+                    .retain_mut(|n| match self.map(n.node_id, &n.host, n.port) {
+                        Some((h, port)) => {
+                            n.host = h;
+                            n.port = port;
+                            true
+                        }
+                        None => false,
+                    });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker_map::Routing;
+    use bytes::Bytes;
+    use kafka_protocol::messages::find_coordinator_response::Coordinator;
+    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+    use kafka_protocol::messages::produce_response::NodeEndpoint;
+    use kafka_protocol::messages::{FindCoordinatorResponse, MetadataResponse, ProduceResponse};
+
+    fn stage(max_broker_id: u16) -> RewriteAddresses {
+        let (map, rx) = BrokerMap::new(
+            "proxy.example",
+            "127.0.0.1",
+            Routing::PortPerBroker {
+                base_port: 0,
+                max_broker_id,
+            },
+        );
+        // Listeners bound by the map are dropped with the receiver.
+        drop(rx);
+        RewriteAddresses::new(Arc::new(map))
+    }
+
+    fn session() -> SessionInfo {
+        SessionInfo {
+            id: 1,
+            client_addr: "127.0.0.1:1".parse().expect("addr"),
+            broker_id: None,
+            tls: false,
+        }
+    }
+
+    async fn run(
+        s: &RewriteAddresses,
+        key: ApiKey,
+        version: i16,
+        body: ResponseKind,
+    ) -> ResponseKind {
+        let raw = Response::encode_local(key, version, 42, &body).expect("encode");
+        let mut r = Response::parse(raw, key, version).expect("parse");
+        s.on_response(&session(), &mut r).await.expect("stage");
+        let out: Bytes = r.into_bytes().expect("bytes");
+        let mut back = Response::parse(out, key, version).expect("reparse");
+        assert_eq!(back.correlation_id, 42);
+        back.body().expect("body").clone()
+    }
+
+    fn broker(id: i32, port: i32) -> MetadataResponseBroker {
+        MetadataResponseBroker::default()
+            .with_node_id(BrokerId(id))
+            .with_host(StrBytes::from_static_str("kafka.internal"))
+            .with_port(port)
+    }
+
+    #[tokio::test]
+    async fn metadata_brokers_point_at_custos_and_unmappable_ones_are_dropped() {
+        let s = stage(0);
+        let body = MetadataResponse::default().with_brokers(vec![broker(0, 9092), broker(7, 9093)]);
+        let ResponseKind::Metadata(m) =
+            run(&s, ApiKey::Metadata, 12, ResponseKind::Metadata(body)).await
+        else {
+            panic!("not metadata");
+        };
+        assert_eq!(m.brokers.len(), 1);
+        assert_eq!(m.brokers[0].host.as_str(), "proxy.example");
+        assert_eq!(m.brokers[0].port, 0);
+        assert_eq!(s.brokers.upstream(0).map(|a| a.port), Some(9092));
+    }
+
+    #[tokio::test]
+    async fn find_coordinator_old_and_batched_forms() {
+        let s = stage(0);
+        let old = FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(0))
+            .with_host(StrBytes::from_static_str("kafka.internal"))
+            .with_port(9092);
+        let ResponseKind::FindCoordinator(f) = run(
+            &s,
+            ApiKey::FindCoordinator,
+            3,
+            ResponseKind::FindCoordinator(old),
+        )
+        .await
+        else {
+            panic!("not fc");
+        };
+        assert_eq!((f.host.as_str(), f.port), ("proxy.example", 0));
+
+        let batched = FindCoordinatorResponse::default().with_coordinators(vec![
+            Coordinator::default()
+                .with_key(StrBytes::from_static_str("g1"))
+                .with_node_id(BrokerId(0))
+                .with_host(StrBytes::from_static_str("kafka.internal"))
+                .with_port(9092),
+            Coordinator::default()
+                .with_key(StrBytes::from_static_str("g2"))
+                .with_node_id(BrokerId(9))
+                .with_host(StrBytes::from_static_str("kafka.internal"))
+                .with_port(9099),
+        ]);
+        let ResponseKind::FindCoordinator(f) = run(
+            &s,
+            ApiKey::FindCoordinator,
+            4,
+            ResponseKind::FindCoordinator(batched),
+        )
+        .await
+        else {
+            panic!("not fc");
+        };
+        assert_eq!(f.coordinators[0].host.as_str(), "proxy.example");
+        assert_eq!(f.coordinators[1].error_code, COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(f.coordinators[1].port, -1);
+    }
+
+    #[tokio::test]
+    async fn produce_leader_hints_are_rewritten_and_plain_answers_untouched() {
+        let s = stage(0);
+        let hint = ProduceResponse::default().with_node_endpoints(vec![NodeEndpoint::default()
+            .with_node_id(BrokerId(0))
+            .with_host(StrBytes::from_static_str("kafka.internal"))
+            .with_port(9092)]);
+        let ResponseKind::Produce(p) =
+            run(&s, ApiKey::Produce, 11, ResponseKind::Produce(hint)).await
+        else {
+            panic!("not produce");
+        };
+        assert_eq!(p.node_endpoints[0].host.as_str(), "proxy.example");
+
+        let plain = Response::encode_local(
+            ApiKey::Produce,
+            11,
+            1,
+            &ResponseKind::Produce(ProduceResponse::default()),
+        )
+        .expect("encode");
+        let mut r = Response::parse(plain.clone(), ApiKey::Produce, 11).expect("parse");
+        s.on_response(&session(), &mut r).await.expect("stage");
+        assert_eq!(r.into_bytes().expect("bytes").as_ptr(), plain.as_ptr());
+    }
+}
