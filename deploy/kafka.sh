@@ -275,7 +275,12 @@ cmd_start() {
     PORT_BASE="${PORT_BASE:-${CUSTOS_KAFKA_PORT_BASE:-19092}}"
     [[ "$BROKERS" == 1 || "$BROKERS" == 3 ]] || die "--brokers must be 1 or 3"
     [[ "$PORT_BASE" =~ ^[0-9]+$ ]] || die "bad port base $PORT_BASE"
-    CLUSTER_ID="$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' 2>/dev/null \
+    CLUSTER_ID="$(python3 -c 'import base64,uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):  # an id starting with "-" reads as an option
+        break
+print(s)' 2>/dev/null \
       || "$JAVA" "${client_java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
     printf 'C_BROKERS=%s\nC_PORT_BASE=%s\nCLUSTER_ID=%s\n' "$BROKERS" "$PORT_BASE" "$CLUSTER_ID" > "$RUN_DIR/cluster.env"
   fi

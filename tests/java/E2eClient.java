@@ -18,8 +18,8 @@
 //            [--isolation read_committed|read_uncommitted] [--extra-ms MS]
 //            [--follow]   (group member that runs until "quit" or EOF on stdin; prints
 //                          {"t":"assignment","partitions":[...]} on every change)
-//   admin    create-topic|describe-topic|delete-topic|list-topics --bootstrap B
-//            [--topic T] [--partitions P] [--replication-factor R] [--config k=v]
+//   admin    create-topic|describe-topic|delete-topic|list-topics|describe-config|describe-group
+//            --bootstrap B [--topic T] [--group G] [--partitions P] [--replication-factor R] [--config k=v]
 //   metadata --bootstrap B [--topic T]
 //   ping     --bootstrap B [--expect-brokers N] [--expect-node ID]
 // Common: --timeout-ms MS (default 60000), --property k=v (extra client config, repeatable).
@@ -631,6 +631,22 @@ public final class E2eClient {
                 case "list-topics": {
                     Set<String> names = new TreeSet<>(admin.listTopics(new ListTopicsOptions().listInternal(a.flag("internal"))).names().get());
                     emit(obj("t", "topics", "topics", new ArrayList<>(names)));
+                    return 0;
+                }
+                case "describe-group": {
+                    String group = a.need("group");
+                    org.apache.kafka.clients.admin.ConsumerGroupDescription g =
+                            admin.describeConsumerGroups(Collections.singletonList(group)).all().get().get(group);
+                    List<Object> members = new ArrayList<>();
+                    for (org.apache.kafka.clients.admin.MemberDescription m : g.members()) {
+                        List<Integer> parts = new ArrayList<>();
+                        for (TopicPartition tp : m.assignment().topicPartitions()) parts.add(tp.partition());
+                        Collections.sort(parts);
+                        members.add(obj("member_id", m.consumerId(), "client_id", m.clientId(), "partitions", parts));
+                    }
+                    emit(obj("t", "group", "group", g.groupId(), "state", String.valueOf(g.groupState()),
+                            "type", String.valueOf(g.type()), "coordinator", nodeJson(g.coordinator()),
+                            "members", members));
                     return 0;
                 }
                 case "describe-config": {

@@ -1,0 +1,114 @@
+"""Fixtures: a real Kafka (deploy/kafka.sh) and Custos in front of it.
+
+By default tests go through Custos (binary from $CUSTOS_BIN, else
+target/debug/custos). With CUSTOS_E2E_DIRECT=1 the same tests talk to Kafka
+directly, which checks the tests themselves.
+
+Ports (all on 127.0.0.1), overridable by environment:
+  CUSTOS_E2E_KAFKA_PORT_BASE (21092): single broker 21092 (controller 21192);
+      the 3-broker cluster uses base+1000, the upstream-failure Kafka base+2000.
+  CUSTOS_E2E_PORT_BASE (31000): Custos instances take blocks of 20 ports from
+      here: bootstrap +0, admin +5, broker N at +10+N.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (DIRECT, REPO, CustosGateway, DirectGateway, KafkaCluster,  # noqa: E402
+                     port_is_free)
+
+KAFKA_PORT_BASE = int(os.environ.get("CUSTOS_E2E_KAFKA_PORT_BASE", "21092"))
+CUSTOS_PORT_BASE = int(os.environ.get("CUSTOS_E2E_PORT_BASE", "31000"))
+CUSTOS_BIN = os.environ.get("CUSTOS_BIN", str(REPO / "target" / "debug" / "custos"))
+
+_ACTIVE = []          # gateways whose log tail is attached to failing tests
+_next_block = [CUSTOS_PORT_BASE]
+
+
+def _port_block(nbrokers: int) -> int:
+    for _ in range(200):
+        base = _next_block[0]
+        _next_block[0] += 20
+        ports = [base, base + 5] + [base + 10 + n for n in range(1, nbrokers + 1)]
+        if all(port_is_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port block for Custos")
+
+
+def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, **kw):
+    """DirectGateway in DIRECT mode, else a started Custos in front of kafka."""
+    if DIRECT:
+        return DirectGateway(kafka)
+    gw = CustosGateway(CUSTOS_BIN, kafka, workdir, _port_block(kafka.brokers), name=name, **kw)
+    _ACTIVE.append(gw)
+    gw.start()
+    return gw
+
+
+def stop_gateway(gw):
+    """Stop Custos with SIGTERM and check it exited cleanly."""
+    if gw.direct:
+        return
+    try:
+        rc = gw.stop()
+    finally:
+        if gw in _ACTIVE:
+            _ACTIVE.remove(gw)
+    assert rc == 0, f"{gw.name} exited with {rc} after SIGTERM; log tail:\n{gw.log_tail(40)}"
+
+
+def kafka_fixture(tmp_path_factory, name, brokers, port_base):
+    k = KafkaCluster(tmp_path_factory.mktemp(name), brokers, port_base)
+    k.start()
+    return k
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    """One single-broker Kafka shared by the whole session."""
+    k = kafka_fixture(tmp_path_factory, "kafka1", 1, KAFKA_PORT_BASE)
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(kafka, tmp_path_factory):
+    """What clients connect to: Custos in front of `kafka` (or `kafka` itself in DIRECT mode)."""
+    gw = start_gateway(kafka, tmp_path_factory.mktemp("custos"), "custos")
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def bootstrap(gateway) -> str:
+    return gateway.bootstrap
+
+
+@pytest.fixture
+def topic_name(request) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name).strip("-")[:120]
+    return f"e2e-{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for gw in list(_ACTIVE):
+            t = gw.log_tail(80)
+            state = "running" if gw.alive() else f"EXITED rc={gw.proc.returncode if gw.proc else None}"
+            rep.sections.append((f"{gw.name} ({state}) log tail: {gw.log_path}", t or "(empty)"))
+
+
+def pytest_report_header(config):
+    mode = "DIRECT (no proxy)" if DIRECT else f"through Custos ({CUSTOS_BIN})"
+    return [f"custos e2e: {mode}"]

@@ -1,0 +1,118 @@
+"""Produce and consume through the gateway with the Java client and librdkafka:
+every codec, the idempotent producer, transactions. What is consumed must be
+byte for byte what was produced (keys, values, headers with duplicate names,
+timestamps, partitions, offsets, order within each partition)."""
+import pytest
+
+from harness import java, java_consume, java_produce, rd_consume, rd_create_topic, rd_produce
+from records import (assert_same_records, check_consume_order, check_produce_order, rec_from_json,
+                     record_headers, record_key, record_value)
+
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+CLIENTS = ["java", "rdkafka"]
+
+
+def produce(client, bootstrap, topic, count, **kw):
+    """Acked records in send order (for transactions also their outcomes)."""
+    if client == "java":
+        objs = java_produce(bootstrap, topic, count, **kw)
+        recs = [rec_from_json(o) for o in objs]
+        if kw.get("transactional_id"):
+            return recs, [o["txn"] for o in objs]
+        return recs
+    return rd_produce(bootstrap, topic, count, **kw)
+
+
+def consume_both(bootstrap, topic, count, **kw):
+    """The same topic read by the Java consumer and by librdkafka (no group)."""
+    isolation = kw.get("isolation", "read_uncommitted")
+    extra = kw.get("extra_s", 0.3)
+    j = java_consume(bootstrap, topic, count, isolation=isolation, extra_ms=int(extra * 1000))
+    r = rd_consume(bootstrap, topic, count, isolation=isolation, extra_s=extra)
+    return {"java consumer": j, "rdkafka consumer": r}
+
+
+def test_records_match_generator(bootstrap, topic_name):
+    """The Java client and tests/e2e/records.py generate the same records."""
+    rd_create_topic(bootstrap, topic_name, 1)
+    objs = java_produce(bootstrap, topic_name, 40, seed=7, size=70)
+    for o in objs:
+        r = rec_from_json(o)
+        i = o["i"]
+        assert r.k == record_key(7, i)
+        assert r.v == record_value(7, i, 70)
+        assert list(r.h) == record_headers(7, i)
+    # the generator covers the edge cases the tests rely on
+    recs = [rec_from_json(o) for o in objs]
+    assert any(r.k is None for r in recs) and any(r.v is None for r in recs)
+    assert any(r.h == () for r in recs)
+    assert any(sum(1 for n, _ in r.h if n == "dup") == 2 for r in recs)
+    assert any(v is None for r in recs for _, v in r.h)
+
+
+@pytest.mark.parametrize("producer", CLIENTS)
+@pytest.mark.parametrize("codec", CODECS)
+def test_codec_roundtrip(bootstrap, topic_name, codec, producer):
+    count = 60
+    rd_create_topic(bootstrap, topic_name, 3)
+    produced = produce(producer, bootstrap, topic_name, count, compression=codec, size=1000,
+                       seed=10 + CODECS.index(codec))
+    check_produce_order(produced)
+    assert len({r.p for r in produced}) > 1, "records should spread over partitions"
+    for label, got in consume_both(bootstrap, topic_name, count).items():
+        check_consume_order(got, label)
+        assert_same_records(produced, got, f"{producer} {codec} -> {label}")
+
+
+@pytest.mark.parametrize("producer", CLIENTS)
+def test_idempotent_producer(bootstrap, topic_name, producer):
+    count = 300
+    rd_create_topic(bootstrap, topic_name, 2)
+    produced = produce(producer, bootstrap, topic_name, count, idempotent=True, compression="lz4", size=200)
+    check_produce_order(produced)
+    for label, got in consume_both(bootstrap, topic_name, count).items():
+        check_consume_order(got, label)
+        assert_same_records(produced, got, f"idempotent {producer} -> {label}")
+
+
+@pytest.mark.parametrize("producer", CLIENTS)
+def test_transactions_read_committed(bootstrap, topic_name, producer):
+    count = 50
+    rd_create_topic(bootstrap, topic_name, 2)
+    produced, outcomes = produce(producer, bootstrap, topic_name, count, compression="zstd",
+                                 transactional_id=f"txn-{topic_name}",
+                                 txn_pattern="commit,abort,commit,abort,commit")
+    committed = [r for r, o in zip(produced, outcomes) if o == "commit"]
+    assert 0 < len(committed) < count
+    check_produce_order(produced)
+    # read_committed: exactly the committed records, nothing from the aborted transactions
+    for label, got in consume_both(bootstrap, topic_name, len(committed), isolation="read_committed",
+                                   extra_s=1.5).items():
+        check_consume_order(got, label)
+        assert_same_records(committed, got, f"{producer} transactions -> {label} read_committed")
+    # read_uncommitted: every data record, aborted ones included
+    for label, got in consume_both(bootstrap, topic_name, count, extra_s=0.5).items():
+        check_consume_order(got, label)
+        assert_same_records(produced, got, f"{producer} transactions -> {label} read_uncommitted")
+
+
+def test_java_console_tools(bootstrap, topic_name, tmp_path):
+    """Kafka's own ProducerPerformance and ConsoleConsumer work through the gateway."""
+    import subprocess
+    from harness import KAFKA_SH
+    rd_create_topic(bootstrap, topic_name, 2)
+    r = subprocess.run([KAFKA_SH, "tool", "org.apache.kafka.tools.ProducerPerformance",
+                        "--topic", topic_name, "--num-records", "2000", "--record-size", "100",
+                        "--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}",
+                        "compression.type=snappy", "acks=all"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2000 records sent" in r.stdout, r.stdout[-2000:]
+    r = subprocess.run([KAFKA_SH, "tool", "org.apache.kafka.tools.consumer.ConsoleConsumer",
+                        "--bootstrap-server", bootstrap, "--topic", topic_name, "--from-beginning",
+                        "--max-messages", "2000", "--timeout-ms", "30000",
+                        "--property", "print.value=false",
+                        "--property", "print.offset=true"],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Processed a total of 2000 messages" in r.stderr, r.stderr[-2000:]
