@@ -36,14 +36,14 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// A listener could not be bound.
-    #[error("`{key}`: cannot listen on {addr}: {source}")]
+    #[error("`{key}`: cannot listen on {addr}: {cause}")]
     Bind {
         /// Config key of the address.
         key: &'static str,
         /// Address.
         addr: String,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -131,17 +131,17 @@ impl Proxy {
         let bootstrap =
             TcpListener::bind(&bootstrap_addr)
                 .await
-                .map_err(|source| StartError::Bind {
+                .map_err(|cause| StartError::Bind {
                     key: "listen.bootstrap_port",
                     addr: bootstrap_addr.clone(),
-                    source,
+                    cause,
                 })?;
         let admin_listener = TcpListener::bind(cfg.admin.listen)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|cause| StartError::Bind {
                 key: "admin.listen",
                 addr: cfg.admin.listen.to_string(),
-                source,
+                cause,
             })?;
         tracing::info!(bootstrap = %bootstrap_addr, admin = %cfg.admin.listen, "listening");
 

@@ -23,12 +23,12 @@ pub enum UpstreamError {
     #[error("connecting to {0} timed out")]
     Timeout(String),
     /// TCP connect failed.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {cause}")]
     Connect {
         /// Broker address.
         addr: String,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TLS handshake failed.
     #[error("TLS to {addr} failed: {why}")]
@@ -60,9 +60,9 @@ pub async fn connect(
         let tcp =
             TcpStream::connect((host, port))
                 .await
-                .map_err(|source| UpstreamError::Connect {
+                .map_err(|cause| UpstreamError::Connect {
                     addr: addr.clone(),
-                    source,
+                    cause,
                 })?;
         // Kafka traffic is request/response: never wait to fill a segment.
         let _ = tcp.set_nodelay(true);
