@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Quickstart: a real local Kafka, Custos in front of it with the example
+# config, and a client producing and consuming through Custos.
+#
+#   deploy/quickstart.sh            # demo, then keep Custos running until Ctrl-C
+#   deploy/quickstart.sh --no-wait  # demo, then stop everything
+#
+# Needs: Rust (cargo), Java 17+, Maven, Python 3. Kafka comes from Maven Central.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+RUN_DIR="$REPO/.cache/quickstart"
+CONFIG="$REPO/deploy/custos.example.yaml"
+BOOTSTRAP=127.0.0.1:9192
+ADMIN=127.0.0.1:9400
+WAIT=1
+[[ "${1:-}" == "--no-wait" ]] && WAIT=0
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+CUSTOS_PID=""
+cleanup() {
+  [[ -n "$CUSTOS_PID" ]] && kill "$CUSTOS_PID" 2>/dev/null && wait "$CUSTOS_PID" 2>/dev/null || true
+  deploy/kafka.sh stop --dir "$RUN_DIR/kafka" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+say "Building Custos"
+cargo build --quiet -p custos
+./target/debug/custos config check "$CONFIG"
+
+say "Starting Apache Kafka (KRaft, one broker on 127.0.0.1:19092)"
+mkdir -p "$RUN_DIR"
+CUSTOS_KAFKA_PORT_BASE=19092 deploy/kafka.sh start --dir "$RUN_DIR/kafka"
+
+say "Starting Custos: clients use $BOOTSTRAP, broker 1 is exposed at 127.0.0.1:9201"
+./target/debug/custos run --config "$CONFIG" 2>"$RUN_DIR/custos.log" &
+CUSTOS_PID=$!
+for _ in $(seq 1 100); do
+  curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1 && break
+  kill -0 "$CUSTOS_PID" 2>/dev/null || { cat "$RUN_DIR/custos.log"; exit 1; }
+  sleep 0.2
+done
+curl -fsS "http://$ADMIN/readyz"
+
+TOPIC="quickstart-$(date +%s)"
+say "Creating topic $TOPIC through Custos (Kafka's own kafka-topics tool)"
+deploy/kafka.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
+  --create --topic "$TOPIC" --partitions 3 --replication-factor 1
+
+say "Producing three records through Custos (kafka-console-producer)"
+printf 'alice:{"order":1}\nbob:{"order":2}\ncarol:{"order":3}\n' |
+  deploy/kafka.sh tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server "$BOOTSTRAP" \
+    --topic "$TOPIC" --property parse.key=true --property key.separator=: --compression-codec zstd
+
+say "Consuming them back through Custos (kafka-console-consumer)"
+deploy/kafka.sh tool org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$BOOTSTRAP" \
+  --topic "$TOPIC" --from-beginning --max-messages 3 --property print.key=true --timeout-ms 20000
+
+say "What clients see of the cluster: only Custos addresses, never the broker's own"
+deploy/kafka.sh java-client metadata --bootstrap "$BOOTSTRAP" | head -1
+
+say "Protection at work: Custos refuses an api a client has no business sending"
+python3 - "$BOOTSTRAP" <<'PY'
+import socket, struct, sys
+host, port = sys.argv[1].split(":")
+s = socket.create_connection((host, int(port)), timeout=5)
+# LeaderAndIsr (api key 4) is broker-to-broker only; a gateway must not pass it.
+body = struct.pack(">hhih", 4, 7, 1, -1)
+s.sendall(struct.pack(">i", len(body)) + body)
+print("LeaderAndIsr request sent; Custos answered by closing the connection:",
+      s.recv(1) == b"")
+PY
+grep -m1 "refused request" "$RUN_DIR/custos.log" || true
+
+say "Metrics (http://$ADMIN/metrics), requests by api:"
+curl -fsS "http://$ADMIN/metrics" | grep '^custos_requests_total' | head -8
+
+if [[ "$WAIT" == 1 ]]; then
+  say "Custos is running: point any Kafka client at bootstrap.servers=$BOOTSTRAP. Ctrl-C stops it all."
+  wait "$CUSTOS_PID"
+fi
