@@ -22,47 +22,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (DIRECT, REPO, CustosGateway, DirectGateway, KafkaCluster,  # noqa: E402
-                     port_is_free)
-
-KAFKA_PORT_BASE = int(os.environ.get("CUSTOS_E2E_KAFKA_PORT_BASE", "21092"))
-CUSTOS_PORT_BASE = int(os.environ.get("CUSTOS_E2E_PORT_BASE", "31000"))
-CUSTOS_BIN = os.environ.get("CUSTOS_BIN", str(REPO / "target" / "debug" / "custos"))
-
-_ACTIVE = []          # gateways whose log tail is attached to failing tests
-_next_block = [CUSTOS_PORT_BASE]
-
-
-def _port_block(nbrokers: int) -> int:
-    for _ in range(200):
-        base = _next_block[0]
-        _next_block[0] += 20
-        ports = [base, base + 5] + [base + 10 + n for n in range(1, nbrokers + 1)]
-        if all(port_is_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port block for Custos")
-
-
-def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, **kw):
-    """DirectGateway in DIRECT mode, else a started Custos in front of kafka."""
-    if DIRECT:
-        return DirectGateway(kafka)
-    gw = CustosGateway(CUSTOS_BIN, kafka, workdir, _port_block(kafka.brokers), name=name, **kw)
-    _ACTIVE.append(gw)
-    gw.start()
-    return gw
-
-
-def stop_gateway(gw):
-    """Stop Custos with SIGTERM and check it exited cleanly."""
-    if gw.direct:
-        return
-    try:
-        rc = gw.stop()
-    finally:
-        if gw in _ACTIVE:
-            _ACTIVE.remove(gw)
-    assert rc == 0, f"{gw.name} exited with {rc} after SIGTERM; log tail:\n{gw.log_tail(40)}"
+from harness import (ACTIVE_GATEWAYS, DIRECT, KAFKA_PORT_BASE, KafkaCluster,  # noqa: E402
+                     start_gateway, stop_gateway, CUSTOS_BIN)
 
 
 def kafka_fixture(tmp_path_factory, name, brokers, port_base):
@@ -103,7 +64,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if rep.failed:
-        for gw in list(_ACTIVE):
+        for gw in list(ACTIVE_GATEWAYS):
             t = gw.log_tail(80)
             state = "running" if gw.alive() else f"EXITED rc={gw.proc.returncode if gw.proc else None}"
             rep.sections.append((f"{gw.name} ({state}) log tail: {gw.log_path}", t or "(empty)"))

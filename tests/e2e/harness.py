@@ -250,6 +250,49 @@ class CustosGateway:
         return tail(self.log_path, lines)
 
 
+# ------------------------------------------------------------------ gateway lifecycle
+
+KAFKA_PORT_BASE = int(os.environ.get("CUSTOS_E2E_KAFKA_PORT_BASE", "21092"))
+CUSTOS_PORT_BASE = int(os.environ.get("CUSTOS_E2E_PORT_BASE", "31000"))
+CUSTOS_BIN = os.environ.get("CUSTOS_BIN", str(REPO / "target" / "debug" / "custos"))
+
+ACTIVE_GATEWAYS = []          # gateways whose log tail is attached to failing tests
+_next_block = [CUSTOS_PORT_BASE]
+
+
+def _port_block(nbrokers: int) -> int:
+    for _ in range(200):
+        base = _next_block[0]
+        _next_block[0] += 20
+        ports = [base, base + 5] + [base + 10 + n for n in range(1, nbrokers + 1)]
+        if all(port_is_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port block for Custos")
+
+
+def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, **kw):
+    """DirectGateway in DIRECT mode, else a started Custos in front of kafka."""
+    if DIRECT:
+        return DirectGateway(kafka)
+    gw = CustosGateway(CUSTOS_BIN, kafka, workdir, _port_block(kafka.brokers), name=name, **kw)
+    ACTIVE_GATEWAYS.append(gw)
+    gw.start()
+    return gw
+
+
+def stop_gateway(gw):
+    """Stop Custos with SIGTERM and check it exited cleanly."""
+    if gw.direct:
+        return
+    try:
+        rc = gw.stop()
+    finally:
+        if gw in ACTIVE_GATEWAYS:
+            ACTIVE_GATEWAYS.remove(gw)
+    assert rc == 0, f"{gw.name} exited with {rc} after SIGTERM; log tail:\n{gw.log_tail(40)}"
+
+
+
 # ------------------------------------------------------------------ Java client
 
 def _java_cmd(args):

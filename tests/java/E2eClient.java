@@ -14,6 +14,7 @@
 //   produce  --bootstrap B --topic T --count N [--compression none|gzip|snappy|lz4|zstd]
 //            [--idempotent] [--transactional-id ID [--txn-pattern commit,abort,...]]
 //            [--size BYTES] [--seed S] [--partition P] [--acks all|1|0]
+//            [--interval-ms MS]  (pause between sends, for long-running producers)
 //   consume  --bootstrap B --topic T --count N [--group G] [--group-protocol classic|consumer]
 //            [--isolation read_committed|read_uncommitted] [--extra-ms MS]
 //            [--follow]   (group member that runs until "quit" or EOF on stdin; prints
@@ -338,6 +339,7 @@ public final class E2eClient {
         boolean idempotent = a.flag("idempotent") || txnId != null;
         String partArg = a.get("partition", null);
         Integer partition = partArg == null ? null : Integer.valueOf(partArg);
+        long intervalMs = a.getLong("interval-ms", 0);
 
         Properties p = new Properties();
         common(p, a);
@@ -381,6 +383,7 @@ public final class E2eClient {
                         if (ex != null) failed[idx] = ex;
                         else acked[idx] = md;
                     }));
+                    if (intervalMs > 0) Thread.sleep(intervalMs);
                 }
                 producer.flush();
                 if (txnId != null) {
