@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Data-path benchmark: Kafka's own perf tools, direct to Kafka and through
+# Custos, in the same run, alternating so machine noise hits both alike.
+# Not a test: it asserts nothing; its numbers go into BENCHMARKS.md.
+#
+#   deploy/bench.sh [ROUNDS]    (default 5 rounds; medians are reported)
+#
+# Env: BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
+#      BENCH_IDLE_CONNS (1000), CUSTOS_BIN (default: target/release/custos,
+#      built if missing).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+ROUNDS="${1:-5}"
+RECORDS="${BENCH_RECORDS:-300000}"
+SIZE="${BENCH_RECORD_SIZE:-1024}"
+IDLE="${BENCH_IDLE_CONNS:-1000}"
+RUN="$REPO/.cache/bench"
+KAFKA_PORT_BASE=49092
+DIRECT=127.0.0.1:$KAFKA_PORT_BASE
+PROXY=127.0.0.1:49500
+ADMIN=127.0.0.1:49400
+CUSTOS_BIN="${CUSTOS_BIN:-$REPO/target/release/custos}"
+[[ -x "$CUSTOS_BIN" ]] || cargo build --release -p custos
+rm -rf "$RUN"; mkdir -p "$RUN"
+
+CUSTOS_PID=""
+cleanup() {
+  [[ -n "$CUSTOS_PID" ]] && kill "$CUSTOS_PID" 2>/dev/null || true
+  deploy/kafka.sh stop --dir "$RUN/kafka" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+CUSTOS_KAFKA_PORT_BASE=$KAFKA_PORT_BASE deploy/kafka.sh start --dir "$RUN/kafka" >/dev/null
+cat > "$RUN/custos.yaml" <<YAML
+listen:
+  host: 127.0.0.1
+  advertised_host: 127.0.0.1
+  bootstrap_port: 49500
+  broker_port_base: 49600
+  max_broker_id: 10
+upstream:
+  bootstrap_servers: ["$DIRECT"]
+admin:
+  listen: $ADMIN
+log:
+  level: warn
+YAML
+"$CUSTOS_BIN" run --config "$RUN/custos.yaml" 2>"$RUN/custos.log" &
+CUSTOS_PID=$!
+until curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
+
+tool() { deploy/kafka.sh tool "$@"; }
+tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$DIRECT" --create \
+  --topic bench --partitions 6 --replication-factor 1 >/dev/null
+
+# producer: "N records sent, X records/sec (Y MB/sec), A ms avg latency, M ms max latency, p50 ms 50th, p95 ms 95th, p99 ms 99th, ..."
+produce() { # bootstrap throughput-limit
+  tool org.apache.kafka.tools.ProducerPerformance --topic bench --num-records "$RECORDS" \
+    --record-size "$SIZE" --throughput "$2" \
+    --producer-props bootstrap.servers="$1" acks=1 linger.ms=5 batch.size=65536 2>/dev/null | tail -1
+}
+# consumer: csv line with MB/sec (col 4) and nMsg/sec (col 6)
+consume() { # bootstrap
+  tool org.apache.kafka.tools.ConsumerPerformance --bootstrap-server "$1" --topic bench \
+    --messages "$RECORDS" --timeout 60000 --group "bench-$RANDOM-$RANDOM" 2>/dev/null | tail -1
+}
+field_rate() { sed -E 's/.* ([0-9.]+) records\/sec.*/\1/'; }
+field_pct() { sed -E "s/.* ([0-9.]+) ms $1.*/\1/"; }
+
+echo "round,path,produce_rec_s,consume_rec_s" > "$RUN/throughput.csv"
+for r in $(seq 1 "$ROUNDS"); do
+  for path in direct proxy; do
+    b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
+    p=$(produce "$b" -1 | field_rate)
+    c=$(consume "$b" | cut -d, -f6 | tr -d ' ')
+    echo "$r,$path,$p,$c" | tee -a "$RUN/throughput.csv"
+  done
+done
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+col() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/throughput.csv" | median; }
+DP=$(col direct 3); PP=$(col proxy 3); DC=$(col direct 4); PC=$(col proxy 4)
+
+# Latency at a fixed rate: half the direct maximum.
+RATE=$(awk -v d="$DP" 'BEGIN {printf "%d", d/2}')
+echo "round,path,p50_ms,p99_ms" > "$RUN/latency.csv"
+for r in $(seq 1 "$ROUNDS"); do
+  for path in direct proxy; do
+    b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
+    line=$(produce "$b" "$RATE")
+    echo "$r,$path,$(echo "$line" | field_pct 50th),$(echo "$line" | field_pct 99th)" | tee -a "$RUN/latency.csv"
+  done
+done
+lat() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/latency.csv" | median; }
+D50=$(lat direct 3); P50=$(lat proxy 3); D99=$(lat direct 4); P99=$(lat proxy 4)
+
+# Memory at idle connections: each completes an ApiVersions round trip through
+# Custos (so its upstream connection is open too), then stays idle.
+RSS=$(python3 - "$PROXY" "$IDLE" "$CUSTOS_PID" <<'PY'
+import socket, struct, sys, time
+host, port = sys.argv[1].split(":"); n = int(sys.argv[2]); pid = sys.argv[3]
+def rss():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+before = rss()
+socks = []
+req = struct.pack(">hhih", 18, 3, 1, 5) + b"bench" + b"\x00" + b"\x02a\x021\x00"
+for i in range(n):
+    s = socket.create_connection((host, int(port)))
+    s.sendall(struct.pack(">i", len(req)) + req)
+    socks.append(s)
+for s in socks:
+    ln = struct.unpack(">i", s.recv(4))[0]
+    got = 0
+    while got < ln:
+        got += len(s.recv(ln - got))
+time.sleep(1)
+print(f"{before:.1f},{rss():.1f}")
+PY
+)
+
+# Custos's own share of each Produce exchange, from its histogram (bucket upper bounds).
+OWN=$(curl -fsS "http://$ADMIN/metrics" | python3 -c '
+import re, sys
+b = []
+for line in sys.stdin:
+    m = re.match(r"custos_proxy_added_latency_seconds_bucket\{api=\"Produce\",le=\"([^\"]+)\"\} (\d+)", line)
+    if m:
+        b.append((float(m.group(1)), int(m.group(2))))
+total = b[-1][1] if b else 0
+def q(x):
+    for le, c in b:
+        if total and c >= x * total:
+            return le * 1e6
+    return float("nan")
+print(f"{total} exchanges, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us")
+')
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
+cat <<REPORT
+
+== results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B) ==
+produce records/s: direct $DP, through Custos $PP, ratio $(ratio "$PP" "$DP")
+consume records/s: direct $DC, through Custos $PC, ratio $(ratio "$PC" "$DC")
+produce latency at $RATE rec/s: p50 direct $D50 ms, Custos $P50 ms; p99 direct $D99 ms, Custos $P99 ms
+added latency: p50 $(awk -v a="$P50" -v b="$D50" 'BEGIN {printf "%.2f", a-b}') ms, p99 $(awk -v a="$P99" -v b="$D99" 'BEGIN {printf "%.2f", a-b}') ms
+Custos's own time per Produce exchange: $OWN
+Custos RSS (MB) before,after $IDLE idle connections: $RSS
+REPORT
