@@ -136,13 +136,14 @@ impl Proxy {
                     addr: bootstrap_addr.clone(),
                     cause,
                 })?;
-        let admin_listener = TcpListener::bind(cfg.admin.listen)
-            .await
-            .map_err(|cause| StartError::Bind {
-                key: "admin.listen",
-                addr: cfg.admin.listen.to_string(),
-                cause,
-            })?;
+        let admin_listener =
+            TcpListener::bind(cfg.admin.listen)
+                .await
+                .map_err(|cause| StartError::Bind {
+                    key: "admin.listen",
+                    addr: cfg.admin.listen.to_string(),
+                    cause,
+                })?;
         tracing::info!(bootstrap = %bootstrap_addr, admin = %cfg.admin.listen, "listening");
 
         let admin_state = Arc::new(admin::AdminState {

@@ -297,3 +297,198 @@ async fn write_client<W: AsyncWrite + Unpin>(
     ctx.metrics.bytes_out.inc_by(bytes.len() as u64 + 4);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The session against in-memory pipes: a fake client and a fake broker
+    //! that speak raw frames, so ordering and shutdown are checked exactly.
+
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::{ProduceRequest, RequestHeader, RequestKind};
+    use kafka_protocol::protocol::Encodable;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    fn ctx() -> Arc<SessionCtx> {
+        Arc::new(SessionCtx {
+            pipeline: Arc::new(Pipeline::new(vec![])),
+            metrics: Arc::new(Metrics::new()),
+            max_frame_bytes: 1 << 20,
+            max_in_flight: 8,
+        })
+    }
+
+    fn info() -> SessionInfo {
+        SessionInfo {
+            id: 1,
+            client_addr: "127.0.0.1:1".parse().expect("addr"),
+            broker_id: Some(1),
+            tls: false,
+        }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// A request frame of `key` v`version` with an empty-ish body.
+    fn request(key: ApiKey, version: i16, corr: i32, body: &RequestKind) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(corr)
+            .encode(&mut out, key.request_header_version(version))
+            .expect("header");
+        body.encode(&mut out, version).expect("body");
+        frame(&out)
+    }
+
+    fn metadata(corr: i32) -> Vec<u8> {
+        request(
+            ApiKey::Metadata,
+            12,
+            corr,
+            &RequestKind::Metadata(Default::default()),
+        )
+    }
+
+    async fn read_frame(s: &mut DuplexStream) -> Option<Vec<u8>> {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).await.is_err() {
+            return None;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.ok()?;
+        Some(body)
+    }
+
+    fn corr_of_request(f: &[u8]) -> i32 {
+        i32::from_be_bytes([f[4], f[5], f[6], f[7]])
+    }
+
+    /// A response frame: correlation id, then an opaque marker body.
+    fn response(corr: i32, marker: u8) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i32(corr);
+        b.put_u8(0); // header v1 tagged fields
+        b.put_u8(marker);
+        frame(&b)
+    }
+
+    struct Rig {
+        client: DuplexStream,
+        broker: DuplexStream,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), SessionError>>,
+    }
+
+    fn rig() -> Rig {
+        let (client, proxy_client) = tokio::io::duplex(1 << 16);
+        let (proxy_upstream, broker) = tokio::io::duplex(1 << 16);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            proxy_client,
+            proxy_upstream,
+            info(),
+            ctx(),
+            shutdown.clone(),
+        ));
+        Rig {
+            client,
+            broker,
+            shutdown,
+            task,
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_and_acks0_expects_nothing() {
+        let mut r = rig();
+        let acks0 = request(
+            ApiKey::Produce,
+            9,
+            2,
+            &RequestKind::Produce(ProduceRequest::default().with_acks(0)),
+        );
+        let mut burst = metadata(1);
+        burst.extend(acks0);
+        burst.extend(metadata(3));
+        r.client.write_all(&burst).await.expect("write");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(corr_of_request(
+                &read_frame(&mut r.broker).await.expect("forwarded"),
+            ));
+        }
+        assert_eq!(seen, vec![1, 2, 3], "forwarded in order");
+        // The broker answers 1 and 3 only (acks=0 gets no response).
+        r.broker.write_all(&response(1, 0xaa)).await.expect("w");
+        r.broker.write_all(&response(3, 0xbb)).await.expect("w");
+        let a = read_frame(&mut r.client).await.expect("first");
+        let b = read_frame(&mut r.client).await.expect("second");
+        assert_eq!((corr_of_resp(&a), a[5]), (1, 0xaa));
+        assert_eq!((corr_of_resp(&b), b[5]), (3, 0xbb));
+        drop(r.client);
+        assert!(r.task.await.expect("join").is_ok());
+    }
+
+    fn corr_of_resp(f: &[u8]) -> i32 {
+        i32::from_be_bytes([f[0], f[1], f[2], f[3]])
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_in_flight_requests_then_closes() {
+        let mut r = rig();
+        r.client.write_all(&metadata(7)).await.expect("write");
+        let fwd = read_frame(&mut r.broker).await.expect("forwarded");
+        assert_eq!(corr_of_request(&fwd), 7);
+        r.shutdown.cancel();
+        tokio::task::yield_now().await;
+        r.broker.write_all(&response(7, 1)).await.expect("w");
+        let got = read_frame(&mut r.client)
+            .await
+            .expect("answered after shutdown began");
+        assert_eq!(corr_of_resp(&got), 7);
+        assert!(read_frame(&mut r.client).await.is_none(), "then closed");
+        assert!(r.task.await.expect("join").is_ok());
+    }
+
+    #[tokio::test]
+    async fn unknown_api_key_closes_with_client_blame() {
+        let mut r = rig();
+        r.client
+            .write_all(&frame(&[0x27, 0x0f, 0, 0, 0, 0, 0, 1, 0xff, 0xff]))
+            .await
+            .expect("write");
+        let err = r.task.await.expect("join").expect_err("refused");
+        assert_eq!(err.blame, Blame::Client);
+        assert!(err.message.contains("9999"), "{}", err.message);
+        assert!(read_frame(&mut r.client).await.is_none());
+        assert!(
+            read_frame(&mut r.broker).await.is_none(),
+            "nothing forwarded"
+        );
+    }
+
+    #[tokio::test]
+    async fn mismatched_correlation_id_is_the_brokers_fault() {
+        let mut r = rig();
+        r.client.write_all(&metadata(1)).await.expect("write");
+        read_frame(&mut r.broker).await.expect("forwarded");
+        r.broker.write_all(&response(99, 0)).await.expect("w");
+        let err = r.task.await.expect("join").expect_err("refused");
+        assert_eq!(err.blame, Blame::Upstream);
+    }
+
+    #[tokio::test]
+    async fn broker_going_away_closes_the_client_promptly() {
+        let mut r = rig();
+        drop(r.broker);
+        let err = r.task.await.expect("join").expect_err("upstream gone");
+        assert_eq!(err.blame, Blame::Upstream);
+        assert!(read_frame(&mut r.client).await.is_none());
+    }
+}
