@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Time Custos spent on a request and its response.
     pub added_latency: HistogramFamily,
     next_conn_id: AtomicU64,
+    /// Labels of every api, built once: the request path must not format strings.
+    labels: Vec<ApiLabel>,
 }
 
 impl Default for Metrics {
@@ -160,6 +162,13 @@ impl Metrics {
             upstream_latency,
             added_latency,
             next_conn_id: AtomicU64::new(1),
+            labels: (0..LABEL_SLOTS)
+                .map(|k| ApiLabel {
+                    api: ApiKey::try_from(k as i16)
+                        .map(|key| format!("{key:?}"))
+                        .unwrap_or_else(|_| format!("api{k}")),
+                })
+                .collect(),
         }
     }
 
@@ -168,19 +177,23 @@ impl Metrics {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    fn label(&self, key: ApiKey) -> &ApiLabel {
+        &self.labels[(key as i16 as usize) % LABEL_SLOTS]
+    }
+
     /// Counts one request of `key`.
     pub fn request(&self, key: ApiKey) {
-        self.requests.get_or_create(&api_label(key)).inc();
+        self.requests.get_or_create(self.label(key)).inc();
     }
 
     /// Records the latencies of one request/response exchange.
     pub fn exchange(&self, key: ApiKey, upstream: Duration, added: Duration) {
-        let label = api_label(key);
+        let label = self.label(key);
         self.upstream_latency
-            .get_or_create(&label)
+            .get_or_create(label)
             .observe(upstream.as_secs_f64());
         self.added_latency
-            .get_or_create(&label)
+            .get_or_create(label)
             .observe(added.as_secs_f64());
     }
 
@@ -203,11 +216,7 @@ impl Metrics {
     }
 }
 
-fn api_label(key: ApiKey) -> ApiLabel {
-    ApiLabel {
-        api: format!("{key:?}"),
-    }
-}
+const LABEL_SLOTS: usize = 128;
 
 #[cfg(test)]
 mod tests {
