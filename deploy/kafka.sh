@@ -4,7 +4,9 @@
 # loopback, and runs Kafka's tools and the Java end-to-end test client.
 #
 #   deploy/kafka.sh fetch
-#   deploy/kafka.sh start [--brokers 1|3] [--dir DIR] [--port-base PORT]
+#   deploy/kafka.sh start [--brokers 1|3] [--dir DIR] [--port-base PORT] [--tls]
+#        --tls adds an SSL listener per node on port-base+200+N-1, with a CA, broker
+#        and client certificates (PEM) generated into DIR/tls (client auth: requested)
 #   deploy/kafka.sh stop [--dir DIR]
 #   deploy/kafka.sh stop-node ID [--dir DIR]
 #   deploy/kafka.sh start-node ID [--dir DIR]
@@ -109,6 +111,7 @@ RUN_DIR="${CUSTOS_KAFKA_DIR:-$REPO/.cache/kafka-run}"
 BROKERS=""
 PORT_BASE=""
 NODE_ARG=""
+TLS=""
 
 parse_opts() {
   while [[ $# -gt 0 ]]; do
@@ -119,6 +122,7 @@ parse_opts() {
       --brokers=*) BROKERS="${1#*=}"; shift ;;
       --port-base) PORT_BASE="$2"; shift 2 ;;
       --port-base=*) PORT_BASE="${1#*=}"; shift ;;
+      --tls) TLS=1; shift ;;
       -*) die "unknown option $1" ;;
       *) [[ -z "$NODE_ARG" ]] || die "unexpected argument $1"; NODE_ARG="$1"; shift ;;
     esac
@@ -131,11 +135,12 @@ load_state() {
   [[ -f "$RUN_DIR/cluster.env" ]] || die "no cluster in $RUN_DIR (run start first)"
   # shellcheck disable=SC1091
   source "$RUN_DIR/cluster.env"
-  BROKERS="$C_BROKERS"; PORT_BASE="$C_PORT_BASE"
+  BROKERS="$C_BROKERS"; PORT_BASE="$C_PORT_BASE"; TLS="${C_TLS:-}"
 }
 
 client_port() { echo $((PORT_BASE + $1 - 1)); }
 controller_port() { echo $((PORT_BASE + 100 + $1 - 1)); }
+ssl_port() { echo $((PORT_BASE + 200 + $1 - 1)); }
 node_dir() { echo "$RUN_DIR/node-$1"; }
 
 bootstrap_servers() {
@@ -160,18 +165,55 @@ node_pid() {
   fi
 }
 
+# CA, broker and client certificates for --tls (PEM, RSA 2048, SAN localhost + 127.0.0.1)
+gen_tls() {
+  local d="$RUN_DIR/tls"
+  [[ -f "$d/broker-keystore.pem" && -f "$d/client.key" ]] && return 0
+  command -v openssl >/dev/null || die "--tls needs openssl"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=custos-test-kafka-ca" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > ext.cnf
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout broker.key -out broker.csr 2>/dev/null
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile ext.cnf -out broker.pem 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' > client-ext.cnf
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=custos-test-client" -keyout client.key -out client.csr 2>/dev/null
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile client-ext.cnf -out client.pem 2>/dev/null
+    cat broker.key broker.pem > broker-keystore.pem
+    cat client.key client.pem > client-keystore.pem
+    rm -f ./*.csr
+  ) || die "generating TLS certificates failed"
+}
+
 write_properties() {
   local id="$1" dir voters="" n rf minisr
   dir="$(node_dir "$id")"
   mkdir -p "$dir/data"
   if [[ "$BROKERS" == 1 ]]; then rf=1; minisr=1; else rf=3; minisr=2; fi
+  local listeners="PLAINTEXT://$HOST:$(client_port "$id"),CONTROLLER://$HOST:$(controller_port "$id")"
+  local protomap="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ -n "$TLS" ]]; then
+    listeners+=",SSL://$HOST:$(ssl_port "$id")"
+    protomap+=",SSL:SSL"
+  fi
   {
     echo "# written by deploy/kafka.sh"
     echo "process.roles=broker,controller"
     echo "node.id=$id"
-    echo "listeners=PLAINTEXT://$HOST:$(client_port "$id"),CONTROLLER://$HOST:$(controller_port "$id")"
-    echo "advertised.listeners=PLAINTEXT://$HOST:$(client_port "$id"),CONTROLLER://$HOST:$(controller_port "$id")"
-    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    echo "listeners=$listeners"
+    echo "advertised.listeners=$listeners"
+    echo "listener.security.protocol.map=$protomap"
+    if [[ -n "$TLS" ]]; then
+      echo "ssl.keystore.type=PEM"
+      echo "ssl.keystore.location=$RUN_DIR/tls/broker-keystore.pem"
+      echo "ssl.truststore.type=PEM"
+      echo "ssl.truststore.location=$RUN_DIR/tls/ca.pem"
+      echo "ssl.client.auth=requested"
+    fi
     echo "inter.broker.listener.name=PLAINTEXT"
     echo "controller.listener.names=CONTROLLER"
     if [[ "$BROKERS" == 1 ]]; then
@@ -226,7 +268,9 @@ launch_node() {
   dir="$(node_dir "$id")"
   [[ -n "$(node_pid "$id")" ]] && { log "node $id already running"; return 0; }
   local p
-  for p in "$(client_port "$id")" "$(controller_port "$id")"; do
+  local ports=("$(client_port "$id")" "$(controller_port "$id")")
+  [[ -z "$TLS" ]] || ports+=("$(ssl_port "$id")")
+  for p in "${ports[@]}"; do
     port_open "$p" && die "port $HOST:$p is already in use (another Kafka? set --port-base or CUSTOS_KAFKA_PORT_BASE)"
   done
   # setsid: its own session, so a Ctrl-C in the caller's terminal does not hit it
@@ -266,8 +310,9 @@ cmd_start() {
   parse_opts "$@"
   ensure_fetched
   if [[ -f "$RUN_DIR/cluster.env" ]]; then
-    local want_b="$BROKERS" want_p="$PORT_BASE"
+    local want_b="$BROKERS" want_p="$PORT_BASE" want_t="$TLS"
     load_state
+    [[ -z "$want_t" || -n "$TLS" ]] || die "$RUN_DIR was started without --tls; use another --dir"
     [[ -z "$want_b" || "$want_b" == "$BROKERS" ]] || die "$RUN_DIR holds a $BROKERS-broker cluster; use another --dir"
     [[ -z "$want_p" || "$want_p" == "$PORT_BASE" ]] || die "$RUN_DIR uses port base $PORT_BASE; use another --dir"
   else
@@ -282,8 +327,9 @@ while True:
         break
 print(s)' 2>/dev/null \
       || "$JAVA" "${client_java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
-    printf 'C_BROKERS=%s\nC_PORT_BASE=%s\nCLUSTER_ID=%s\n' "$BROKERS" "$PORT_BASE" "$CLUSTER_ID" > "$RUN_DIR/cluster.env"
+    printf 'C_BROKERS=%s\nC_PORT_BASE=%s\nCLUSTER_ID=%s\nC_TLS=%s\n' "$BROKERS" "$PORT_BASE" "$CLUSTER_ID" "$TLS" > "$RUN_DIR/cluster.env"
   fi
+  [[ -z "$TLS" ]] || gen_tls
   local id
   for ((id = 1; id <= BROKERS; id++)); do write_properties "$id"; done
   for ((id = 1; id <= BROKERS; id++)); do format_storage "$id"; done
@@ -366,7 +412,7 @@ cmd_status() {
     elif port_open "$(client_port "$id")"; then state="running (pid $pid)"
     else state="starting (pid $pid)"; rc=1
     fi
-    echo "node $id  $HOST:$(client_port "$id")  controller $HOST:$(controller_port "$id")  $state"
+    echo "node $id  $HOST:$(client_port "$id")  controller $HOST:$(controller_port "$id")${TLS:+  ssl $HOST:$(ssl_port "$id")}  $state"
   done
   return $rc
 }

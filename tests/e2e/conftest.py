@@ -5,7 +5,8 @@ target/debug/custos). With CUSTOS_E2E_DIRECT=1 the same tests talk to Kafka
 directly, which checks the tests themselves.
 
 Ports (all on 127.0.0.1), overridable by environment:
-  CUSTOS_E2E_KAFKA_PORT_BASE (21092): single broker 21092 (controller 21192);
+  CUSTOS_E2E_KAFKA_PORT_BASE (21092): single broker 21092 (controller 21192,
+      SSL listener 21292);
       the 3-broker cluster uses base+1000, the upstream-failure Kafka base+2000.
   CUSTOS_E2E_PORT_BASE (31000): Custos instances take blocks of 20 ports from
       here: bootstrap +0, admin +5, broker N at +10+N.
@@ -26,16 +27,17 @@ from harness import (ACTIVE_GATEWAYS, DIRECT, KAFKA_PORT_BASE, KafkaCluster,  # 
                      start_gateway, stop_gateway, CUSTOS_BIN)
 
 
-def kafka_fixture(tmp_path_factory, name, brokers, port_base):
-    k = KafkaCluster(tmp_path_factory.mktemp(name), brokers, port_base)
+def kafka_fixture(tmp_path_factory, name, brokers, port_base, tls=False):
+    k = KafkaCluster(tmp_path_factory.mktemp(name), brokers, port_base, tls=tls)
     k.start()
     return k
 
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory):
-    """One single-broker Kafka shared by the whole session."""
-    k = kafka_fixture(tmp_path_factory, "kafka1", 1, KAFKA_PORT_BASE)
+    """One single-broker Kafka shared by the whole session (with an SSL listener
+    beside the plaintext one, for the TLS tests)."""
+    k = kafka_fixture(tmp_path_factory, "kafka1", 1, KAFKA_PORT_BASE, tls=True)
     yield k
     k.stop()
 

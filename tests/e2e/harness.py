@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
+import re
 import signal
 import socket
 import subprocess
@@ -53,9 +53,71 @@ def tail(path, lines: int = 60) -> str:
             size = f.tell()
             f.seek(max(0, size - 256 * 1024))
             data = f.read().decode("utf-8", "replace")
+        data = re.sub(r"\x1b\[[0-9;]*m", "", data)   # ANSI colours
         return "\n".join(data.splitlines()[-lines:])
     except OSError:
         return ""
+
+
+# ------------------------------------------------------------------ TLS
+
+class Sec:
+    """How a client secures its connection: TLS trust (CA PEM) and optionally a
+    client certificate. Sec() is plaintext."""
+
+    def __init__(self, ca=None, cert=None, key=None, keystore=None):
+        self.ca, self.cert, self.key, self.keystore = ca, cert, key, keystore
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
+
+    def rd(self) -> dict:
+        if not self.tls:
+            return {}
+        conf = {"security.protocol": "SSL", "ssl.ca.location": str(self.ca)}
+        if self.cert:
+            conf.update({"ssl.certificate.location": str(self.cert), "ssl.key.location": str(self.key)})
+        return conf
+
+    def java(self) -> list:
+        """--property arguments for the Java client."""
+        if not self.tls:
+            return []
+        props = ["security.protocol=SSL", "ssl.truststore.type=PEM", f"ssl.truststore.location={self.ca}"]
+        if self.keystore:
+            props += ["ssl.keystore.type=PEM", f"ssl.keystore.location={self.keystore}"]
+        out = []
+        for p in props:
+            out += ["--property", p]
+        return out
+
+
+PLAIN = Sec()
+
+
+def make_pki(d: Path, name: str) -> dict:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate
+    (PEM, RSA 2048) made with openssl. Returns a dict of paths."""
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args):
+        r = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"openssl {args[0]} failed: {r.stderr}"
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-subj", f"/CN={name}-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for who, cn in (("server", "localhost"), ("client", f"{name}-client")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{who}.key",
+            "-out", f"{who}.csr")
+        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "365", "-extfile", f"{who}.ext", "-out", f"{who}.pem")
+    (d / "client-keystore.pem").write_text((d / "client.key").read_text() + (d / "client.pem").read_text())
+    return {k: d / f for k, f in (("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key"),
+                                  ("client_cert", "client.pem"), ("client_key", "client.key"),
+                                  ("client_keystore", "client-keystore.pem"))}
 
 
 # ------------------------------------------------------------------ Kafka
@@ -63,13 +125,32 @@ def tail(path, lines: int = 60) -> str:
 class KafkaCluster:
     """A real Kafka run by deploy/kafka.sh in its own run dir."""
 
-    def __init__(self, run_dir: Path, brokers: int, port_base: int):
+    def __init__(self, run_dir: Path, brokers: int, port_base: int, tls: bool = False):
         self.run_dir = Path(run_dir)
         self.brokers = brokers
         self.port_base = port_base
+        self.tls = tls
 
     def client_port(self, node_id: int) -> int:
         return self.port_base + node_id - 1
+
+    def ssl_port(self, node_id: int) -> int:
+        """The SSL listener (started with tls=True); certificates in tls_dir."""
+        return self.port_base + 200 + node_id - 1
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.run_dir / "tls"
+
+    def client_sec(self) -> Sec:
+        """What a client needs for the SSL listener (trust + client certificate)."""
+        t = self.tls_dir
+        return Sec(ca=t / "ca.pem", cert=t / "client.pem", key=t / "client.key",
+                   keystore=t / "client-keystore.pem")
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{self.ssl_port(n)}" for n in range(1, self.brokers + 1))
 
     @property
     def bootstrap(self) -> str:
@@ -87,10 +168,11 @@ class KafkaCluster:
 
     def start(self):
         for n in range(1, self.brokers + 1):
-            for port in (self.client_port(n), self.client_port(n) + 100):
+            for port in (self.client_port(n), self.client_port(n) + 100) + ((self.ssl_port(n),) if self.tls else ()):
                 if not port_is_free(port):
                     raise AssertionError(f"port {port} is busy; set CUSTOS_E2E_KAFKA_PORT_BASE")
-        self._sh("start", "--brokers", str(self.brokers), "--port-base", str(self.port_base))
+        self._sh("start", "--brokers", str(self.brokers), "--port-base", str(self.port_base),
+                 *(["--tls"] if self.tls else []))
         return self
 
     def stop(self):
@@ -109,20 +191,24 @@ class DirectGateway:
     """CUSTOS_E2E_DIRECT=1: clients talk to Kafka itself."""
     direct = True
 
-    def __init__(self, kafka: KafkaCluster):
+    def __init__(self, kafka: KafkaCluster, tls: bool = False):
         self.kafka = kafka
         self.name = "direct"
+        self.use_tls = tls
+        # DIRECT with tls: clients use the broker's SSL listener
+        self.client_sec = kafka.client_sec() if tls else PLAIN
+        self._port = kafka.ssl_port if tls else kafka.client_port
 
     @property
     def bootstrap(self) -> str:
-        return self.kafka.bootstrap
+        return ",".join(f"{HOST}:{self._port(n)}" for n in range(1, self.kafka.brokers + 1))
 
     @property
     def bootstrap_addr(self):
-        return (HOST, self.kafka.client_port(1))
+        return (HOST, self._port(1))
 
     def broker_addr(self, node_id: int):
-        return (HOST, self.kafka.client_port(node_id))
+        return (HOST, self._port(node_id))
 
     def alive(self) -> bool:
         return True
@@ -139,7 +225,9 @@ class CustosGateway:
     direct = False
 
     def __init__(self, binary: str, kafka: KafkaCluster, workdir: Path, port_block: int,
-                 name: str = "custos", max_frame_bytes: int = 104857600, extra_yaml: str = ""):
+                 name: str = "custos", max_frame_bytes: int = 104857600, extra_yaml: str = "",
+                 listen_tls: Optional[dict] = None, upstream_tls: Optional[dict] = None,
+                 client_sec: Optional[Sec] = None):
         self.binary = binary
         self.kafka = kafka
         self.workdir = Path(workdir)
@@ -152,6 +240,9 @@ class CustosGateway:
         self.broker_port_base = port_block + 10
         self.max_frame_bytes = max_frame_bytes
         self.extra_yaml = extra_yaml
+        self.listen_tls = listen_tls
+        self.upstream_tls = upstream_tls
+        self.client_sec = client_sec or PLAIN
         self.config_path = self.workdir / "custos.yaml"
         self.log_path = self.workdir / "custos.log"
         self.proc: Optional[subprocess.Popen] = None
@@ -171,8 +262,22 @@ class CustosGateway:
         return [self.bootstrap_port, self.admin_port] + [
             self.broker_port_base + n for n in range(1, self.kafka.brokers + 1)]
 
+    @staticmethod
+    def _yaml_map(d: dict, indent: int) -> str:
+        out = ""
+        for k, v in d.items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, (str, Path)):
+                v = json.dumps(str(v))
+            out += " " * indent + f"{k}: {v}\n"
+        return out
+
     def write_config(self):
-        upstream = ", ".join(f'"{HOST}:{self.kafka.client_port(n)}"' for n in range(1, self.kafka.brokers + 1))
+        port = self.kafka.ssl_port if self.upstream_tls else self.kafka.client_port
+        upstream = ", ".join(f'"{HOST}:{port(n)}"' for n in range(1, self.kafka.brokers + 1))
+        listen_tls = ("  tls:\n" + self._yaml_map(self.listen_tls, 4)) if self.listen_tls else ""
+        upstream_tls = ("  tls:\n" + self._yaml_map(self.upstream_tls, 4)) if self.upstream_tls else ""
         self.config_path.write_text(
             "# generated by tests/e2e\n"
             "listen:\n"
@@ -180,8 +285,10 @@ class CustosGateway:
             f"  advertised_host: {self.advertised_host}\n"
             f"  bootstrap_port: {self.bootstrap_port}\n"
             f"  broker_port_base: {self.broker_port_base}\n"
+            + listen_tls +
             "upstream:\n"
             f"  bootstrap_servers: [{upstream}]\n"
+            + upstream_tls +
             "limits:\n"
             f"  max_frame_bytes: {self.max_frame_bytes}\n"
             "admin:\n"
@@ -270,10 +377,11 @@ def _port_block(nbrokers: int) -> int:
     raise RuntimeError("no free port block for Custos")
 
 
-def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, **kw):
-    """DirectGateway in DIRECT mode, else a started Custos in front of kafka."""
+def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, direct_tls: bool = False, **kw):
+    """DirectGateway in DIRECT mode (on the broker's SSL listener if direct_tls),
+    else a started Custos in front of kafka."""
     if DIRECT:
-        return DirectGateway(kafka)
+        return DirectGateway(kafka, tls=direct_tls)
     gw = CustosGateway(CUSTOS_BIN, kafka, workdir, _port_block(kafka.brokers), name=name, **kw)
     ACTIVE_GATEWAYS.append(gw)
     gw.start()
@@ -319,7 +427,8 @@ def java_records(objs) -> list:
 
 
 def java_produce(bootstrap, topic, count, *, compression="none", seed=1, size=100,
-                 idempotent=False, transactional_id=None, txn_pattern=None, extra=(), timeout=120):
+                 idempotent=False, transactional_id=None, txn_pattern=None, extra=(), timeout=120,
+                 sec: Sec = PLAIN):
     """Returns the acknowledged records in send order (each with .txn in the json)."""
     args = ["produce", "--bootstrap", bootstrap, "--topic", topic, "--count", count,
             "--compression", compression, "--seed", seed, "--size", size,
@@ -330,7 +439,7 @@ def java_produce(bootstrap, topic, count, *, compression="none", seed=1, size=10
         args += ["--transactional-id", transactional_id]
     if txn_pattern:
         args += ["--txn-pattern", txn_pattern]
-    args += list(extra)
+    args += list(extra) + sec.java()
     _, objs, _ = java(*args, timeout=timeout)
     recs = [o for o in objs if o.get("t") == "rec"]
     assert len(recs) == count, f"java produced {len(recs)} of {count}"
@@ -338,13 +447,14 @@ def java_produce(bootstrap, topic, count, *, compression="none", seed=1, size=10
 
 
 def java_consume(bootstrap, topic, count, *, group=None, group_protocol="classic",
-                 isolation="read_uncommitted", extra_ms=0, timeout=90, check=True, extra=()):
+                 isolation="read_uncommitted", extra_ms=0, timeout=90, check=True, extra=(),
+                 sec: Sec = PLAIN):
     args = ["consume", "--bootstrap", bootstrap, "--topic", topic, "--count", count,
             "--isolation", isolation, "--extra-ms", extra_ms, "--group-protocol", group_protocol,
             "--timeout-ms", int(timeout * 1000) - 10000]
     if group:
         args += ["--group", group]
-    args += list(extra)
+    args += list(extra) + sec.java()
     rc, objs, err = java(*args, timeout=timeout, check=check)
     return java_records(objs)
 
@@ -432,25 +542,26 @@ class JavaProc:
 
 # ------------------------------------------------------------------ librdkafka
 
-def rd_common(bootstrap: str) -> dict:
+def rd_common(bootstrap: str, sec: Sec = PLAIN) -> dict:
     return {
         "bootstrap.servers": bootstrap,
         "client.id": "custos-e2e-rdkafka",
         "socket.timeout.ms": 15000,
         "reconnect.backoff.max.ms": 1000,
         "topic.metadata.refresh.interval.ms": 10000,
+        **sec.rd(),
     }
 
 
-def rd_admin(bootstrap: str):
+def rd_admin(bootstrap: str, sec: Sec = PLAIN):
     from confluent_kafka.admin import AdminClient
-    return AdminClient(rd_common(bootstrap))
+    return AdminClient(rd_common(bootstrap, sec))
 
 
 def rd_create_topic(bootstrap: str, topic: str, partitions: int, rf: int = 1, timeout: float = 30,
-                    config: Optional[dict] = None):
+                    config: Optional[dict] = None, sec: Sec = PLAIN):
     from confluent_kafka.admin import NewTopic
-    a = rd_admin(bootstrap)
+    a = rd_admin(bootstrap, sec)
     fs = a.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf,
                                    config=config or {})], operation_timeout=timeout, request_timeout=timeout)
     fs[topic].result(timeout)
@@ -467,9 +578,9 @@ class RdProducer:
     """A librdkafka producer that records every delivery report."""
 
     def __init__(self, bootstrap: str, *, compression="none", idempotent=False, transactional_id=None,
-                 extra: Optional[dict] = None):
+                 extra: Optional[dict] = None, sec: Sec = PLAIN):
         from confluent_kafka import Producer
-        conf = rd_common(bootstrap)
+        conf = rd_common(bootstrap, sec)
         conf.update({
             "compression.type": compression,
             "enable.idempotence": bool(idempotent or transactional_id),
@@ -523,11 +634,11 @@ class RdProducer:
 
 
 def rd_produce(bootstrap, topic, count, *, compression="none", seed=1, size=100, idempotent=False,
-               transactional_id=None, txn_pattern=None, timeout=60):
+               transactional_id=None, txn_pattern=None, timeout=60, sec: Sec = PLAIN):
     """Produce the deterministic records; returns acked Recs in send order, and for
     transactions also the outcome of each ("commit"/"abort") in the same order."""
     prod = RdProducer(bootstrap, compression=compression, idempotent=idempotent,
-                      transactional_id=transactional_id)
+                      transactional_id=transactional_id, sec=sec)
     outcomes = {}
     if transactional_id:
         prod.p.init_transactions(timeout)
@@ -555,9 +666,9 @@ def rd_produce(bootstrap, topic, count, *, compression="none", seed=1, size=100,
     return recs
 
 
-def rd_consumer(bootstrap, group="custos-e2e-nogroup", extra: Optional[dict] = None, **kw):
+def rd_consumer(bootstrap, group="custos-e2e-nogroup", extra: Optional[dict] = None, sec: Sec = PLAIN):
     from confluent_kafka import Consumer
-    conf = rd_common(bootstrap)
+    conf = rd_common(bootstrap, sec)
     conf.update({
         "group.id": group,
         "enable.auto.commit": False,
@@ -569,11 +680,11 @@ def rd_consumer(bootstrap, group="custos-e2e-nogroup", extra: Optional[dict] = N
 
 
 def rd_consume(bootstrap, topic, count, *, isolation="read_uncommitted", extra_s=0.0, timeout=60,
-               check=True):
+               check=True, sec: Sec = PLAIN):
     """Assign every partition from the beginning (no group), read `count` records,
     keep reading `extra_s` more seconds to catch extras; returns Recs in delivery order."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-    c = rd_consumer(bootstrap, extra={"isolation.level": isolation})
+    c = rd_consumer(bootstrap, extra={"isolation.level": isolation}, sec=sec)
     try:
         deadline = time.monotonic() + timeout
 
