@@ -85,6 +85,16 @@ fetch() {
 ensure_fetched() {
   if [[ ! -f "$CACHE/.fetched" || ! -f "$CLASSES/.source.sha256" \
         || "$(sha_of "$CLIENT_SRC")" != "$(cat "$CLASSES/.source.sha256")" ]]; then
+    locked_fetch
+  fi
+}
+
+# fetch under a lock: clients started side by side must not compile over each other
+locked_fetch() {
+  mkdir -p "$CACHE"
+  if command -v flock >/dev/null; then
+    ( flock -w 600 9 || die "timed out waiting for the lock on $CACHE"; fetch ) 9>"$CACHE/.lock"
+  else
     fetch
   fi
 }
@@ -427,7 +437,7 @@ main() {
   [[ $# -ge 1 ]] || { sed -n '2,25p' "$0" >&2; exit 2; }
   local cmd="$1"; shift
   case "$cmd" in
-    fetch) fetch; echo "$CACHE" ;;
+    fetch) locked_fetch; echo "$CACHE" ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
     stop-node) cmd_stop_node "$@" ;;

@@ -81,6 +81,19 @@ def rec_from_rdkafka(msg) -> Rec:
                tuple((name, val) for name, val in (msg.headers() or [])))
 
 
+def digest(recs: Iterable[Rec]) -> str:
+    """The Java client's summary digest: SHA-256 over the records sorted by
+    (partition, offset), one compact JSON array per line."""
+    import json
+    def b(x):
+        return None if x is None else base64.b64encode(x).decode()
+    lines = []
+    for r in sorted(recs, key=lambda r: (r.p, r.o)):
+        lines.append(json.dumps([r.p, r.o, r.ts, b(r.k), b(r.v), [[n, b(v)] for n, v in r.h]],
+                                separators=(",", ":")) + "\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 # ------------------------------------------------------------------ checks
 
 def check_produce_order(produced: Iterable[Rec], label: str = "produced") -> None:

@@ -9,6 +9,8 @@
 // Record lines: {"t":"rec","p":PARTITION,"o":OFFSET,"ts":TIMESTAMP,"k":B64|null,
 //                "v":B64|null,"h":[[NAME,B64|null],...], ...}
 // Keys, values and header values are base64 so they compare byte for byte.
+// produce and consume end with {"t":"summary",...,"digest":HEX}: SHA-256 over the
+// records sorted by (partition, offset), equal for equal record sets.
 //
 // Subcommands:
 //   produce  --bootstrap B --topic T --count N [--compression none|gzip|snappy|lz4|zstd]
@@ -196,6 +198,26 @@ public final class E2eClient {
         Map<String, Object> m = new LinkedHashMap<>();
         for (int i = 0; i < kv.length; i += 2) m.put((String) kv[i], kv[i + 1]);
         return m;
+    }
+
+    // SHA-256 over the records sorted by (partition, offset): equal digests mean
+    // equal record sets (partition, offset, timestamp, key, value, headers).
+    static final class Digest {
+        final java.util.TreeMap<Long, String> lines = new java.util.TreeMap<>();
+
+        void add(int p, long o, long ts, byte[] k, byte[] v, Iterable<Header> hs) {
+            StringBuilder sb = new StringBuilder();
+            json(sb, Arrays.asList(p, o, ts, b64(k), b64(v), headersJson(hs)));
+            lines.put(((long) p << 40) + o, sb.toString());
+        }
+
+        String hex() {
+            StringBuilder all = new StringBuilder();
+            for (String l : lines.values()) all.append(l).append('\n');
+            StringBuilder hex = new StringBuilder();
+            for (byte b : sha256(utf8(all.toString()))) hex.append(String.format("%02x", b));
+            return hex.toString();
+        }
     }
 
     static String b64(byte[] b) { return b == null ? null : Base64.getEncoder().encodeToString(b); }
@@ -393,10 +415,13 @@ public final class E2eClient {
             }
         }
         int nAcked = 0, nFailed = 0;
+        Digest digest = new Digest();
         for (int i = 0; i < count; i++) {
             if (acked[i] != null) {
                 nAcked++;
                 RecordMetadata md = acked[i];
+                digest.add(md.partition(), md.offset(), md.timestamp(), recordKey(seed, i),
+                        recordValue(seed, i, size), recordHeaders(seed, i));
                 Map<String, Object> rec = obj("t", "rec", "i", i, "p", md.partition(), "o", md.offset(),
                         "ts", md.timestamp(), "k", b64(recordKey(seed, i)), "v", b64(recordValue(seed, i, size)),
                         "h", headersJson(recordHeaders(seed, i)));
@@ -407,7 +432,7 @@ public final class E2eClient {
                 emit(obj("t", "fail", "i", i, "error", String.valueOf(failed[i])));
             }
         }
-        emit(obj("t", "summary", "acked", nAcked, "failed", nFailed));
+        emit(obj("t", "summary", "acked", nAcked, "failed", nFailed, "digest", digest.hex()));
         return nFailed == 0 ? 0 : 1;
     }
 
@@ -462,6 +487,7 @@ public final class E2eClient {
         }
 
         int got = 0;
+        Digest digest = new Digest();
         try (KafkaConsumer<byte[], byte[]> consumer = new KafkaConsumer<>(p)) {
             Set<TopicPartition> owned = new TreeSet<>((x, y) -> Integer.compare(x.partition(), y.partition()));
             if (group != null) {
@@ -525,13 +551,14 @@ public final class E2eClient {
                 }
                 for (ConsumerRecord<byte[], byte[]> r : recs) {
                     emit(recJson(r));
+                    digest.add(r.partition(), r.offset(), r.timestamp(), r.key(), r.value(), r.headers());
                     got++;
                 }
             }
             emit(obj("t", "closing", "count", got));
         }
         boolean ok = follow ? !(remaining() == 0) : got >= count;
-        emit(obj("t", "summary", "count", got, "ok", ok));
+        emit(obj("t", "summary", "count", got, "ok", ok, "digest", digest.hex()));
         if (!ok) System.err.println("E2eClient consume: got " + got + " of " + (follow ? "?" : count) + " records before the deadline");
         return ok ? 0 : 2;
     }
