@@ -257,6 +257,9 @@ write_properties() {
     echo "num.network.threads=2"
     echo "num.io.threads=4"
     echo "log.flush.interval.messages=9223372036854775807"
+    # compaction soon after a segment rolls (tests of compacted topics), small cleaner buffer
+    echo "log.cleaner.backoff.ms=500"
+    echo "log.cleaner.dedupe.buffer.size=16777216"
     echo "controlled.shutdown.enable=true"
     echo "controller.quorum.election.timeout.ms=1000"
     echo "controller.quorum.fetch.timeout.ms=2000"

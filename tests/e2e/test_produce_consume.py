@@ -122,3 +122,70 @@ def test_java_console_tools(bootstrap, topic_name, tmp_path):
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Processed a total of 2000 messages" in r.stderr, r.stderr[-2000:]
+
+
+def same_in_send_order(produced, consumed, label):
+    """For producers that learn no offsets (acks=0): per partition, the consumed
+    records (offset order) equal the produced ones (send order), offsets aside."""
+    def strip(rs):
+        out = {}
+        for r in rs:
+            out.setdefault(r.p, []).append((r.ts, r.k, r.v, r.h))
+        return out
+    want, got = strip(produced), strip(sorted(consumed, key=lambda r: (r.p, r.o)))
+    assert sorted(want) == sorted(got), f"{label}: partitions differ {sorted(want)} vs {sorted(got)}"
+    for p in want:
+        assert want[p] == got[p], f"{label}: partition {p} differs ({len(want[p])} produced, {len(got[p])} consumed)"
+
+
+@pytest.mark.parametrize("producer", CLIENTS)
+def test_acks_zero(bootstrap, topic_name, producer):
+    """acks=0: the broker sends no response; every record still arrives, in order,
+    even though the producer closes its connection right after sending."""
+    count = 200
+    rd_create_topic(bootstrap, topic_name, 2)
+    if producer == "java":
+        produced = [rec_from_json(o) for o in java_produce(bootstrap, topic_name, count, size=300,
+                                                             extra=["--acks", "0"])]
+    else:
+        from harness import RdProducer
+        prod = RdProducer(bootstrap, extra={"acks": 0})
+        for i in range(count):
+            prod.send(topic_name, i, record_key(4, i), record_value(4, i, 300), record_headers(4, i))
+        prod.flush(30)
+        assert not prod.failed
+        produced = prod.acked_in_order()
+        del prod
+    assert len(produced) == count
+    for label, got in consume_both(bootstrap, topic_name, count, extra_s=0.5).items():
+        check_consume_order(got, label)
+        same_in_send_order(produced, got, f"acks=0 {producer} -> {label}")
+
+
+@pytest.mark.parametrize("producer", CLIENTS)
+def test_large_records(bootstrap, topic_name, producer):
+    """Records near and above the default 1 MB limits: multi-megabyte produce
+    requests and fetch responses pass through whole."""
+    big = 6 * 1024 * 1024
+    rd_create_topic(bootstrap, topic_name, 4, config={"max.message.bytes": str(big + 1024 * 1024)})
+    if producer == "java":
+        produced = [rec_from_json(o) for o in java_produce(
+            bootstrap, topic_name, 12, size=900_000, seed=21,
+            extra=["--property", f"max.request.size={big * 2}", "--property", "batch.size=4000000",
+                   "--property", "linger.ms=50"])]
+        produced += [rec_from_json(o) for o in java_produce(
+            bootstrap, topic_name, 2, size=big, seed=22, extra=["--property", f"max.request.size={big * 2}"])]
+    else:
+        from harness import RdProducer
+        prod = RdProducer(bootstrap, extra={"message.max.bytes": big * 2, "linger.ms": 50})
+        for i in range(12):
+            prod.send(topic_name, i, record_key(21, i), record_value(21, i, 900_000), record_headers(21, i))
+        for i in range(12, 14):
+            prod.send(topic_name, i, record_key(22, i), record_value(22, i, big), record_headers(22, i))
+        prod.flush(60)
+        assert not prod.failed, prod.failed
+        produced = prod.acked_in_order()
+    check_produce_order(produced)
+    for label, got in consume_both(bootstrap, topic_name, len(produced)).items():
+        check_consume_order(got, label)
+        assert_same_records(produced, got, f"large records {producer} -> {label}")
