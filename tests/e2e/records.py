@@ -123,12 +123,20 @@ def by_partition(recs: Iterable[Rec]) -> dict:
     return dict(out)
 
 
-def assert_same_records(produced, consumed, label: str = "") -> None:
+def assert_same_records(produced, consumed, label: str = "", ignore_ts: bool = False) -> None:
     """Consumed must be exactly the produced records: same partitions, offsets,
     timestamps, keys, values and headers (order and duplicates included), no
-    record missing, none extra, none twice."""
+    record missing, none extra, none twice.
+
+    ignore_ts: for producers whose batches may have been retried. When the
+    broker recognises an idempotent retry as a duplicate it answers with
+    log_append_time = the batch's max timestamp (even on CreateTime topics), and
+    the clients then report that instead of each record's own timestamp."""
     produced = list(produced)
     consumed = list(consumed)
+    if ignore_ts:
+        produced = [r._replace(ts=0) for r in produced]
+        consumed = [r._replace(ts=0) for r in consumed]
     prefix = f"{label}: " if label else ""
     seen = set()
     dups = []
