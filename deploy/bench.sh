@@ -83,6 +83,7 @@ col() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/throughput.csv" | m
 DP=$(col direct 3); PP=$(col proxy 3); DC=$(col direct 4); PC=$(col proxy 4)
 
 # Latency at a fixed rate: half the direct maximum.
+curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-before.txt"
 RATE=$(awk -v d="$DP" 'BEGIN {printf "%d", d/2}')
 echo "round,path,p50_ms,p99_ms" > "$RUN/latency.csv"
 for r in $(seq 1 "$ROUNDS"); do
@@ -92,6 +93,7 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "$r,$path,$(echo "$line" | field_pct 50th),$(echo "$line" | field_pct 99th)" | tee -a "$RUN/latency.csv"
   done
 done
+curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-after.txt"
 lat() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/latency.csv" | median; }
 D50=$(lat direct 3); P50=$(lat proxy 3); D99=$(lat direct 4); P99=$(lat proxy 4)
 
@@ -121,22 +123,31 @@ print(f"{before:.1f},{rss():.1f}")
 PY
 )
 
-# Custos's own share of each Produce exchange, from its histogram (bucket upper bounds).
-OWN=$(curl -fsS "http://$ADMIN/metrics" | python3 -c '
+# Custos's own share of each Produce exchange during the fixed-rate rounds,
+# from its histogram (bucket upper bounds), diffing snapshots around them.
+OWN=$(python3 - "$RUN/buckets-before.txt" "$RUN/buckets-after.txt" <<'PY'
 import re, sys
-b = []
-for line in sys.stdin:
-    m = re.match(r"custos_proxy_added_latency_seconds_bucket\{api=\"Produce\",le=\"([^\"]+)\"\} (\d+)", line)
-    if m:
-        b.append((float(m.group(1)), int(m.group(2))))
+def load(path):
+    b = {}
+    for line in open(path):
+        m = re.match(r'custos_proxy_added_latency_seconds_bucket\{([^}]*)\} (\d+)', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("api") == "Produce":
+            b[float(labels["le"])] = int(m.group(2))
+    return b
+before, after = load(sys.argv[1]), load(sys.argv[2])
+b = sorted((le, after[le] - before.get(le, 0)) for le in after)
 total = b[-1][1] if b else 0
 def q(x):
     for le, c in b:
         if total and c >= x * total:
             return le * 1e6
     return float("nan")
-print(f"{total} exchanges, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us")
-')
+print(f"{total} exchanges, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us, p99.9 <= {q(0.999):.0f} us")
+PY
+)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
 cat <<REPORT

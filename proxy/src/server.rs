@@ -66,6 +66,44 @@ struct Shared {
     connections: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    tls_warnings: LogLimiter,
+}
+
+/// Lets through a few log lines per window and counts the rest, so a client
+/// stuck in a retry loop cannot flood the log.
+struct LogLimiter {
+    per_window: u64,
+    window: Duration,
+    state: std::sync::Mutex<(std::time::Instant, u64, u64)>,
+}
+
+impl LogLimiter {
+    fn new(per_window: u64, window: Duration) -> Self {
+        Self {
+            per_window,
+            window,
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one logged)` when this one may be logged.
+    fn allow(&self) -> Option<u64> {
+        let Ok(mut st) = self.state.lock() else {
+            return Some(0);
+        };
+        let (start, logged, suppressed) = &mut *st;
+        if start.elapsed() >= self.window {
+            *start = std::time::Instant::now();
+            *logged = 0;
+        }
+        if *logged < self.per_window {
+            *logged += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
 }
 
 /// A configured, not yet running, Custos.
@@ -117,6 +155,7 @@ impl Proxy {
                 connections,
                 tracker: TaskTracker::new(),
                 shutdown,
+                tls_warnings: LogLimiter::new(5, Duration::from_secs(10)),
             }),
             new_listeners,
             ready: Arc::new(AtomicBool::new(false)),
@@ -307,12 +346,18 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
             Ok(Ok(t)) => Stream::ServerTls(Box::new(t)),
             Ok(Err(e)) => {
                 s.metrics.connection_error(Blame::Client);
-                tracing::warn!(conn = id, client = %addr, error = %e, "client TLS handshake failed");
+                // A misconfigured client retries every few milliseconds: warn
+                // a few times a minute, count the rest.
+                if let Some(suppressed) = s.tls_warnings.allow() {
+                    tracing::warn!(conn = id, client = %addr, error = %e, suppressed, "client TLS handshake failed");
+                }
                 return;
             }
             Err(_) => {
                 s.metrics.connection_error(Blame::Client);
-                tracing::warn!(conn = id, client = %addr, "client TLS handshake timed out");
+                if let Some(suppressed) = s.tls_warnings.allow() {
+                    tracing::warn!(conn = id, client = %addr, suppressed, "client TLS handshake timed out");
+                }
                 return;
             }
         },
@@ -344,6 +389,9 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
     .await
     {
         Ok(()) => tracing::debug!(conn = id, client = %addr, "session closed"),
+        Err(e) if e.routine => {
+            tracing::debug!(conn = id, client = %addr, broker = ?broker_id, error = %e, "connection closed")
+        }
         Err(e) => {
             s.metrics.connection_error(e.blame);
             tracing::warn!(conn = id, client = %addr, broker = ?broker_id, blame = e.blame.as_str(), error = %e, "connection closed");
@@ -385,5 +433,22 @@ async fn connect_upstream(
             }
             Err(last)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_lets_a_few_through_and_counts_the_rest() {
+        let l = LogLimiter::new(2, Duration::from_millis(50));
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        // A new window reports what was suppressed.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(l.allow(), Some(2));
     }
 }

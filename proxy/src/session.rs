@@ -36,12 +36,33 @@ pub struct SessionError {
     pub blame: Blame,
     /// What happened (api key, version and correlation id at most; never payload).
     pub message: String,
+    /// The client simply left (reset, broken pipe, TLS closed without notice):
+    /// routine for Kafka clients, so not worth a warning.
+    pub routine: bool,
 }
 
 fn fail(blame: Blame, message: impl Into<String>) -> SessionError {
     SessionError {
         blame,
         message: message.into(),
+        routine: false,
+    }
+}
+
+/// Whether an i/o error just means the peer hung up.
+fn is_hangup(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof | NotConnected
+    )
+}
+
+fn client_left(message: String) -> SessionError {
+    SessionError {
+        blame: Blame::Client,
+        message,
+        routine: true,
     }
 }
 
@@ -122,6 +143,9 @@ where
             };
             let raw = match next {
                 None => return Ok(()),
+                Some(Err(crate::frame::FrameError::Io(e))) if is_hangup(&e) => {
+                    return Err(client_left(format!("client disconnected: {e}")))
+                }
                 Some(Err(e)) => {
                     return Err(fail(Blame::Client, format!("bad frame from client: {e}")))
                 }
@@ -291,9 +315,15 @@ async fn write_client<W: AsyncWrite + Unpin>(
     bytes: &Bytes,
     ctx: &SessionCtx,
 ) -> Result<(), SessionError> {
-    write_frame(w, bytes)
-        .await
-        .map_err(|e| fail(Blame::Client, format!("client went away: {e}")))?;
+    write_frame(w, bytes).await.map_err(|e| {
+        if is_hangup(&e) {
+            client_left(format!(
+                "client disconnected before its response was written: {e}"
+            ))
+        } else {
+            fail(Blame::Client, format!("writing to client: {e}"))
+        }
+    })?;
     ctx.metrics.bytes_out.inc_by(bytes.len() as u64 + 4);
     Ok(())
 }
