@@ -1,0 +1,293 @@
+//! A bounded reader for Kafka's wire primitives.
+//!
+//! Custos must read fields of client requests (topic names, group ids) that a
+//! hostile client controls. The `kafka-protocol` crate's decoders reserve
+//! memory for an array from its declared length before reading it, so a tiny
+//! frame can demand gigabytes; this reader never allocates, checks every
+//! length against the bytes actually present, and returns slices of the frame.
+
+/// Why a field could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The frame ended before the field did.
+    #[error("truncated: {what} needs {need} bytes at offset {at}, {have} left")]
+    Truncated {
+        /// Field being read.
+        what: &'static str,
+        /// Offset in the body.
+        at: usize,
+        /// Bytes needed.
+        need: usize,
+        /// Bytes left.
+        have: usize,
+    },
+    /// A length or count that cannot be right.
+    #[error("invalid {what} {value} at offset {at}")]
+    Invalid {
+        /// Field being read.
+        what: &'static str,
+        /// Offset in the body.
+        at: usize,
+        /// The value read.
+        value: i64,
+    },
+    /// A string that is not UTF-8.
+    #[error("{what} at offset {at} is not UTF-8")]
+    NotUtf8 {
+        /// Field being read.
+        what: &'static str,
+        /// Offset in the body.
+        at: usize,
+    },
+}
+
+/// Reads Kafka primitives from a body, in classic or flexible (compact) encoding.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    flexible: bool,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `buf`; `flexible` selects compact strings/arrays and tagged fields.
+    pub fn new(buf: &'a [u8], flexible: bool) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            flexible,
+        }
+    }
+
+    /// Current offset in the body.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes not yet read.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Whether the message uses flexible encoding.
+    pub fn is_flexible(&self) -> bool {
+        self.flexible
+    }
+
+    fn take(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], WireError> {
+        if self.remaining() < n {
+            return Err(WireError::Truncated {
+                what,
+                at: self.pos,
+                need: n,
+                have: self.remaining(),
+            });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// Skips `n` bytes.
+    pub fn skip(&mut self, what: &'static str, n: usize) -> Result<(), WireError> {
+        self.take(what, n).map(|_| ())
+    }
+
+    /// An INT8.
+    pub fn i8(&mut self, what: &'static str) -> Result<i8, WireError> {
+        Ok(self.take(what, 1)?[0] as i8)
+    }
+
+    /// An INT16.
+    pub fn i16(&mut self, what: &'static str) -> Result<i16, WireError> {
+        let b = self.take(what, 2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// An INT32.
+    pub fn i32(&mut self, what: &'static str) -> Result<i32, WireError> {
+        let b = self.take(what, 4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// An INT64.
+    pub fn i64(&mut self, what: &'static str) -> Result<i64, WireError> {
+        let b = self.take(what, 8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_be_bytes(a))
+    }
+
+    /// An UNSIGNED_VARINT (at most 5 bytes, as Kafka writes them).
+    pub fn uvarint(&mut self, what: &'static str) -> Result<u32, WireError> {
+        let at = self.pos;
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let byte = self.take(what, 1)?[0];
+            value |= u32::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(WireError::Invalid {
+            what,
+            at,
+            value: i64::from(value),
+        })
+    }
+
+    /// A nullable string's bytes (`None` for null), compact when flexible.
+    pub fn nullable_bytes_str(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Option<&'a [u8]>, WireError> {
+        let at = self.pos;
+        let len: i64 = if self.flexible {
+            i64::from(self.uvarint(what)?) - 1
+        } else {
+            i64::from(self.i16(what)?)
+        };
+        if len < -1 {
+            return Err(WireError::Invalid {
+                what,
+                at,
+                value: len,
+            });
+        }
+        if len == -1 {
+            return Ok(None);
+        }
+        self.take(what, len as usize).map(Some)
+    }
+
+    /// A nullable UTF-8 string.
+    pub fn nullable_str(&mut self, what: &'static str) -> Result<Option<&'a str>, WireError> {
+        let at = self.pos;
+        match self.nullable_bytes_str(what)? {
+            None => Ok(None),
+            Some(b) => std::str::from_utf8(b)
+                .map(Some)
+                .map_err(|_| WireError::NotUtf8 { what, at }),
+        }
+    }
+
+    /// A non-null UTF-8 string.
+    pub fn str(&mut self, what: &'static str) -> Result<&'a str, WireError> {
+        let at = self.pos;
+        self.nullable_str(what)?.ok_or(WireError::Invalid {
+            what,
+            at,
+            value: -1,
+        })
+    }
+
+    /// BYTES or RECORDS (nullable), compact when flexible; the slice is not copied.
+    pub fn nullable_bytes(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
+        let at = self.pos;
+        let len: i64 = if self.flexible {
+            i64::from(self.uvarint(what)?) - 1
+        } else {
+            i64::from(self.i32(what)?)
+        };
+        if len < -1 {
+            return Err(WireError::Invalid {
+                what,
+                at,
+                value: len,
+            });
+        }
+        if len == -1 {
+            return Ok(None);
+        }
+        self.take(what, len as usize).map(Some)
+    }
+
+    /// An array's element count (`None` for a null array), compact when flexible.
+    ///
+    /// Every element takes at least one byte, so a count above the bytes left
+    /// is refused here, before anyone sizes anything by it.
+    pub fn array_len(&mut self, what: &'static str) -> Result<Option<usize>, WireError> {
+        let at = self.pos;
+        let n: i64 = if self.flexible {
+            i64::from(self.uvarint(what)?) - 1
+        } else {
+            i64::from(self.i32(what)?)
+        };
+        if n == -1 {
+            return Ok(None);
+        }
+        if n < -1 || n as u64 > self.remaining() as u64 {
+            return Err(WireError::Invalid { what, at, value: n });
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// A UUID.
+    pub fn uuid(&mut self, what: &'static str) -> Result<[u8; 16], WireError> {
+        let b = self.take(what, 16)?;
+        let mut a = [0u8; 16];
+        a.copy_from_slice(b);
+        Ok(a)
+    }
+
+    /// Skips a tagged-field section (flexible versions only; a no-op otherwise).
+    pub fn tagged_fields(&mut self) -> Result<(), WireError> {
+        if !self.flexible {
+            return Ok(());
+        }
+        let n = self.uvarint("tagged field count")?;
+        for _ in 0..n {
+            self.uvarint("tag")?;
+            let size = self.uvarint("tagged field size")?;
+            self.skip("tagged field", size as usize)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_and_compact_strings() {
+        let mut r = Reader::new(&[0, 3, b'a', b'b', b'c', 0xff, 0xff], false);
+        assert_eq!(r.str("s").expect("s"), "abc");
+        assert_eq!(r.nullable_str("n").expect("n"), None);
+        assert_eq!(r.remaining(), 0);
+        let mut r = Reader::new(&[4, b'x', b'y', b'z', 0], true);
+        assert_eq!(r.str("s").expect("s"), "xyz");
+        assert_eq!(r.nullable_str("n").expect("n"), None);
+    }
+
+    #[test]
+    fn array_counts_beyond_the_frame_are_refused_without_allocating() {
+        let mut r = Reader::new(&[0x7f, 0xff, 0xff, 0xff, 1, 2], false);
+        assert!(matches!(
+            r.array_len("topics"),
+            Err(WireError::Invalid {
+                value: 2147483647,
+                ..
+            })
+        ));
+        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f], true);
+        assert!(r.array_len("topics").is_err());
+        let mut r = Reader::new(&[0, 0, 0, 2, 9, 9], false);
+        assert_eq!(r.array_len("topics").expect("ok"), Some(2));
+    }
+
+    #[test]
+    fn truncation_and_bad_varints_are_errors() {
+        let mut r = Reader::new(&[0, 5, b'a'], false);
+        assert!(matches!(
+            r.str("s"),
+            Err(WireError::Truncated { need: 5, .. })
+        ));
+        let mut r = Reader::new(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], true);
+        assert!(r.uvarint("v").is_err());
+        let mut r = Reader::new(&[1, 0, 2, 0xaa, 0xbb], true);
+        r.tagged_fields().expect("tagged");
+        assert_eq!(r.remaining(), 0);
+    }
+}
