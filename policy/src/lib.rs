@@ -1,13 +1,57 @@
-//! Authorization vocabulary for Custos.
+//! Custos's Cedar authorization library.
 //!
-//! Custos decides access with Cedar policies (see the authorization issue); the
-//! actions of those policies mirror Kafka's own ACL operations so that an
-//! operator's existing ACLs translate one to one. This crate starts with that
-//! vocabulary and Kafka's implication rules, which every later piece (policy
-//! mapping, ACL import, the equivalence test) depends on.
+//! Custos decides access with Cedar policies whose actions mirror Kafka's own
+//! ACL operations, so that an operator's existing ACLs translate one to one
+//! ([`acl_import`]). The pieces:
+//!
+//! - [`SCHEMA_TEXT`]: the Cedar schema (`schema/custos.cedarschema`).
+//! - [`PolicyEngine`]: one validated, immutable snapshot of policies plus the
+//!   [`TopicCatalog`], and [`PolicyEngine::authorize`].
+//! - [`Authorizer`]: hot reload with a generation counter; [`DecisionCache`]:
+//!   a connection's decisions, dropped when the generation changes.
+//! - [`policy_test`]: YAML test cases for policies (`N passed, M failed`).
+//!
+//! # How Kafka's semantics are encoded
+//!
+//! Kafka's authorizer treats an ALLOW of Read, Write, Delete or Alter as an
+//! ALLOW of Describe, and an ALLOW of AlterConfigs as an ALLOW of
+//! DescribeConfigs; a DENY implies nothing. The schema makes `Describe` a
+//! member of the action groups `Read`, `Write`, `Delete` and `Alter`, and
+//! `DescribeConfigs` a member of `AlterConfigs`, so:
+//!
+//! - `permit(principal, action in Action::"Read", resource)` permits Read
+//!   *and* Describe (Kafka's ALLOW READ);
+//! - `forbid(principal, action == Action::"Read", resource)` forbids Read only
+//!   (Kafka's DENY READ). **Forbid policies must use `action ==`** (or one
+//!   forbid per operation): `forbid(... action in Action::"Read" ...)` would
+//!   also forbid Describe, which Kafka's DENY READ does not.
+//! - `Action::"All"` is the group of all ten Kafka operations (Kafka's ALL),
+//!   exact for permit and forbid alike; it does not include `Decrypt`.
+//!
+//! Forbid beats permit and the default is deny, as in Kafka (with
+//! `allow.everyone.if.no.acl.found=false`).
 
 use std::fmt;
 use std::str::FromStr;
+
+pub mod acl_import;
+mod authorizer;
+mod catalog;
+mod engine;
+mod error;
+pub mod policy_test;
+mod types;
+
+#[cfg(test)]
+mod engine_tests;
+
+pub use authorizer::{Authorizer, DecisionCache};
+pub use catalog::{CatalogEntry, CatalogError, TopicCatalog, TopicInfo, TopicMatch};
+pub use engine::{custos_schema, Decision, PolicyEngine, INLINE_SOURCE, SCHEMA_TEXT};
+pub use error::{PolicyError, PolicyProblem, SourceLocation};
+pub use types::{
+    Action, AuthMethod, Principal, PrincipalKind, RequestContext, Resource, CLUSTER_NAME,
+};
 
 /// A Kafka ACL operation, as the broker's authorizer names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,113 @@
+//! One uncached authorization decision against ~100 policies.
+//!
+//! Criterion reports the mean/median; a percentile pass afterwards times
+//! single decisions and prints p50/p99/max to stderr, since the target
+//! (under 20 µs p99) is a tail figure.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use custos_policy::{
+    AuthMethod, Operation, PolicyEngine, Principal, RequestContext, Resource, TopicCatalog,
+};
+
+/// 100 policies shaped like a real deployment: per-team literal and prefix
+/// grants, group grants, tag conditions, host conditions and forbids.
+fn policies() -> String {
+    let mut p = String::new();
+    for i in 0..40 {
+        p.push_str(&format!(
+            "@id(\"team{i}-read\") permit(principal == User::\"user{i}\", action in Action::\"Read\", resource == Topic::\"team{i}.events\");\n"
+        ));
+    }
+    for i in 0..30 {
+        p.push_str(&format!(
+            "@id(\"team{i}-write-prefix\") permit(principal in Group::\"team{i}\", action in Action::\"Write\", resource is Topic) when {{ resource.name like \"team{i}.*\" }};\n"
+        ));
+    }
+    for i in 0..15 {
+        p.push_str(&format!(
+            "@id(\"team{i}-group\") permit(principal in Group::\"team{i}\", action in Action::\"Read\", resource == ConsumerGroup::\"team{i}-consumers\");\n"
+        ));
+    }
+    for i in 0..10 {
+        p.push_str(&format!(
+            "@id(\"deny{i}\") forbid(principal == User::\"blocked{i}\", action == Action::\"Read\", resource is Topic) unless {{ context.tls }};\n"
+        ));
+    }
+    p.push_str("@id(\"analysts\") permit(principal in Group::\"analysts\", action == Action::\"Read\", resource) when { resource.tags.contains(\"pii\") == false };\n");
+    p.push_str("@id(\"pii-host\") forbid(principal, action == Action::\"Read\", resource is Topic) when { resource.tags.contains(\"pii\") && !context.client_ip.isInRange(ip(\"10.0.0.0/8\")) };\n");
+    p.push_str("@id(\"admins\") permit(principal in Group::\"admins\", action in Action::\"All\", resource);\n");
+    p.push_str("@id(\"no-anon\") forbid(principal, action, resource) when { context.auth_method == \"none\" };\n");
+    p.push_str("@id(\"idempotent\") permit(principal, action == Action::\"IdempotentWrite\", resource is Cluster);\n");
+    p
+}
+
+fn catalog() -> TopicCatalog {
+    serde_yaml_ng::from_str(
+        r#"
+- match: { prefix: "team1" }
+  tags: [pii]
+- match: { exact: team7.events }
+  owner: team7
+  classification: internal
+- match: { regex: "team[0-9]+\\.audit" }
+  tags: [audit]
+"#,
+    )
+    .expect("benchmark catalog parses")
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = PolicyEngine::load(&policies(), catalog()).expect("benchmark policies load");
+    assert!(engine.policy_ids().len() >= 100);
+    let principal =
+        Principal::user("user7", AuthMethod::ScramSha512).with_groups(["team7", "analysts"]);
+    let resource = Resource::Topic("team7.events".to_string());
+    let ctx = RequestContext {
+        client_id: Some("orders-service".to_string()),
+        ..RequestContext::new(
+            "10.1.2.3".parse().expect("ip"),
+            true,
+            AuthMethod::ScramSha512,
+        )
+    };
+    assert!(
+        engine
+            .authorize(&principal, Operation::Write, &resource, &ctx)
+            .allowed
+    );
+
+    c.bench_function("authorize_uncached_100_policies", |b| {
+        b.iter(|| {
+            black_box(engine.authorize(
+                black_box(&principal),
+                Operation::Write,
+                black_box(&resource),
+                &ctx,
+            ))
+        })
+    });
+
+    // Percentiles of single decisions (each timed on its own).
+    let mut samples: Vec<Duration> = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let start = Instant::now();
+        black_box(engine.authorize(&principal, Operation::Write, &resource, &ctx));
+        samples.push(start.elapsed());
+    }
+    samples.sort_unstable();
+    let pct = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    eprintln!(
+        "single decision, {} policies, {} samples: p50 {:?}  p99 {:?}  max {:?}",
+        engine.policy_ids().len(),
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        samples[samples.len() - 1]
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,588 @@
+//! The policy engine: one immutable, validated snapshot of policies + catalog,
+//! and the decision function.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::UNIX_EPOCH;
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::TopicCatalog;
+use crate::error::{PolicyError, PolicyProblem, SourceLocation};
+use crate::types::{Action, Principal, PrincipalKind, RequestContext, Resource, CLUSTER_NAME};
+
+/// The Custos Cedar schema (human format), as shipped in `schema/custos.cedarschema`.
+pub const SCHEMA_TEXT: &str = include_str!("../schema/custos.cedarschema");
+
+/// Source name used for policy text handed to [`PolicyEngine::load`].
+pub const INLINE_SOURCE: &str = "policy";
+
+/// The parsed schema, shared by every engine: it never changes at run time.
+fn schema() -> Result<&'static Schema, PolicyError> {
+    static SCHEMA: OnceLock<Result<Schema, String>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Schema::from_cedarschema_str(SCHEMA_TEXT)
+                .map(|(schema, _warnings)| schema)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Schema(e.clone()))
+}
+
+/// The Custos Cedar schema, parsed.
+pub fn custos_schema() -> Result<Schema, PolicyError> {
+    schema().cloned()
+}
+
+/// The outcome of one authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Whether the request is allowed. False unless a permit matched, no
+    /// forbid matched and no policy failed to evaluate.
+    pub allowed: bool,
+    /// Ids of the policies that decided: the matching permits when allowed,
+    /// the matching forbids when denied by one (empty for a default deny).
+    pub determining_policies: Vec<String>,
+    /// Evaluation errors (each naming its policy); any error denies.
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    fn deny_with_error(error: String) -> Self {
+        Decision {
+            allowed: false,
+            determining_policies: Vec::new(),
+            errors: vec![error],
+        }
+    }
+}
+
+/// Entity type names, parsed once per engine instead of per decision.
+struct Types {
+    user: EntityTypeName,
+    service_account: EntityTypeName,
+    group: EntityTypeName,
+    topic: EntityTypeName,
+    consumer_group: EntityTypeName,
+    transactional_id: EntityTypeName,
+    cluster: EntityTypeName,
+}
+
+impl Types {
+    fn new() -> Result<Self, PolicyError> {
+        let t =
+            |n: &str| EntityTypeName::from_str(n).map_err(|e| PolicyError::Schema(e.to_string()));
+        Ok(Types {
+            user: t("User")?,
+            service_account: t("ServiceAccount")?,
+            group: t("Group")?,
+            topic: t("Topic")?,
+            consumer_group: t("ConsumerGroup")?,
+            transactional_id: t("TransactionalId")?,
+            cluster: t("Cluster")?,
+        })
+    }
+}
+
+/// An immutable snapshot: schema, validated policies, topic catalog, and the
+/// SHA-256 of the policy sources and catalog that audit records cite.
+pub struct PolicyEngine {
+    policies: PolicySet,
+    policy_ids: Vec<String>,
+    warnings: Vec<PolicyProblem>,
+    catalog: TopicCatalog,
+    hash: String,
+    generation: u64,
+    types: Types,
+    // Indexed by `Action::index`.
+    actions: Vec<EntityUid>,
+    cluster: EntityUid,
+    // The action hierarchy (which is how Read implies Describe) and the
+    // Cluster entity, built once; each decision adds only its principal and
+    // resource to a clone, which copies `Arc`s, not entities.
+    base_entities: Entities,
+    cedar: cedar_policy::Authorizer,
+}
+
+impl fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("policies", &self.policy_ids.len())
+            .field("catalog_entries", &self.catalog.entries().len())
+            .field("hash", &self.hash)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// One parsed policy source.
+struct Source<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl PolicyEngine {
+    /// Parses `policy_text`, validates it against the Custos schema in strict
+    /// mode, and builds an engine with `catalog`.
+    ///
+    /// Policy ids come from `@id("...")` annotations, else `policy:N` (N = the
+    /// policy's position in the text, from 0).
+    pub fn load(policy_text: &str, catalog: TopicCatalog) -> Result<PolicyEngine, PolicyError> {
+        Self::load_sources(&[(INLINE_SOURCE, policy_text)], catalog)
+    }
+
+    /// Loads every `.cedar` file among `paths`; a directory contributes its
+    /// `.cedar` files (not recursively) in name order.
+    ///
+    /// Policy ids come from `@id("...")`, else `FILE:N` (file name, position from 0).
+    pub fn load_files<P: AsRef<Path>>(
+        paths: &[P],
+        catalog: TopicCatalog,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let mut files: Vec<PathBuf> = Vec::new();
+        for p in paths {
+            let p = p.as_ref();
+            let io = |source| PolicyError::Io {
+                path: p.to_path_buf(),
+                source,
+            };
+            if p.is_dir() {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                    .map_err(io)?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io)?
+                    .into_iter()
+                    .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "cedar"))
+                    .collect();
+                if found.is_empty() {
+                    return Err(PolicyError::NoPolicyFiles {
+                        path: p.to_path_buf(),
+                    });
+                }
+                found.sort();
+                files.extend(found);
+            } else {
+                files.push(p.to_path_buf());
+            }
+        }
+        let mut texts = Vec::with_capacity(files.len());
+        for f in &files {
+            let text = std::fs::read_to_string(f).map_err(|source| PolicyError::Io {
+                path: f.clone(),
+                source,
+            })?;
+            let name = f.file_name().map_or_else(
+                || f.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            texts.push((name, text));
+        }
+        let sources: Vec<(&str, &str)> = texts
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        Self::load_sources(&sources, catalog)
+    }
+
+    /// Loads named policy sources (`(name, text)`), as [`load_files`](Self::load_files) does.
+    pub fn load_sources(
+        sources: &[(&str, &str)],
+        catalog: TopicCatalog,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let schema = schema()?;
+        let sources: Vec<Source<'_>> = sources
+            .iter()
+            .map(|(name, text)| Source { name, text })
+            .collect();
+
+        let mut combined = PolicySet::new();
+        let mut policy_ids = Vec::new();
+        // id → (source index, `file:N`) for error locations and duplicate reports.
+        let mut origin: HashMap<String, (usize, String)> = HashMap::new();
+        let mut parse_problems = Vec::new();
+
+        for (si, src) in sources.iter().enumerate() {
+            let set = match PolicySet::from_str(src.text) {
+                Ok(set) => set,
+                Err(errs) => {
+                    parse_problems.extend(errs.iter().map(|e| problem(None, src, e)));
+                    continue;
+                }
+            };
+            if let Some(t) = set.templates().next() {
+                return Err(PolicyError::Template {
+                    origin: format!("{}:{}", src.name, generated_index(t.id()).unwrap_or(0)),
+                });
+            }
+            // Cedar names the policies `policyN` in source order; sort by N so
+            // `file:N` ids are positions, whatever the set's iteration order.
+            let mut parsed: Vec<_> = set
+                .policies()
+                .map(|p| (generated_index(p.id()).unwrap_or(usize::MAX), p))
+                .collect();
+            parsed.sort_by_key(|(i, _)| *i);
+            for (index, policy) in parsed {
+                let here = format!("{}:{}", src.name, index);
+                let id = policy
+                    .annotation("id")
+                    .map_or_else(|| here.clone(), str::to_string);
+                if let Some((_, first)) = origin.get(&id) {
+                    return Err(PolicyError::DuplicateId {
+                        id,
+                        first: first.clone(),
+                        second: here,
+                    });
+                }
+                combined
+                    .add(policy.new_id(PolicyId::new(&id)))
+                    .map_err(|e| PolicyError::DuplicateId {
+                        id: id.clone(),
+                        first: e.to_string(),
+                        second: here.clone(),
+                    })?;
+                origin.insert(id.clone(), (si, here));
+                policy_ids.push(id);
+            }
+        }
+        if !parse_problems.is_empty() {
+            return Err(PolicyError::Parse(parse_problems));
+        }
+
+        let validation = Validator::new(schema.clone()).validate(&combined, ValidationMode::Strict);
+        let problems: Vec<PolicyProblem> = validation
+            .validation_errors()
+            .map(|e| {
+                let id = e.policy_id().to_string();
+                match origin.get(&id) {
+                    Some((si, _)) => problem(Some(id), &sources[*si], e),
+                    None => PolicyProblem {
+                        policy_id: Some(id),
+                        location: None,
+                        message: e.to_string(),
+                    },
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(PolicyError::Validation(problems));
+        }
+
+        let warnings = validation
+            .validation_warnings()
+            .map(|w| {
+                let id = w.policy_id().to_string();
+                match origin.get(&id) {
+                    Some((si, _)) => problem(Some(id), &sources[*si], w),
+                    None => PolicyProblem {
+                        policy_id: Some(id),
+                        location: None,
+                        message: w.to_string(),
+                    },
+                }
+            })
+            .collect();
+        let hash = content_hash(&sources, &catalog);
+        let mut engine = Self::build(combined, policy_ids, catalog, hash, schema)?;
+        engine.warnings = warnings;
+        Ok(engine)
+    }
+
+    fn build(
+        policies: PolicySet,
+        policy_ids: Vec<String>,
+        catalog: TopicCatalog,
+        hash: String,
+        schema: &Schema,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let types = Types::new()?;
+        let action_type =
+            EntityTypeName::from_str("Action").map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let actions = Action::all()
+            .map(|a| {
+                EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.as_str()))
+            })
+            .collect();
+        let cluster =
+            EntityUid::from_type_name_and_id(types.cluster.clone(), EntityId::new(CLUSTER_NAME));
+        let cluster_entity = Entity::new(
+            cluster.clone(),
+            HashMap::from([
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(CLUSTER_NAME.to_string()),
+                ),
+                ("tags".to_string(), RestrictedExpression::new_set([])),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let schema_err =
+            |e: cedar_policy::entities_errors::EntitiesError| PolicyError::Schema(e.to_string());
+        let base_entities = schema
+            .action_entities()
+            .map_err(schema_err)?
+            .add_entities([cluster_entity], Some(schema))
+            .map_err(schema_err)?;
+        Ok(PolicyEngine {
+            policies,
+            policy_ids,
+            warnings: Vec::new(),
+            catalog,
+            hash,
+            generation: 0,
+            types,
+            actions,
+            cluster,
+            base_entities,
+            cedar: cedar_policy::Authorizer::new(),
+        })
+    }
+
+    /// SHA-256 (lower-case hex) of the policy sources (names and texts, in
+    /// load order) and the catalog: what audit records cite as "the policy".
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The [`Authorizer`](crate::Authorizer) generation this engine was
+    /// installed as (0 for an engine not installed by one).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
+    /// Policy ids, in load order.
+    pub fn policy_ids(&self) -> &[String] {
+        &self.policy_ids
+    }
+
+    /// Validator warnings (e.g. a policy that can never match); the policies
+    /// load anyway, as Cedar intends, but an operator should see these.
+    pub fn warnings(&self) -> &[PolicyProblem] {
+        &self.warnings
+    }
+
+    /// The validated policies.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The topic catalog.
+    pub fn catalog(&self) -> &TopicCatalog {
+        &self.catalog
+    }
+
+    /// Decides whether `principal` may perform `action` on `resource`.
+    ///
+    /// Deny by default: allowed only if some permit matches, no forbid
+    /// matches, and no policy fails to evaluate. Counting an evaluation error
+    /// as a deny means a forbid that errors can never let a permit through.
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        action: impl Into<Action>,
+        resource: &Resource,
+        ctx: &RequestContext,
+    ) -> Decision {
+        let action = action.into();
+        if action == Action::Decrypt && !matches!(resource, Resource::Topic(_)) {
+            return Decision::deny_with_error(format!(
+                "Decrypt applies to topics only, not to a {}",
+                resource.type_name()
+            ));
+        }
+        let (request, entities) = match self.request(principal, action, resource, ctx) {
+            Ok(r) => r,
+            Err(e) => return Decision::deny_with_error(e),
+        };
+        let response = self
+            .cedar
+            .is_authorized(&request, &self.policies, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        let mut determining_policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        determining_policies.sort_unstable();
+        Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow && errors.is_empty(),
+            determining_policies,
+            errors,
+        }
+    }
+
+    /// The Cedar request and entities for one decision.
+    pub(crate) fn request(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        ctx: &RequestContext,
+    ) -> Result<(Request, Entities), String> {
+        let (p_uid, p_entity) = self.principal_entity(principal)?;
+        let (r_uid, r_entity) = self.resource_entity(resource)?;
+        let time = match ctx.time.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        };
+        // Java (and so Kafka's ACL host match) presents IPv4-mapped IPv6
+        // peers as IPv4; do the same so one address has one spelling.
+        let address = ctx.client_address.to_canonical().to_string();
+        let context = Context::from_pairs([
+            (
+                "client_ip".to_string(),
+                RestrictedExpression::new_ip(&address),
+            ),
+            (
+                "client_address".to_string(),
+                RestrictedExpression::new_string(address),
+            ),
+            ("tls".to_string(), RestrictedExpression::new_bool(ctx.tls)),
+            (
+                "client_id".to_string(),
+                RestrictedExpression::new_string(ctx.client_id.clone().unwrap_or_default()),
+            ),
+            (
+                "auth_method".to_string(),
+                RestrictedExpression::new_string(ctx.auth_method.as_str().to_string()),
+            ),
+            ("time".to_string(), RestrictedExpression::new_long(time)),
+        ])
+        .map_err(|e| format!("cannot build request context: {e}"))?;
+        let entities = self
+            .base_entities
+            .clone()
+            .add_entities(std::iter::once(p_entity).chain(r_entity), None)
+            .map_err(|e| format!("cannot build request entities: {e}"))?;
+        let action_uid = self.actions[action.index()].clone();
+        let request = Request::new(p_uid, action_uid, r_uid, context, None)
+            .map_err(|e| format!("cannot build request: {e}"))?;
+        Ok((request, entities))
+    }
+
+    fn principal_entity(&self, p: &Principal) -> Result<(EntityUid, Entity), String> {
+        let ty = match p.kind {
+            PrincipalKind::User => &self.types.user,
+            PrincipalKind::ServiceAccount => &self.types.service_account,
+        };
+        let uid = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(&p.name));
+        let parents = p
+            .groups
+            .iter()
+            .map(|g| EntityUid::from_type_name_and_id(self.types.group.clone(), EntityId::new(g)))
+            .collect();
+        let attrs = HashMap::from([(
+            "name".to_string(),
+            RestrictedExpression::new_string(p.name.clone()),
+        )]);
+        let entity = Entity::new(uid.clone(), attrs, parents)
+            .map_err(|e| format!("cannot build principal entity: {e}"))?;
+        Ok((uid, entity))
+    }
+
+    /// The resource's uid, and its entity unless it is the prebuilt cluster.
+    fn resource_entity(&self, r: &Resource) -> Result<(EntityUid, Option<Entity>), String> {
+        let ty = match r {
+            Resource::Topic(_) => &self.types.topic,
+            Resource::Group(_) => &self.types.consumer_group,
+            Resource::TransactionalId(_) => &self.types.transactional_id,
+            Resource::Cluster => return Ok((self.cluster.clone(), None)),
+        };
+        let name = r.name();
+        let uid = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(name));
+        let mut attrs = HashMap::with_capacity(4);
+        attrs.insert(
+            "name".to_string(),
+            RestrictedExpression::new_string(name.to_string()),
+        );
+        if !matches!(r, Resource::Topic(_)) {
+            attrs.insert("tags".to_string(), RestrictedExpression::new_set([]));
+        }
+        if let Resource::Topic(topic) = r {
+            let info = self.catalog.lookup(topic);
+            attrs.insert(
+                "tags".to_string(),
+                RestrictedExpression::new_set(
+                    info.tags
+                        .iter()
+                        .map(|t| RestrictedExpression::new_string((*t).to_string())),
+                ),
+            );
+            if let Some(owner) = info.owner {
+                attrs.insert(
+                    "owner".to_string(),
+                    RestrictedExpression::new_string(owner.to_string()),
+                );
+            }
+            if let Some(c) = info.classification {
+                attrs.insert(
+                    "classification".to_string(),
+                    RestrictedExpression::new_string(c.to_string()),
+                );
+            }
+        }
+        let entity = Entity::new(uid.clone(), attrs, HashSet::new())
+            .map_err(|e| format!("cannot build resource entity: {e}"))?;
+        Ok((uid, Some(entity)))
+    }
+}
+
+/// N of Cedar's generated id `policyN`.
+fn generated_index(id: &PolicyId) -> Option<usize> {
+    id.to_string().strip_prefix("policy")?.parse().ok()
+}
+
+/// A problem from a Cedar diagnostic, located in `src` by its first label.
+fn problem(policy_id: Option<String>, src: &Source<'_>, d: &dyn Diagnostic) -> PolicyProblem {
+    let location = d
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| SourceLocation::at(src.name, src.text, l.offset()));
+    let mut message = d.to_string();
+    if let Some(help) = d.help() {
+        message.push_str(&format!(" ({help})"));
+    }
+    PolicyProblem {
+        policy_id,
+        location,
+        message,
+    }
+}
+
+/// SHA-256 over the sources and catalog, each length-prefixed so that no two
+/// different inputs concatenate to the same bytes.
+fn content_hash(sources: &[Source<'_>], catalog: &TopicCatalog) -> String {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(b"custos-policy-v1");
+    for s in sources {
+        field(s.name.as_bytes());
+        field(s.text.as_bytes());
+    }
+    // Serialising a Vec of plain structs cannot fail; an empty string would
+    // still hash deterministically if it did.
+    let catalog_json = serde_json::to_string(catalog).unwrap_or_default();
+    field(catalog_json.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,546 @@
+//! Tests of the schema, the engine, reload and the cache.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cedar_policy::{Entities, Request};
+
+use crate::*;
+
+fn engine(policies: &str) -> PolicyEngine {
+    PolicyEngine::load(policies, TopicCatalog::empty()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn alice() -> Principal {
+    Principal::user("alice", AuthMethod::Mtls)
+}
+
+fn topic(n: &str) -> Resource {
+    Resource::Topic(n.to_string())
+}
+
+fn ctx() -> RequestContext {
+    RequestContext::new("10.0.0.7".parse().unwrap(), true, AuthMethod::Mtls)
+}
+
+fn allowed(e: &PolicyEngine, p: &Principal, op: impl Into<Action>, r: &Resource) -> bool {
+    let d = e.authorize(p, op, r, &ctx());
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    d.allowed
+}
+
+#[test]
+fn schema_parses_and_all_actions_exist() {
+    let schema = custos_schema().unwrap();
+    let actions: Vec<String> = schema.actions().map(ToString::to_string).collect();
+    for a in Action::all() {
+        assert!(
+            actions.contains(&format!("Action::\"{a}\"")),
+            "{a} missing from {actions:?}"
+        );
+    }
+}
+
+#[test]
+fn default_is_deny() {
+    let e = engine("");
+    let d = e.authorize(&alice(), Operation::Read, &topic("orders"), &ctx());
+    assert!(!d.allowed);
+    assert!(d.determining_policies.is_empty());
+}
+
+#[test]
+fn permit_read_implies_describe_but_not_other_operations() {
+    let e = engine(
+        r#"permit(principal == User::"alice", action in Action::"Read", resource == Topic::"orders");"#,
+    );
+    assert!(allowed(&e, &alice(), Operation::Read, &topic("orders")));
+    assert!(allowed(&e, &alice(), Operation::Describe, &topic("orders")));
+    for op in [
+        Operation::Write,
+        Operation::DescribeConfigs,
+        Operation::Create,
+    ] {
+        assert!(!allowed(&e, &alice(), op, &topic("orders")), "{op}");
+    }
+    assert!(!allowed(&e, &alice(), Operation::Read, &topic("other")));
+}
+
+#[test]
+fn write_delete_alter_imply_describe_and_alter_configs_implies_describe_configs() {
+    for (granted, implied) in [
+        (Operation::Write, Operation::Describe),
+        (Operation::Delete, Operation::Describe),
+        (Operation::Alter, Operation::Describe),
+        (Operation::AlterConfigs, Operation::DescribeConfigs),
+    ] {
+        let e = engine(&format!(
+            r#"permit(principal, action in Action::"{granted}", resource);"#
+        ));
+        assert!(allowed(&e, &alice(), granted, &topic("t")));
+        assert!(allowed(&e, &alice(), implied, &topic("t")), "{granted}");
+        // Exactly Kafka's table: nothing else is implied.
+        for op in Operation::ALL {
+            let expect = op == granted || op == implied;
+            assert_eq!(
+                allowed(&e, &alice(), op, &topic("t")),
+                expect,
+                "{granted} vs {op}"
+            );
+            assert_eq!(op.is_allowed_by(granted), expect, "{granted} vs {op}");
+        }
+    }
+}
+
+#[test]
+fn forbid_with_equality_denies_read_but_not_describe() {
+    let e = engine(
+        r#"
+        permit(principal, action in Action::"All", resource);
+        forbid(principal == User::"alice", action == Action::"Read", resource);
+        "#,
+    );
+    assert!(!allowed(&e, &alice(), Operation::Read, &topic("t")));
+    assert!(allowed(&e, &alice(), Operation::Describe, &topic("t")));
+    let d = e.authorize(&alice(), Operation::Read, &topic("t"), &ctx());
+    assert_eq!(d.determining_policies, vec!["policy:1"]);
+}
+
+#[test]
+fn forbid_with_in_would_also_deny_describe() {
+    // Documents why forbids must use `==`: `in` follows the hierarchy.
+    let e = engine(
+        r#"
+        permit(principal, action in Action::"All", resource);
+        forbid(principal, action in Action::"Read", resource);
+        "#,
+    );
+    assert!(!allowed(&e, &alice(), Operation::Describe, &topic("t")));
+}
+
+#[test]
+fn all_covers_every_kafka_operation_but_not_decrypt() {
+    let e = engine(r#"permit(principal, action in Action::"All", resource);"#);
+    for op in Operation::ALL {
+        assert!(allowed(&e, &alice(), op, &topic("t")), "{op}");
+        assert!(allowed(&e, &alice(), op, &Resource::Cluster), "{op}");
+    }
+    assert!(!allowed(&e, &alice(), Action::Decrypt, &topic("t")));
+}
+
+#[test]
+fn decrypt_is_its_own_action_on_topics_only() {
+    let e = engine(
+        r#"permit(principal in Group::"pii-readers", action == Action::"Decrypt", resource);"#,
+    );
+    let reader = alice().with_groups(["pii-readers"]);
+    assert!(allowed(&e, &reader, Action::Decrypt, &topic("t")));
+    assert!(!allowed(&e, &alice(), Action::Decrypt, &topic("t")));
+    let d = e.authorize(
+        &reader,
+        Action::Decrypt,
+        &Resource::Group("g".into()),
+        &ctx(),
+    );
+    assert!(!d.allowed);
+    assert_eq!(d.errors.len(), 1);
+    // Decrypt on a non-topic can never match: the validator warns.
+    let never =
+        engine(r#"permit(principal, action == Action::"Decrypt", resource is ConsumerGroup);"#);
+    assert!(!never.warnings().is_empty());
+    assert_eq!(never.warnings()[0].policy_id.as_deref(), Some("policy:0"));
+    assert!(e.warnings().is_empty());
+}
+
+#[test]
+fn group_membership_and_service_accounts() {
+    let e = engine(
+        r#"permit(principal in Group::"etl", action == Action::"Write", resource is Topic);"#,
+    );
+    let svc = Principal::service_account("loader", AuthMethod::ScramSha512).with_groups(["etl"]);
+    assert!(allowed(&e, &svc, Operation::Write, &topic("raw")));
+    let svc_no_group = Principal::service_account("loader", AuthMethod::ScramSha512);
+    assert!(!allowed(&e, &svc_no_group, Operation::Write, &topic("raw")));
+    assert!(!allowed(
+        &e,
+        &svc,
+        Operation::Write,
+        &Resource::Group("raw".into())
+    ));
+}
+
+#[test]
+fn catalog_tags_owner_and_classification_reach_policies() {
+    let catalog: TopicCatalog = serde_yaml_ng::from_str(
+        r#"
+- match: { prefix: "customers." }
+  tags: [pii]
+- match: { exact: customers.eu }
+  owner: crm
+  classification: restricted
+"#,
+    )
+    .unwrap();
+    let e = PolicyEngine::load(
+        r#"
+        permit(principal in Group::"analysts", action == Action::"Read", resource)
+          when { resource.tags.contains("pii") == false };
+        permit(principal, action == Action::"Write", resource is Topic)
+          when { resource has owner && resource.owner == principal.name };
+        forbid(principal, action == Action::"Read", resource is Topic)
+          when { resource has classification && resource.classification == "restricted" && !context.tls };
+        "#,
+        catalog,
+    )
+    .unwrap();
+    let analyst = alice().with_groups(["analysts"]);
+    assert!(allowed(&e, &analyst, Operation::Read, &topic("orders")));
+    assert!(!allowed(
+        &e,
+        &analyst,
+        Operation::Read,
+        &topic("customers.us")
+    ));
+    let crm = Principal::service_account("crm", AuthMethod::Mtls);
+    assert!(allowed(&e, &crm, Operation::Write, &topic("customers.eu")));
+    assert!(!allowed(&e, &crm, Operation::Write, &topic("customers.us")));
+}
+
+#[test]
+fn context_attributes_reach_policies() {
+    let e = engine(
+        r#"
+        permit(principal, action == Action::"Read", resource)
+          when { context.tls && context.auth_method == "mtls"
+                 && context.client_ip.isInRange(ip("10.0.0.0/8"))
+                 && context.client_address like "10.*"
+                 && context.client_id like "billing-*"
+                 && context.time >= 1700000000 };
+        "#,
+    );
+    let mut c = ctx();
+    c.client_id = Some("billing-7".into());
+    let ok = |c: &RequestContext| e.authorize(&alice(), Operation::Read, &topic("t"), c);
+    assert!(ok(&c).allowed);
+    let mut no_tls = c.clone();
+    no_tls.tls = false;
+    assert!(!ok(&no_tls).allowed);
+    let mut outside = c.clone();
+    outside.client_address = "192.168.1.1".parse().unwrap();
+    assert!(!ok(&outside).allowed);
+    let mut old = c.clone();
+    old.time = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    assert!(!ok(&old).allowed);
+    let mut no_id = c.clone();
+    no_id.client_id = None;
+    assert!(!ok(&no_id).allowed);
+    // IPv4-mapped IPv6 addresses are presented as the IPv4 address.
+    let mut mapped = c;
+    mapped.client_address = "::ffff:10.1.2.3".parse::<IpAddr>().unwrap();
+    assert!(ok(&mapped).allowed);
+}
+
+#[test]
+fn request_entities_and_context_conform_to_the_schema() {
+    let catalog: TopicCatalog = serde_yaml_ng::from_str(
+        "- match: {exact: t}\n  tags: [pii]\n  owner: o\n  classification: c\n",
+    )
+    .unwrap();
+    let e = PolicyEngine::load("", catalog).unwrap();
+    let schema = custos_schema().unwrap();
+    let p = alice().with_groups(["g1", "g2"]);
+    for r in [
+        topic("t"),
+        topic("untagged"),
+        Resource::Group("g".into()),
+        Resource::TransactionalId("tx".into()),
+        Resource::Cluster,
+    ] {
+        let (req, entities) = e.request(&p, Operation::Read.into(), &r, &ctx()).unwrap();
+        // Re-check the engine's schema-free fast path against the schema.
+        Entities::from_entities(entities.iter().cloned(), Some(&schema)).unwrap();
+        Request::new(
+            req.principal().unwrap().clone(),
+            req.action().unwrap().clone(),
+            req.resource().unwrap().clone(),
+            req.context().unwrap().clone(),
+            Some(&schema),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn evaluation_error_denies_even_with_a_matching_permit() {
+    // Overflow is one of the few errors strict validation cannot rule out;
+    // the forbid errors, and an erroring forbid must not let the permit through.
+    let e = engine(
+        r#"
+        permit(principal, action == Action::"Read", resource);
+        forbid(principal, action == Action::"Read", resource)
+          when { context.time * 9223372036854775807 > 0 };
+        "#,
+    );
+    let d = e.authorize(&alice(), Operation::Read, &topic("t"), &ctx());
+    assert!(!d.allowed);
+    assert_eq!(d.errors.len(), 1);
+    assert!(d.errors[0].contains("policy:1"), "{:?}", d.errors);
+}
+
+#[test]
+fn ids_come_from_annotations_or_position() {
+    let e = engine(
+        r#"
+        @id("readers") permit(principal, action == Action::"Read", resource);
+        permit(principal, action == Action::"Write", resource);
+        "#,
+    );
+    assert_eq!(e.policy_ids(), ["readers", "policy:1"]);
+    let d = e.authorize(&alice(), Operation::Read, &topic("t"), &ctx());
+    assert_eq!(d.determining_policies, vec!["readers"]);
+}
+
+#[test]
+fn duplicate_ids_are_rejected() {
+    let err = PolicyEngine::load(
+        r#"
+        @id("x") permit(principal, action == Action::"Read", resource);
+        @id("x") permit(principal, action == Action::"Write", resource);
+        "#,
+        TopicCatalog::empty(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("policy id `x` is used by both policy:0 and policy:1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn parse_errors_name_the_position() {
+    let err = PolicyEngine::load(
+        "permit(principal, action, resource);\n\npermit(principal, action resource);\n",
+        TopicCatalog::empty(),
+    )
+    .unwrap_err();
+    let PolicyError::Parse(problems) = &err else {
+        panic!("{err}")
+    };
+    let loc = problems[0].location.as_ref().unwrap();
+    assert_eq!((loc.source.as_str(), loc.line), ("policy", 3), "{err}");
+}
+
+#[test]
+fn validation_errors_name_policy_and_position() {
+    let err = PolicyEngine::load(
+        "@id(\"ok\") permit(principal, action, resource);\n\
+         @id(\"typo\")\npermit(principal, action == Action::\"Read\", resource is Topic)\n  when { resource.tagz.contains(\"pii\") };\n",
+        TopicCatalog::empty(),
+    )
+    .unwrap_err();
+    let PolicyError::Validation(problems) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(problems.len(), 1, "{err}");
+    assert_eq!(problems[0].policy_id.as_deref(), Some("typo"));
+    assert_eq!(problems[0].location.as_ref().unwrap().line, 4, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("policy `typo` at policy:4:"), "{text}");
+    // Unknown actions and entity types are schema errors too.
+    for bad in [
+        r#"permit(principal, action == Action::"Fly", resource);"#,
+        r#"permit(principal == Admin::"x", action, resource);"#,
+    ] {
+        assert!(matches!(
+            PolicyEngine::load(bad, TopicCatalog::empty()),
+            Err(PolicyError::Validation(_))
+        ));
+    }
+}
+
+#[test]
+fn templates_are_rejected() {
+    let err = PolicyEngine::load(
+        "permit(principal == ?principal, action, resource);",
+        TopicCatalog::empty(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PolicyError::Template { .. }), "{err}");
+}
+
+#[test]
+fn hash_covers_policies_and_catalog() {
+    let a = engine("permit(principal, action, resource);");
+    let b = engine("permit(principal, action, resource);");
+    let c = engine("forbid(principal, action, resource);");
+    assert_eq!(a.hash(), b.hash());
+    assert_eq!(a.hash().len(), 64);
+    assert_ne!(a.hash(), c.hash());
+    let tagged = PolicyEngine::load(
+        "permit(principal, action, resource);",
+        serde_yaml_ng::from_str("- match: {exact: t}\n  tags: [pii]\n").unwrap(),
+    )
+    .unwrap();
+    assert_ne!(a.hash(), tagged.hash());
+}
+
+#[test]
+fn load_files_reads_directories_in_name_order() {
+    let dir = std::env::temp_dir().join(format!("custos-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("b.cedar"),
+        r#"permit(principal, action == Action::"Write", resource);"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("a.cedar"),
+        "permit(principal, action == Action::\"Read\", resource);\n@id(\"named\") permit(principal, action == Action::\"Create\", resource);",
+    )
+    .unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a policy").unwrap();
+    let e = PolicyEngine::load_files(&[&dir], TopicCatalog::empty()).unwrap();
+    assert_eq!(e.policy_ids(), ["a.cedar:0", "named", "b.cedar:0"]);
+    std::fs::write(
+        dir.join("c.cedar"),
+        "permit(principal, action == Action::\"Nope\", resource);",
+    )
+    .unwrap();
+    let err = PolicyEngine::load_files(&[&dir], TopicCatalog::empty()).unwrap_err();
+    assert!(
+        err.to_string().contains("policy `c.cedar:0` at c.cedar:1:"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let missing = PolicyEngine::load_files(&[dir.join("gone.cedar")], TopicCatalog::empty());
+    assert!(matches!(missing, Err(PolicyError::Io { .. })));
+}
+
+#[test]
+fn reload_swaps_and_keeps_old_engine_on_errors() {
+    let auth = Authorizer::new(engine(
+        r#"permit(principal, action == Action::"Read", resource);"#,
+    ));
+    assert_eq!(auth.generation(), 1);
+    let read = |a: &Authorizer| {
+        a.authorize(&alice(), Operation::Read, &topic("t"), &ctx())
+            .allowed
+    };
+    assert!(read(&auth));
+    let old_hash = auth.current().hash().to_string();
+
+    // Syntax error: old engine stays.
+    assert!(matches!(
+        auth.reload("permit(principal, action", TopicCatalog::empty()),
+        Err(PolicyError::Parse(_))
+    ));
+    assert_eq!(auth.generation(), 1);
+    assert!(read(&auth));
+    // Schema-invalid: old engine stays.
+    assert!(matches!(
+        auth.reload(
+            r#"permit(principal, action == Action::"Read", resource) when { resource.nope };"#,
+            TopicCatalog::empty()
+        ),
+        Err(PolicyError::Validation(_))
+    ));
+    assert_eq!(auth.generation(), 1);
+    assert_eq!(auth.current().hash(), old_hash);
+
+    // A good reload swaps and bumps the generation.
+    assert_eq!(auth.reload("", TopicCatalog::empty()).unwrap(), 2);
+    assert_eq!(auth.generation(), 2);
+    assert!(!read(&auth));
+}
+
+#[test]
+fn held_engine_survives_a_reload() {
+    let auth = Authorizer::new(engine(
+        r#"permit(principal, action == Action::"Read", resource);"#,
+    ));
+    let held = auth.current();
+    auth.reload("", TopicCatalog::empty()).unwrap();
+    assert!(
+        held.authorize(&alice(), Operation::Read, &topic("t"), &ctx())
+            .allowed
+    );
+    assert_eq!(held.generation(), 1);
+}
+
+#[test]
+fn cache_hits_and_invalidates_on_generation_change() {
+    let auth = Authorizer::new(engine(
+        r#"permit(principal, action == Action::"Read", resource);"#,
+    ));
+    let mut cache = DecisionCache::new(16, Duration::from_secs(3600));
+    let p = alice();
+    let c = ctx();
+    assert!(
+        cache
+            .authorize(&auth, &p, Operation::Read, &topic("t"), &c)
+            .allowed
+    );
+    assert!(
+        cache
+            .authorize(&auth, &p, Operation::Read, &topic("t"), &c)
+            .allowed
+    );
+    assert!(
+        !cache
+            .authorize(&auth, &p, Operation::Write, &topic("t"), &c)
+            .allowed
+    );
+    assert_eq!(cache.stats(), (1, 2));
+    assert_eq!(cache.len(), 1);
+
+    auth.reload("", TopicCatalog::empty()).unwrap();
+    assert!(
+        !cache
+            .authorize(&auth, &p, Operation::Read, &topic("t"), &c)
+            .allowed
+    );
+    assert_eq!(cache.stats(), (1, 3));
+
+    // A failed reload changes nothing, so the cache keeps its entries.
+    auth.reload("nonsense", TopicCatalog::empty()).unwrap_err();
+    assert!(
+        !cache
+            .authorize(&auth, &p, Operation::Read, &topic("t"), &c)
+            .allowed
+    );
+    assert_eq!(cache.stats(), (2, 3));
+}
+
+#[test]
+fn cache_is_bounded_and_expires() {
+    let auth = Authorizer::new(engine(r#"permit(principal, action, resource);"#));
+    let mut cache = DecisionCache::new(3, Duration::from_secs(3600));
+    let (p, c) = (alice(), ctx());
+    for i in 0..10 {
+        cache.authorize(&auth, &p, Operation::Read, &topic(&format!("t{i}")), &c);
+        assert!(cache.len() <= 3);
+    }
+    // The oldest were evicted first: t9 is cached, t0 is not.
+    cache.authorize(&auth, &p, Operation::Read, &topic("t9"), &c);
+    assert_eq!(cache.stats().0, 1);
+    cache.authorize(&auth, &p, Operation::Read, &topic("t0"), &c);
+    assert_eq!(cache.stats().0, 1);
+
+    let mut expiring = DecisionCache::new(3, Duration::ZERO);
+    expiring.authorize(&auth, &p, Operation::Read, &topic("t"), &c);
+    std::thread::sleep(Duration::from_millis(2));
+    expiring.authorize(&auth, &p, Operation::Read, &topic("t"), &c);
+    assert_eq!(expiring.stats(), (0, 2));
+}
+
+#[test]
+fn decision_time_before_epoch_does_not_panic() {
+    let e = engine(r#"permit(principal, action, resource) when { context.time < 0 };"#);
+    let mut c = ctx();
+    c.time = SystemTime::UNIX_EPOCH - Duration::from_secs(5);
+    assert!(
+        e.authorize(&alice(), Operation::Read, &topic("t"), &c)
+            .allowed
+    );
+}
