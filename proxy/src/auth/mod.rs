@@ -2,6 +2,9 @@
 
 pub mod client;
 pub mod credentials;
+pub mod jwks;
+pub mod mtls;
+pub mod oauth;
 pub mod plain;
 pub mod principal;
 pub mod scram;
