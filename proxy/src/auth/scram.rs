@@ -271,6 +271,11 @@ impl<S: Borrow<CredentialStore>> ScramServer<S> {
         self
     }
 
+    /// The credential store this exchange checks against.
+    pub fn store(&self) -> &CredentialStore {
+        self.store.borrow()
+    }
+
     /// The mechanism of this exchange.
     pub fn mechanism(&self) -> ScramMechanism {
         self.mechanism
