@@ -43,6 +43,8 @@ pub mod policy_test;
 mod types;
 
 #[cfg(test)]
+mod acl_import_tests;
+#[cfg(test)]
 mod engine_tests;
 
 pub use authorizer::{Authorizer, DecisionCache};
