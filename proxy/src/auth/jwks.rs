@@ -362,6 +362,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fetches_over_https_with_configured_ca() {
+        use rustls::pki_types::PrivateKeyDer;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/auth/testdata");
+        let cert_path = PathBuf::from(format!("{dir}/jwks-server.pem"));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+            .expect("cert file")
+            .collect::<Result<_, _>>()
+            .expect("pem");
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/jwks-server.key.pem")).expect("key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            // Two connections: one with the right CA, one with the system store.
+            for _ in 0..2 {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"keys\":[]}")
+                    .await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let url = JwksUrl::parse(&format!("https://127.0.0.1:{port}/jwks")).expect("url");
+        let tls = tls_config(Some(&cert_path)).expect("tls");
+        let set = fetch(&url, &tls, Duration::from_secs(5))
+            .await
+            .expect("https fetch");
+        assert!(set.keys.is_empty());
+        // The system trust store does not know this self-signed server.
+        let tls = tls_config(None).expect("tls");
+        let e = fetch(&url, &tls, Duration::from_secs(5))
+            .await
+            .expect_err("untrusted server");
+        assert!(e.to_string().contains("TLS"), "{e}");
+    }
+
+    #[tokio::test]
     async fn fetches_over_loopback_http() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
