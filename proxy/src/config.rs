@@ -52,6 +52,9 @@ pub struct ListenConfig {
     /// TLS towards clients; plaintext when absent.
     #[serde(default)]
     pub tls: Option<ServerTlsConfig>,
+    /// How clients authenticate (SASL, mTLS); anonymous when absent.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// TLS settings of the client-facing listeners.
@@ -307,6 +310,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        if let Some(a) = &mut self.listen.auth {
+            a.resolve_paths(base);
+        }
         if let Some(t) = &mut self.listen.tls {
             fix(&mut t.cert);
             fix(&mut t.key);
@@ -390,6 +396,11 @@ impl Config {
                     "listen.tls.require_client_cert",
                     "is true but listen.tls.client_ca is not set, so no certificate could be verified",
                 ));
+            }
+        }
+        if let Some(a) = &l.auth {
+            for i in a.validate("listen.auth", l.tls.is_some()) {
+                errors.push(err(&i.key, i.message));
             }
         }
         let u = &self.upstream;

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod broker_map;
 pub mod config;
 pub mod frame;
+pub mod handshake;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;

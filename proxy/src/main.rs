@@ -35,6 +35,50 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage the SCRAM credential file clients authenticate against.
+    ///
+    /// The file holds salted SCRAM keys (SCRAM-SHA-256 and -512), never
+    /// passwords; SASL PLAIN is checked against the same keys.
+    Users {
+        /// Credential file (created by `add` when missing).
+        #[arg(long, short)]
+        file: PathBuf,
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user. The password is read from --password-file, from the
+    /// environment variable named by --password-env, or from the first line
+    /// of standard input; never from the command line, where `ps` shows it.
+    Add {
+        /// User name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, conflicts_with = "password_env")]
+        password_file: Option<PathBuf>,
+        /// Environment variable holding the password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// Group memberships (repeatable), for policies on groups.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Make a service account rather than a user.
+        #[arg(long)]
+        service_account: bool,
+        /// PBKDF2 iterations (at least 4096).
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
+    },
+    /// Remove a user.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// List users and their mechanisms (never keys).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +105,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Users { file, command } => match users(&file, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("custos users: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -69,6 +120,74 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn read_password(file: Option<&PathBuf>, env: Option<&String>) -> anyhow::Result<String> {
+    let raw = if let Some(f) = file {
+        std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+    } else if let Some(var) = env {
+        std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line
+    };
+    let pw = raw.lines().next().unwrap_or_default().to_string();
+    anyhow::ensure!(!pw.is_empty(), "the password is empty");
+    Ok(pw)
+}
+
+fn users(file: &std::path::Path, command: UsersCommand) -> anyhow::Result<()> {
+    use custos::auth::credentials::NewUser;
+    use custos::auth::{CredentialStore, PrincipalType};
+    let mut store = if file.exists() {
+        CredentialStore::load(file)?
+    } else {
+        CredentialStore::new()
+    };
+    match command {
+        UsersCommand::Add {
+            name,
+            password_file,
+            password_env,
+            groups,
+            service_account,
+            iterations,
+        } => {
+            let password = read_password(password_file.as_ref(), password_env.as_ref())?;
+            let opts = NewUser {
+                iterations,
+                principal_type: if service_account {
+                    PrincipalType::ServiceAccount
+                } else {
+                    PrincipalType::User
+                },
+                groups,
+                ..NewUser::default()
+            };
+            store.add_user(&name, &password, &opts)?;
+            store.save(file)?;
+            println!("added {name}");
+        }
+        UsersCommand::Remove { name } => {
+            anyhow::ensure!(
+                store.remove_user(&name),
+                "no user {name} in {}",
+                file.display()
+            );
+            store.save(file)?;
+            println!("removed {name}");
+        }
+        UsersCommand::List => {
+            for u in store.list() {
+                let mechs: Vec<&str> = u.mechanisms.iter().map(|m| m.name()).collect();
+                println!("{}\t{}", u.name, mechs.join(","));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(cfg: &Config) {
@@ -95,7 +214,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let proxy = Proxy::new(config, shutdown.clone())?;
+        let proxy = Proxy::new(config, shutdown.clone()).await?;
         tokio::spawn(wait_for_signal(shutdown));
         proxy.run().await?;
         Ok(())

@@ -48,6 +48,8 @@ pub struct SessionInfo {
     pub broker_id: Option<i32>,
     /// Whether the client connection is TLS.
     pub tls: bool,
+    /// Who the client authenticated as (anonymous without authentication).
+    pub identity: crate::auth::Identity,
 }
 
 /// A stage's decision about a request.
@@ -233,6 +235,7 @@ mod tests {
             client_addr: "127.0.0.1:1".parse().expect("addr"),
             broker_id: None,
             tls: false,
+            identity: crate::auth::Identity::anonymous(),
         };
         // Metadata v0 response: header (corr id 9), no brokers, no topics.
         let raw = bytes::Bytes::from_static(&[0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]);

@@ -17,9 +17,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+
 use crate::admin;
+use crate::auth::ListenerAuth;
 use crate::broker_map::{BrokerMap, NewListener, Routing};
 use crate::config::{parse_host_port, Config};
+use crate::handshake;
 use crate::metrics::{ListenerKind, ListenerLabel, Metrics};
 use crate::pipeline::{Blame, Pipeline, SessionInfo};
 use crate::session::{self, SessionCtx};
@@ -35,6 +39,9 @@ pub enum StartError {
     /// A TLS file or setting is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// Client authentication could not be set up.
+    #[error("`listen.auth`: {0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
     /// A listener could not be bound.
     #[error("`{key}`: cannot listen on {addr}: {cause}")]
     Bind {
@@ -58,6 +65,10 @@ enum Route {
 
 struct Shared {
     config: Config,
+    /// How clients authenticate on the listeners.
+    auth: Option<ListenerAuth>,
+    /// The api versions the cluster last advertised to Custos itself.
+    broker_versions: std::sync::RwLock<Arc<Vec<ApiVersion>>>,
     brokers: Arc<BrokerMap>,
     session: Arc<SessionCtx>,
     metrics: Arc<Metrics>,
@@ -67,6 +78,7 @@ struct Shared {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     tls_warnings: LogLimiter,
+    auth_warnings: LogLimiter,
 }
 
 /// Lets through a few log lines per window and counts the rest, so a client
@@ -114,8 +126,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Prepares everything that can fail without touching the network.
-    pub fn new(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+    /// Prepares everything that can fail before serving (JWKS URLs are fetched here).
+    pub async fn new(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
         let (brokers, new_listeners) = BrokerMap::new(
             &config.listen.advertised_host,
             &config.listen.host,
@@ -144,9 +156,15 @@ impl Proxy {
             max_in_flight: config.limits.max_in_flight,
         });
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        let auth = match &config.listen.auth {
+            Some(a) => Some(ListenerAuth::from_config(a).await?),
+            None => None,
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
+                auth,
+                broker_versions: std::sync::RwLock::new(Arc::new(Vec::new())),
                 brokers,
                 session,
                 metrics,
@@ -156,6 +174,7 @@ impl Proxy {
                 tracker: TaskTracker::new(),
                 shutdown,
                 tls_warnings: LogLimiter::new(5, Duration::from_secs(10)),
+                auth_warnings: LogLimiter::new(5, Duration::from_secs(10)),
             }),
             new_listeners,
             ready: Arc::new(AtomicBool::new(false)),
@@ -262,10 +281,13 @@ async fn discover(s: Arc<Shared>, ready: Arc<AtomicBool>) {
             .collect();
         candidates.extend(servers.iter().cloned());
         for (host, port) in &candidates {
-            match upstream::fetch_brokers(host, *port, s.upstream_tls.as_ref(), timeout).await {
-                Ok(list) => {
-                    for b in &list {
+            match upstream::fetch_cluster(host, *port, s.upstream_tls.as_ref(), timeout).await {
+                Ok(info) => {
+                    for b in &info.brokers {
                         s.brokers.learn(b.id, &b.host, b.port);
+                    }
+                    if let Ok(mut v) = s.broker_versions.write() {
+                        *v = Arc::new(info.api_versions);
                     }
                     ok = true;
                     break;
@@ -363,6 +385,22 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
         },
     };
     let tls = matches!(client, Stream::ServerTls(_));
+    let mut client = client;
+    let identity = match authenticate_client(s, &mut client).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            if e.routine {
+                tracing::debug!(conn = id, client = %addr, error = %e, "client left during authentication");
+            } else {
+                s.metrics.connection_error(e.blame);
+                // Clients retry failed logins quickly: a few lines per window.
+                if let Some(suppressed) = s.auth_warnings.allow() {
+                    tracing::warn!(conn = id, client = %addr, blame = e.blame.as_str(), error = %e, suppressed, "authentication failed; connection closed");
+                }
+            }
+            return;
+        }
+    };
 
     let upstream = match connect_upstream(s, route, id, timeout).await {
         Ok(u) => u,
@@ -377,6 +415,7 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
         client_addr: addr,
         broker_id,
         tls,
+        identity,
     };
     tracing::debug!(conn = id, client = %addr, broker = ?broker_id, tls, "session open");
     match session::run(
@@ -397,6 +436,43 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
             tracing::warn!(conn = id, client = %addr, broker = ?broker_id, blame = e.blame.as_str(), error = %e, "connection closed");
         }
     }
+}
+
+/// Establishes who the client is before anything is forwarded: its mapped
+/// certificate (mTLS), then, where SASL is on, the SASL exchange.
+async fn authenticate_client(
+    s: &Shared,
+    client: &mut Stream,
+) -> Result<crate::auth::Identity, session::SessionError> {
+    let Some(auth) = &s.auth else {
+        return Ok(crate::auth::Identity::anonymous());
+    };
+    let mut identity = crate::auth::Identity::anonymous();
+    if let (Some(mapper), Stream::ServerTls(t)) = (&auth.mtls, &*client) {
+        if let Some(cert) = t.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            identity = mapper.map(cert).map_err(|e| session::SessionError {
+                blame: Blame::Client,
+                message: format!("client certificate maps to no principal: {e}"),
+                routine: false,
+            })?;
+        }
+    }
+    if let Some(sasl) = &auth.sasl {
+        let versions = s
+            .broker_versions
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let run = handshake::authenticate(client, sasl, &versions, s.config.limits.max_frame_bytes);
+        identity = tokio::time::timeout(handshake::AUTH_TIMEOUT, run)
+            .await
+            .map_err(|_| session::SessionError {
+                blame: Blame::Client,
+                message: "authentication did not finish in time".into(),
+                routine: false,
+            })??;
+    }
+    Ok(identity)
 }
 
 async fn connect_upstream(

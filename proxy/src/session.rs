@@ -354,6 +354,7 @@ mod tests {
             client_addr: "127.0.0.1:1".parse().expect("addr"),
             broker_id: Some(1),
             tls: false,
+            identity: crate::auth::Identity::anonymous(),
         }
     }
 

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, RequestKind, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::net::TcpStream;
@@ -102,14 +104,43 @@ pub struct BrokerInfo {
 }
 
 const METADATA_VERSION: i16 = 12;
+const API_VERSIONS_VERSION: i16 = 3;
 
-/// Asks the broker at `host:port` for the cluster's broker list.
-pub async fn fetch_brokers(
+/// What one broker told Custos about the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    /// Every broker.
+    pub brokers: Vec<BrokerInfo>,
+    /// The apis and versions the answering broker supports.
+    pub api_versions: Vec<ApiVersion>,
+}
+
+fn request_frame(
+    key: ApiKey,
+    version: i16,
+    corr: i32,
+    body: &RequestKind,
+) -> Result<Bytes, String> {
+    let mut frame = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(corr)
+        .with_client_id(Some(StrBytes::from_static_str("custos")))
+        .encode(&mut frame, key.request_header_version(version))
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut frame, version)
+        .map_err(|e| e.to_string())?;
+    Ok(frame.freeze())
+}
+
+/// Asks the broker at `host:port` for its api versions and the cluster's brokers.
+pub async fn fetch_cluster(
     host: &str,
     port: u16,
     tls: Option<&UpstreamTls>,
     timeout: Duration,
-) -> Result<Vec<BrokerInfo>, UpstreamError> {
+) -> Result<ClusterInfo, UpstreamError> {
     let addr = format!("{host}:{port}");
     let proto = |why: String| UpstreamError::Protocol {
         addr: addr.clone(),
@@ -117,38 +148,56 @@ pub async fn fetch_brokers(
     };
     let stream = connect(host, port, tls, timeout).await?;
     let (r, mut w) = tokio::io::split(stream);
-    let mut frame = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(ApiKey::Metadata as i16)
-        .with_request_api_version(METADATA_VERSION)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("custos")))
-        .encode(
-            &mut frame,
-            ApiKey::Metadata.request_header_version(METADATA_VERSION),
-        )
-        .map_err(|e| proto(e.to_string()))?;
+    let api_versions = request_frame(
+        ApiKey::ApiVersions,
+        API_VERSIONS_VERSION,
+        1,
+        &RequestKind::ApiVersions(
+            ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("custos"))
+                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION"))),
+        ),
+    )
+    .map_err(&proto)?;
     // An empty topic list asks for brokers only.
-    MetadataRequest::default()
-        .with_topics(Some(vec![]))
-        .encode(&mut frame, METADATA_VERSION)
-        .map_err(|e| proto(e.to_string()))?;
+    let metadata = request_frame(
+        ApiKey::Metadata,
+        METADATA_VERSION,
+        2,
+        &RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![]))),
+    )
+    .map_err(&proto)?;
     let exchange = async {
-        write_frame(&mut w, &frame.freeze())
+        write_frame(&mut w, &api_versions)
+            .await
+            .map_err(|e| proto(e.to_string()))?;
+        write_frame(&mut w, &metadata)
             .await
             .map_err(|e| proto(e.to_string()))?;
         let mut frames = FramedRead::new(r, FrameCodec::new(64 * 1024 * 1024));
-        let mut body: Bytes = match frames.next().await {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => return Err(proto(e.to_string())),
-            None => return Err(proto("closed the connection".into())),
+        let next = |f: Option<Result<Bytes, crate::frame::FrameError>>| match f {
+            Some(Ok(b)) => Ok(b),
+            Some(Err(e)) => Err(proto(e.to_string())),
+            None => Err(proto("closed the connection".into())),
         };
+        let mut body = next(frames.next().await)?;
+        ResponseHeader::decode(
+            &mut body,
+            ApiKey::ApiVersions.response_header_version(API_VERSIONS_VERSION),
+        )
+        .map_err(|e| proto(e.to_string()))?;
+        let av = ApiVersionsResponse::decode(&mut body, API_VERSIONS_VERSION)
+            .map_err(|e| proto(e.to_string()))?;
+        if av.error_code != 0 {
+            return Err(proto(format!("ApiVersions error code {}", av.error_code)));
+        }
+        let mut body = next(frames.next().await)?;
         let header = ResponseHeader::decode(
             &mut body,
             ApiKey::Metadata.response_header_version(METADATA_VERSION),
         )
         .map_err(|e| proto(e.to_string()))?;
-        if header.correlation_id != 1 {
+        if header.correlation_id != 2 {
             return Err(proto(format!(
                 "unexpected correlation id {}",
                 header.correlation_id
@@ -156,15 +205,18 @@ pub async fn fetch_brokers(
         }
         let resp = MetadataResponse::decode(&mut body, METADATA_VERSION)
             .map_err(|e| proto(e.to_string()))?;
-        Ok(resp
-            .brokers
-            .into_iter()
-            .map(|b| BrokerInfo {
-                id: b.node_id.0,
-                host: b.host.to_string(),
-                port: b.port,
-            })
-            .collect())
+        Ok(ClusterInfo {
+            brokers: resp
+                .brokers
+                .into_iter()
+                .map(|b| BrokerInfo {
+                    id: b.node_id.0,
+                    host: b.host.to_string(),
+                    port: b.port,
+                })
+                .collect(),
+            api_versions: av.api_keys,
+        })
     };
     tokio::time::timeout(timeout, exchange)
         .await

@@ -65,28 +65,49 @@ class Sec:
     """How a client secures its connection: TLS trust (CA PEM) and optionally a
     client certificate. Sec() is plaintext."""
 
-    def __init__(self, ca=None, cert=None, key=None, keystore=None):
+    def __init__(self, ca=None, cert=None, key=None, keystore=None, sasl=None):
+        """`sasl` is (mechanism, username, password) for SASL to Custos."""
         self.ca, self.cert, self.key, self.keystore = ca, cert, key, keystore
+        self.sasl = sasl
 
     @property
     def tls(self) -> bool:
         return self.ca is not None
 
+    @property
+    def protocol(self) -> str:
+        if self.sasl:
+            return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
+        return "SSL" if self.tls else "PLAINTEXT"
+
     def rd(self) -> dict:
-        if not self.tls:
-            return {}
-        conf = {"security.protocol": "SSL", "ssl.ca.location": str(self.ca)}
-        if self.cert:
-            conf.update({"ssl.certificate.location": str(self.cert), "ssl.key.location": str(self.key)})
+        conf = {}
+        if self.tls:
+            conf = {"ssl.ca.location": str(self.ca)}
+            if self.cert:
+                conf.update({"ssl.certificate.location": str(self.cert), "ssl.key.location": str(self.key)})
+        if self.sasl:
+            mech, user, pw = self.sasl
+            conf.update({"sasl.mechanism": mech, "sasl.username": user, "sasl.password": pw})
+        if conf:
+            conf["security.protocol"] = self.protocol
         return conf
 
     def java(self) -> list:
         """--property arguments for the Java client."""
-        if not self.tls:
+        if not self.tls and not self.sasl:
             return []
-        props = ["security.protocol=SSL", "ssl.truststore.type=PEM", f"ssl.truststore.location={self.ca}"]
+        props = [f"security.protocol={self.protocol}"]
+        if self.tls:
+            props += ["ssl.truststore.type=PEM", f"ssl.truststore.location={self.ca}"]
         if self.keystore:
             props += ["ssl.keystore.type=PEM", f"ssl.keystore.location={self.keystore}"]
+        if self.sasl:
+            mech, user, pw = self.sasl
+            module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if mech == "PLAIN"
+                      else "org.apache.kafka.common.security.scram.ScramLoginModule")
+            props += [f"sasl.mechanism={mech}",
+                      f'sasl.jaas.config={module} required username="{user}" password="{pw}";']
         out = []
         for p in props:
             out += ["--property", p]
@@ -227,7 +248,7 @@ class CustosGateway:
     def __init__(self, binary: str, kafka: KafkaCluster, workdir: Path, port_block: int,
                  name: str = "custos", max_frame_bytes: int = 104857600, extra_yaml: str = "",
                  listen_tls: Optional[dict] = None, upstream_tls: Optional[dict] = None,
-                 client_sec: Optional[Sec] = None):
+                 client_sec: Optional[Sec] = None, listen_extra: str = ""):
         self.binary = binary
         self.kafka = kafka
         self.workdir = Path(workdir)
@@ -240,6 +261,7 @@ class CustosGateway:
         self.broker_port_base = port_block + 10
         self.max_frame_bytes = max_frame_bytes
         self.extra_yaml = extra_yaml
+        self.listen_extra = listen_extra
         self.listen_tls = listen_tls
         self.upstream_tls = upstream_tls
         self.client_sec = client_sec or PLAIN
@@ -285,7 +307,7 @@ class CustosGateway:
             f"  advertised_host: {self.advertised_host}\n"
             f"  bootstrap_port: {self.bootstrap_port}\n"
             f"  broker_port_base: {self.broker_port_base}\n"
-            + listen_tls +
+            + listen_tls + self.listen_extra +
             "upstream:\n"
             f"  bootstrap_servers: [{upstream}]\n"
             + upstream_tls +

@@ -5,6 +5,7 @@
 //! each remaining range is the intersection of the broker's and Custos's.
 
 use async_trait::async_trait;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use kafka_protocol::protocol::VersionRange;
 
@@ -14,6 +15,25 @@ use crate::versions;
 
 /// Narrows ApiVersions answers to the allow-list.
 pub struct ApiVersionsFilter;
+
+/// Drops apis Custos refuses and intersects the rest with Custos's ranges.
+pub fn narrow(list: &mut Vec<ApiVersion>) {
+    list.retain_mut(|v| {
+        let Some((_, ours)) = versions::allowed_raw(v.api_key) else {
+            return false;
+        };
+        let both = ours.intersect(&VersionRange {
+            min: v.min_version,
+            max: v.max_version,
+        });
+        if both.is_empty() {
+            return false;
+        }
+        v.min_version = both.min;
+        v.max_version = both.max;
+        true
+    });
+}
 
 const NAME: &str = "api_versions";
 
@@ -36,21 +56,7 @@ impl Stage for ApiVersionsFilter {
             .body_mut()
             .map_err(|e| StageError::codec(NAME, Blame::Upstream, e))?;
         if let ResponseKind::ApiVersions(av) = body {
-            av.api_keys.retain_mut(|v| {
-                let Some((_, ours)) = versions::allowed_raw(v.api_key) else {
-                    return false;
-                };
-                let both = ours.intersect(&VersionRange {
-                    min: v.min_version,
-                    max: v.max_version,
-                });
-                if both.is_empty() {
-                    return false;
-                }
-                v.min_version = both.min;
-                v.max_version = both.max;
-                true
-            });
+            narrow(&mut av.api_keys);
         }
         Ok(())
     }
@@ -60,7 +66,6 @@ impl Stage for ApiVersionsFilter {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
     use kafka_protocol::messages::ApiVersionsResponse;
 
     fn session() -> SessionInfo {
@@ -69,6 +74,7 @@ mod tests {
             client_addr: "127.0.0.1:1".parse().expect("addr"),
             broker_id: Some(1),
             tls: false,
+            identity: crate::auth::Identity::anonymous(),
         }
     }
 
