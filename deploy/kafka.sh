@@ -7,6 +7,8 @@
 #   deploy/kafka.sh start [--brokers 1|3] [--dir DIR] [--port-base PORT] [--tls]
 #        --tls adds an SSL listener per node on port-base+200+N-1, with a CA, broker
 #        and client certificates (PEM) generated into DIR/tls (client auth: requested)
+#        --sasl adds a SASL_PLAINTEXT listener per node on port-base+300+N-1 with
+#        SCRAM-SHA-512 and one test user: custos / custos-test-secret
 #   deploy/kafka.sh stop [--dir DIR]
 #   deploy/kafka.sh stop-node ID [--dir DIR]
 #   deploy/kafka.sh start-node ID [--dir DIR]
@@ -122,6 +124,10 @@ BROKERS=""
 PORT_BASE=""
 NODE_ARG=""
 TLS=""
+SASL=""
+# Test-only credentials of the --sasl listener (they protect nothing).
+SASL_USER=custos
+SASL_PASSWORD=custos-test-secret
 
 parse_opts() {
   while [[ $# -gt 0 ]]; do
@@ -133,6 +139,7 @@ parse_opts() {
       --port-base) PORT_BASE="$2"; shift 2 ;;
       --port-base=*) PORT_BASE="${1#*=}"; shift ;;
       --tls) TLS=1; shift ;;
+      --sasl) SASL=1; shift ;;
       -*) die "unknown option $1" ;;
       *) [[ -z "$NODE_ARG" ]] || die "unexpected argument $1"; NODE_ARG="$1"; shift ;;
     esac
@@ -145,12 +152,13 @@ load_state() {
   [[ -f "$RUN_DIR/cluster.env" ]] || die "no cluster in $RUN_DIR (run start first)"
   # shellcheck disable=SC1091
   source "$RUN_DIR/cluster.env"
-  BROKERS="$C_BROKERS"; PORT_BASE="$C_PORT_BASE"; TLS="${C_TLS:-}"
+  BROKERS="$C_BROKERS"; PORT_BASE="$C_PORT_BASE"; TLS="${C_TLS:-}"; SASL="${C_SASL:-}"
 }
 
 client_port() { echo $((PORT_BASE + $1 - 1)); }
 controller_port() { echo $((PORT_BASE + 100 + $1 - 1)); }
 ssl_port() { echo $((PORT_BASE + 200 + $1 - 1)); }
+sasl_port() { echo $((PORT_BASE + 300 + $1 - 1)); }
 node_dir() { echo "$RUN_DIR/node-$1"; }
 
 bootstrap_servers() {
@@ -210,6 +218,10 @@ write_properties() {
     listeners+=",SSL://$HOST:$(ssl_port "$id")"
     protomap+=",SSL:SSL"
   fi
+  if [[ -n "$SASL" ]]; then
+    listeners+=",SASL_PLAINTEXT://$HOST:$(sasl_port "$id")"
+    protomap+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
   {
     echo "# written by deploy/kafka.sh"
     echo "process.roles=broker,controller"
@@ -223,6 +235,10 @@ write_properties() {
       echo "ssl.truststore.type=PEM"
       echo "ssl.truststore.location=$RUN_DIR/tls/ca.pem"
       echo "ssl.client.auth=requested"
+    fi
+    if [[ -n "$SASL" ]]; then
+      echo "sasl.enabled.mechanisms=SCRAM-SHA-512"
+      echo "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
     fi
     echo "inter.broker.listener.name=PLAINTEXT"
     echo "controller.listener.names=CONTROLLER"
@@ -271,6 +287,7 @@ format_storage() {
   dir="$(node_dir "$id")"
   [[ -f "$dir/data/meta.properties" ]] && return 0
   [[ "$BROKERS" == 1 ]] && args+=(--standalone)
+  [[ -z "$SASL" ]] || args+=(--add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
   "$JAVA" "${client_java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool format \
     -t "$CLUSTER_ID" -c "$dir/server.properties" "${args[@]}" > "$dir/format.log" 2>&1 \
     || { cat "$dir/format.log" >&2; die "formatting storage of node $id failed"; }
@@ -283,6 +300,7 @@ launch_node() {
   local p
   local ports=("$(client_port "$id")" "$(controller_port "$id")")
   [[ -z "$TLS" ]] || ports+=("$(ssl_port "$id")")
+  [[ -z "$SASL" ]] || ports+=("$(sasl_port "$id")")
   for p in "${ports[@]}"; do
     port_open "$p" && die "port $HOST:$p is already in use (another Kafka? set --port-base or CUSTOS_KAFKA_PORT_BASE)"
   done
@@ -323,9 +341,10 @@ cmd_start() {
   parse_opts "$@"
   ensure_fetched
   if [[ -f "$RUN_DIR/cluster.env" ]]; then
-    local want_b="$BROKERS" want_p="$PORT_BASE" want_t="$TLS"
+    local want_b="$BROKERS" want_p="$PORT_BASE" want_t="$TLS" want_s="$SASL"
     load_state
     [[ -z "$want_t" || -n "$TLS" ]] || die "$RUN_DIR was started without --tls; use another --dir"
+    [[ -z "$want_s" || -n "$SASL" ]] || die "$RUN_DIR was started without --sasl; use another --dir"
     [[ -z "$want_b" || "$want_b" == "$BROKERS" ]] || die "$RUN_DIR holds a $BROKERS-broker cluster; use another --dir"
     [[ -z "$want_p" || "$want_p" == "$PORT_BASE" ]] || die "$RUN_DIR uses port base $PORT_BASE; use another --dir"
   else
@@ -340,7 +359,7 @@ while True:
         break
 print(s)' 2>/dev/null \
       || "$JAVA" "${client_java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
-    printf 'C_BROKERS=%s\nC_PORT_BASE=%s\nCLUSTER_ID=%s\nC_TLS=%s\n' "$BROKERS" "$PORT_BASE" "$CLUSTER_ID" "$TLS" > "$RUN_DIR/cluster.env"
+    printf 'C_BROKERS=%s\nC_PORT_BASE=%s\nCLUSTER_ID=%s\nC_TLS=%s\nC_SASL=%s\n' "$BROKERS" "$PORT_BASE" "$CLUSTER_ID" "$TLS" "$SASL" > "$RUN_DIR/cluster.env"
   fi
   [[ -z "$TLS" ]] || gen_tls
   local id

@@ -82,6 +82,9 @@ pub struct UpstreamConfig {
     /// TLS towards brokers; plaintext when absent.
     #[serde(default)]
     pub tls: Option<ClientTlsConfig>,
+    /// Custos's own SASL login to the brokers.
+    #[serde(default)]
+    pub sasl: Option<crate::auth::UpstreamSaslConfig>,
     /// Time allowed to open (and secure) a connection to a broker.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -320,6 +323,9 @@ impl Config {
                 fix(ca);
             }
         }
+        if let Some(sasl) = &mut self.upstream.sasl {
+            sasl.resolve_paths(base);
+        }
         if let Some(t) = &mut self.upstream.tls {
             fix(&mut t.ca);
             if let Some(c) = &mut t.cert {
@@ -413,6 +419,11 @@ impl Config {
         for (i, s) in u.bootstrap_servers.iter().enumerate() {
             if let Err(why) = parse_host_port(s) {
                 errors.push(err(&format!("upstream.bootstrap_servers[{i}]"), why));
+            }
+        }
+        if let Some(sasl) = &u.sasl {
+            for i in sasl.validate("upstream.sasl") {
+                errors.push(err(&i.key, i.message));
             }
         }
         if u.connect_timeout_ms == 0 {

@@ -42,6 +42,9 @@ pub enum StartError {
     /// Client authentication could not be set up.
     #[error("`listen.auth`: {0}")]
     Auth(#[from] crate::auth::AuthSetupError),
+    /// Custos's own broker credentials are unusable.
+    #[error("`upstream.sasl`: {0}")]
+    UpstreamAuth(crate::auth::AuthSetupError),
     /// A listener could not be bound.
     #[error("`{key}`: cannot listen on {addr}: {cause}")]
     Bind {
@@ -73,7 +76,7 @@ struct Shared {
     session: Arc<SessionCtx>,
     metrics: Arc<Metrics>,
     acceptor: Option<TlsAcceptor>,
-    upstream_tls: Option<UpstreamTls>,
+    upstream: upstream::UpstreamSecurity,
     connections: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -149,6 +152,15 @@ impl Proxy {
             .as_ref()
             .map(UpstreamTls::new)
             .transpose()?;
+        if let Some(sasl) = &config.upstream.sasl {
+            // Read the password now: a missing secret is a start-up error, not
+            // a failure on the first client connection.
+            sasl.client().map_err(StartError::UpstreamAuth)?;
+        }
+        let upstream_security = upstream::UpstreamSecurity {
+            tls: upstream_tls,
+            sasl: config.upstream.sasl.clone(),
+        };
         let session = Arc::new(SessionCtx {
             pipeline,
             metrics: metrics.clone(),
@@ -169,7 +181,7 @@ impl Proxy {
                 session,
                 metrics,
                 acceptor,
-                upstream_tls,
+                upstream: upstream_security,
                 connections,
                 tracker: TaskTracker::new(),
                 shutdown,
@@ -272,6 +284,7 @@ async fn discover(s: Arc<Shared>, ready: Arc<AtomicBool>) {
     let mut warned = false;
     loop {
         let mut ok = false;
+        let mut last_error = String::new();
         // Prefer brokers already known (the bootstrap list may be a subset).
         let mut candidates: Vec<(String, u16)> = s
             .brokers
@@ -281,7 +294,7 @@ async fn discover(s: Arc<Shared>, ready: Arc<AtomicBool>) {
             .collect();
         candidates.extend(servers.iter().cloned());
         for (host, port) in &candidates {
-            match upstream::fetch_cluster(host, *port, s.upstream_tls.as_ref(), timeout).await {
+            match upstream::fetch_cluster(host, *port, &s.upstream, timeout).await {
                 Ok(info) => {
                     for b in &info.brokers {
                         s.brokers.learn(b.id, &b.host, b.port);
@@ -292,7 +305,10 @@ async fn discover(s: Arc<Shared>, ready: Arc<AtomicBool>) {
                     ok = true;
                     break;
                 }
-                Err(e) => tracing::debug!(error = %e, "broker list refresh failed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "broker list refresh failed");
+                    last_error = e.to_string();
+                }
             }
         }
         if ok {
@@ -304,7 +320,7 @@ async fn discover(s: Arc<Shared>, ready: Arc<AtomicBool>) {
             }
             warned = false;
         } else if !warned {
-            tracing::warn!(servers = ?s.config.upstream.bootstrap_servers, "no upstream broker reachable; retrying");
+            tracing::warn!(servers = ?s.config.upstream.bootstrap_servers, error = %last_error, "no upstream broker reachable; retrying");
             warned = true;
         }
         let wait = if ok { refresh } else { Duration::from_secs(1) };
@@ -487,7 +503,7 @@ async fn connect_upstream(
                 .brokers
                 .upstream(id)
                 .ok_or_else(|| format!("broker {id} is not known"))?;
-            upstream::connect(&a.host, a.port, s.upstream_tls.as_ref(), timeout)
+            upstream::connect(&a.host, a.port, &s.upstream, timeout)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -502,7 +518,7 @@ async fn connect_upstream(
                 else {
                     continue;
                 };
-                match upstream::connect(&host, port, s.upstream_tls.as_ref(), timeout).await {
+                match upstream::connect(&host, port, &s.upstream, timeout).await {
                     Ok(st) => return Ok(st),
                     Err(e) => last = e.to_string(),
                 }

@@ -7,12 +7,16 @@ use futures_util::StreamExt;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    RequestHeader, RequestKind, ResponseHeader,
+    RequestHeader, RequestKind, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
+use crate::auth::client::ClientStep;
+use crate::auth::UpstreamSaslConfig;
 use crate::frame::{write_frame, FrameCodec};
 use crate::stream::Stream;
 use crate::tls::UpstreamTls;
@@ -40,6 +44,14 @@ pub enum UpstreamError {
         /// Cause.
         why: String,
     },
+    /// Custos could not log in to the broker.
+    #[error("SASL login to {addr} failed: {why}")]
+    Auth {
+        /// Broker address.
+        addr: String,
+        /// Cause (never the password).
+        why: String,
+    },
     /// The broker's answer was not what Kafka sends.
     #[error("broker {addr} answered badly: {why}")]
     Protocol {
@@ -50,13 +62,112 @@ pub enum UpstreamError {
     },
 }
 
-/// Opens a connection (and TLS session, if configured) to `host:port`.
+/// How Custos secures and authenticates its own connections to brokers.
+#[derive(Clone, Default)]
+pub struct UpstreamSecurity {
+    /// TLS towards brokers.
+    pub tls: Option<UpstreamTls>,
+    /// Custos's own SASL login.
+    pub sasl: Option<UpstreamSaslConfig>,
+}
+
+/// Reads exactly one frame, so nothing after the SASL exchange is buffered here.
+async fn read_one<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = i32::from_be_bytes(len);
+    if !(0..=1 << 20).contains(&len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("SASL answer of {len} bytes"),
+        ));
+    }
+    let mut body = BytesMut::zeroed(len as usize);
+    s.read_exact(&mut body).await?;
+    Ok(body.freeze())
+}
+
+/// Logs Custos in to a broker with its own credentials (SaslHandshake v1,
+/// then SaslAuthenticate v2 until the client side is done).
+async fn sasl_login(
+    stream: &mut Stream,
+    cfg: &UpstreamSaslConfig,
+    addr: &str,
+) -> Result<(), UpstreamError> {
+    let auth = |why: String| UpstreamError::Auth {
+        addr: addr.to_string(),
+        why,
+    };
+    let io = |e: std::io::Error| auth(e.to_string());
+    let mut client = cfg.client().map_err(|e| auth(e.to_string()))?;
+    let hs = request_frame(
+        ApiKey::SaslHandshake,
+        1,
+        1,
+        &RequestKind::SaslHandshake(
+            SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_static_str(client.mechanism())),
+        ),
+    )
+    .map_err(&auth)?;
+    write_frame(stream, &hs).await.map_err(io)?;
+    let mut body = read_one(stream).await.map_err(io)?;
+    ResponseHeader::decode(&mut body, ApiKey::SaslHandshake.response_header_version(1))
+        .map_err(|e| auth(e.to_string()))?;
+    let hs = SaslHandshakeResponse::decode(&mut body, 1).map_err(|e| auth(e.to_string()))?;
+    if hs.error_code != 0 {
+        let offered: Vec<&str> = hs.mechanisms.iter().map(|m| m.as_str()).collect();
+        return Err(auth(format!(
+            "broker refused mechanism {} (error {}; it offers {offered:?})",
+            client.mechanism(),
+            hs.error_code
+        )));
+    }
+    let mut out = client.initial().map_err(|e| auth(e.to_string()))?;
+    for corr in 2..10 {
+        let req = request_frame(
+            ApiKey::SaslAuthenticate,
+            2,
+            corr,
+            &RequestKind::SaslAuthenticate(
+                SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(out)),
+            ),
+        )
+        .map_err(&auth)?;
+        write_frame(stream, &req).await.map_err(io)?;
+        let mut body = read_one(stream).await.map_err(io)?;
+        ResponseHeader::decode(
+            &mut body,
+            ApiKey::SaslAuthenticate.response_header_version(2),
+        )
+        .map_err(|e| auth(e.to_string()))?;
+        let r = SaslAuthenticateResponse::decode(&mut body, 2).map_err(|e| auth(e.to_string()))?;
+        if r.error_code != 0 {
+            return Err(auth(format!(
+                "broker refused Custos's credentials (error {}): {}",
+                r.error_code,
+                r.error_message.as_ref().map(|m| m.as_str()).unwrap_or("")
+            )));
+        }
+        match client
+            .step(&r.auth_bytes)
+            .map_err(|e| auth(e.to_string()))?
+        {
+            ClientStep::Send(next) => out = next,
+            ClientStep::Done => return Ok(()),
+        }
+    }
+    Err(auth("SASL exchange did not finish".into()))
+}
+
+/// Opens a connection (TLS and SASL login, if configured) to `host:port`.
 pub async fn connect(
     host: &str,
     port: u16,
-    tls: Option<&UpstreamTls>,
+    security: &UpstreamSecurity,
     timeout: Duration,
 ) -> Result<Stream, UpstreamError> {
+    let tls = security.tls.as_ref();
     let addr = format!("{host}:{port}");
     let fut = async {
         let tcp =
@@ -86,6 +197,13 @@ pub async fn connect(
                 Ok(Stream::ClientTls(Box::new(s)))
             }
         }
+    };
+    let fut = async {
+        let mut stream = fut.await?;
+        if let Some(sasl) = &security.sasl {
+            sasl_login(&mut stream, sasl, &addr).await?;
+        }
+        Ok(stream)
     };
     tokio::time::timeout(timeout, fut)
         .await
@@ -138,7 +256,7 @@ fn request_frame(
 pub async fn fetch_cluster(
     host: &str,
     port: u16,
-    tls: Option<&UpstreamTls>,
+    security: &UpstreamSecurity,
     timeout: Duration,
 ) -> Result<ClusterInfo, UpstreamError> {
     let addr = format!("{host}:{port}");
@@ -146,7 +264,7 @@ pub async fn fetch_cluster(
         addr: addr.clone(),
         why,
     };
-    let stream = connect(host, port, tls, timeout).await?;
+    let stream = connect(host, port, security, timeout).await?;
     let (r, mut w) = tokio::io::split(stream);
     let api_versions = request_frame(
         ApiKey::ApiVersions,
