@@ -90,6 +90,28 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // Worst case: alternate two connections (principal and context), so the
+    // per-thread caches of the last principal and context never hit.
+    let other_principal = Principal::user("user8", AuthMethod::Mtls).with_groups(["team8"]);
+    let other_resource = Resource::Topic("team8.events".to_string());
+    let other_ctx = RequestContext::new("10.9.9.9".parse().expect("ip"), true, AuthMethod::Mtls);
+    let mut flip = false;
+    c.bench_function("authorize_uncached_100_policies_cold_thread_caches", |b| {
+        b.iter(|| {
+            flip = !flip;
+            if flip {
+                black_box(engine.authorize(&principal, Operation::Write, &resource, &ctx))
+            } else {
+                black_box(engine.authorize(
+                    &other_principal,
+                    Operation::Write,
+                    &other_resource,
+                    &other_ctx,
+                ))
+            }
+        })
+    });
+
     // Percentiles of single decisions (each timed on its own).
     let mut samples: Vec<Duration> = Vec::with_capacity(20_000);
     for _ in 0..20_000 {
@@ -97,10 +119,26 @@ fn bench(c: &mut Criterion) {
         black_box(engine.authorize(&principal, Operation::Write, &resource, &ctx));
         samples.push(start.elapsed());
     }
+    report(&engine, "same connection", &mut samples);
+    samples.clear();
+    for i in 0..20_000 {
+        let (p, r, x) = if i % 2 == 0 {
+            (&principal, &resource, &ctx)
+        } else {
+            (&other_principal, &other_resource, &other_ctx)
+        };
+        let start = Instant::now();
+        black_box(engine.authorize(p, Operation::Write, r, x));
+        samples.push(start.elapsed());
+    }
+    report(&engine, "alternating connections", &mut samples);
+}
+
+fn report(engine: &PolicyEngine, what: &str, samples: &mut [Duration]) {
     samples.sort_unstable();
     let pct = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     eprintln!(
-        "single decision, {} policies, {} samples: p50 {:?}  p99 {:?}  max {:?}",
+        "single decision ({what}), {} policies, {} samples: p50 {:?}  p99 {:?}  max {:?}",
         engine.policy_ids().len(),
         samples.len(),
         pct(0.50),

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::TopicCatalog;
 use crate::error::{PolicyError, PolicyProblem, SourceLocation};
+use crate::index::PolicyIndex;
 use crate::types::{Action, Principal, PrincipalKind, RequestContext, Resource, CLUSTER_NAME};
 
 /// The Custos Cedar schema (human format), as shipped in `schema/custos.cedarschema`.
@@ -105,11 +106,14 @@ pub struct PolicyEngine {
     types: Types,
     // Indexed by `Action::index`.
     actions: Vec<EntityUid>,
+    // Indexed by `Action::index`: a store holding that action's entity, with
+    // its (already transitively closed) ancestors from the schema, which is
+    // how `action in Action::"Read"` covers a Describe request, and the
+    // cluster entity. A decision clones one (two `Arc`s) and adds its
+    // principal and resource.
+    base_entities: Vec<Entities>,
     cluster: EntityUid,
-    // The action hierarchy (which is how Read implies Describe) and the
-    // Cluster entity, built once; each decision adds only its principal and
-    // resource to a clone, which copies `Arc`s, not entities.
-    base_entities: Entities,
+    index: PolicyIndex,
     cedar: cedar_policy::Authorizer,
 }
 
@@ -122,6 +126,14 @@ impl fmt::Debug for PolicyEngine {
             .field("generation", &self.generation)
             .finish()
     }
+}
+
+/// A request ready for Cedar, plus the keys the index looks up.
+pub(crate) struct Prepared {
+    pub(crate) request: Request,
+    pub(crate) entities: Entities,
+    pub(crate) principal: EntityUid,
+    pub(crate) groups: Vec<EntityUid>,
 }
 
 /// One parsed policy source.
@@ -307,7 +319,7 @@ impl PolicyEngine {
         let types = Types::new()?;
         let action_type =
             EntityTypeName::from_str("Action").map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let actions = Action::all()
+        let actions: Vec<EntityUid> = Action::all()
             .map(|a| {
                 EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.as_str()))
             })
@@ -326,14 +338,30 @@ impl PolicyEngine {
             HashSet::new(),
         )
         .map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let schema_err =
-            |e: cedar_policy::entities_errors::EntitiesError| PolicyError::Schema(e.to_string());
-        let base_entities = schema
+        // Checks the cluster entity against the schema once, here.
+        Entities::from_entities([cluster_entity.clone()], Some(schema))
+            .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let hierarchy = schema
             .action_entities()
-            .map_err(schema_err)?
-            .add_entities([cluster_entity], Some(schema))
-            .map_err(schema_err)?;
+            .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let base_entities = actions
+            .iter()
+            .map(|uid| {
+                let action = hierarchy.get(uid).cloned().ok_or_else(|| {
+                    PolicyError::Schema(format!("action {uid} is not in the schema"))
+                })?;
+                Entities::from_entities([action, cluster_entity.clone()], None)
+                    .map_err(|e| PolicyError::Schema(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let in_order: Vec<&cedar_policy::Policy> = policy_ids
+            .iter()
+            .filter_map(|id| policies.policy(&PolicyId::new(id)))
+            .collect();
+        let index =
+            PolicyIndex::build(&in_order, &actions, &hierarchy).map_err(PolicyError::Schema)?;
         Ok(PolicyEngine {
+            index,
             policies,
             policy_ids,
             warnings: Vec::new(),
@@ -342,8 +370,8 @@ impl PolicyEngine {
             generation: 0,
             types,
             actions,
-            cluster,
             base_entities,
+            cluster,
             cedar: cedar_policy::Authorizer::new(),
         })
     }
@@ -404,10 +432,74 @@ impl PolicyEngine {
                 resource.type_name()
             ));
         }
-        let (request, entities) = match self.request(principal, action, resource, ctx) {
+        let Prepared {
+            request,
+            entities,
+            principal: principal_uid,
+            groups,
+        } = match self.request(principal, action, resource, ctx) {
             Ok(r) => r,
             Err(e) => return Decision::deny_with_error(e),
         };
+        let candidates = self.index.candidates(
+            action,
+            resource_type_index(resource),
+            &principal_uid,
+            &groups,
+        );
+        // Combine the disjoint parts as Cedar combines one set: any satisfied
+        // forbid denies; else any satisfied permit allows; else deny.
+        let mut permits = Vec::new();
+        let mut forbids = Vec::new();
+        let mut errors = Vec::new();
+        for set in candidates.sets {
+            let response = self.cedar.is_authorized(&request, set, &entities);
+            errors.extend(response.diagnostics().errors().map(ToString::to_string));
+            let reasons = response.diagnostics().reason().map(ToString::to_string);
+            match response.decision() {
+                cedar_policy::Decision::Allow => permits.extend(reasons),
+                cedar_policy::Decision::Deny => forbids.extend(reasons),
+            }
+        }
+        let allowed = forbids.is_empty() && !permits.is_empty() && errors.is_empty();
+        let mut determining_policies = if forbids.is_empty() { permits } else { forbids };
+        determining_policies.sort_unstable();
+        Decision {
+            allowed,
+            determining_policies,
+            errors,
+        }
+    }
+
+    /// The decision of the whole policy set, without the index: the
+    /// reference the index is tested against.
+    #[cfg(test)]
+    pub(crate) fn authorize_unindexed(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &Resource,
+        ctx: &RequestContext,
+    ) -> Decision {
+        let Prepared {
+            request, entities, ..
+        } = match self.request(principal, action, resource, ctx) {
+            Ok(r) => r,
+            Err(e) => return Decision::deny_with_error(e),
+        };
+        // The full store: every action of the schema, not just the requested one.
+        let entities = schema()
+            .and_then(|s| {
+                Entities::from_entities(
+                    entities
+                        .iter()
+                        .filter(|e| e.uid().type_name().to_string() != "Action")
+                        .cloned(),
+                    Some(s),
+                )
+                .map_err(|e| PolicyError::Schema(e.to_string()))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
         let response = self
             .cedar
             .is_authorized(&request, &self.policies, &entities);
@@ -436,66 +528,53 @@ impl PolicyEngine {
         action: Action,
         resource: &Resource,
         ctx: &RequestContext,
-    ) -> Result<(Request, Entities), String> {
-        let (p_uid, p_entity) = self.principal_entity(principal)?;
+    ) -> Result<Prepared, String> {
+        let (p_uid, p_entity, groups) = cached_principal(principal, |p| self.principal_entity(p))?;
         let (r_uid, r_entity) = self.resource_entity(resource)?;
-        let time = match ctx.time.duration_since(UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
-        };
-        // Java (and so Kafka's ACL host match) presents IPv4-mapped IPv6
-        // peers as IPv4; do the same so one address has one spelling.
-        let address = ctx.client_address.to_canonical().to_string();
-        let context = Context::from_pairs([
-            (
-                "client_ip".to_string(),
-                RestrictedExpression::new_ip(&address),
-            ),
-            (
-                "client_address".to_string(),
-                RestrictedExpression::new_string(address),
-            ),
-            ("tls".to_string(), RestrictedExpression::new_bool(ctx.tls)),
-            (
-                "client_id".to_string(),
-                RestrictedExpression::new_string(ctx.client_id.clone().unwrap_or_default()),
-            ),
-            (
-                "auth_method".to_string(),
-                RestrictedExpression::new_string(ctx.auth_method.as_str().to_string()),
-            ),
-            ("time".to_string(), RestrictedExpression::new_long(time)),
-        ])
-        .map_err(|e| format!("cannot build request context: {e}"))?;
-        let entities = self
-            .base_entities
+        let context = cached_context(ctx)?;
+        // Only the entities a policy can reach: the principal (its groups are
+        // its ancestors, so `in Group::"g"` needs no Group entity), the
+        // resource, the cluster, and the requested action (`in` needs only
+        // its ancestors). Cedar recomputes the hierarchy of what it adds on
+        // every call, so a small store makes a fast decision.
+        let entities = self.base_entities[action.index()]
             .clone()
             .add_entities(std::iter::once(p_entity).chain(r_entity), None)
             .map_err(|e| format!("cannot build request entities: {e}"))?;
         let action_uid = self.actions[action.index()].clone();
-        let request = Request::new(p_uid, action_uid, r_uid, context, None)
+        let request = Request::new(p_uid.clone(), action_uid, r_uid, context, None)
             .map_err(|e| format!("cannot build request: {e}"))?;
-        Ok((request, entities))
+        Ok(Prepared {
+            request,
+            entities,
+            principal: p_uid,
+            groups,
+        })
     }
 
-    fn principal_entity(&self, p: &Principal) -> Result<(EntityUid, Entity), String> {
+    /// The principal's uid, entity, and group uids (deduplicated).
+    fn principal_entity(&self, p: &Principal) -> Result<PrincipalParts, String> {
         let ty = match p.kind {
             PrincipalKind::User => &self.types.user,
             PrincipalKind::ServiceAccount => &self.types.service_account,
         };
         let uid = EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(&p.name));
-        let parents = p
-            .groups
-            .iter()
-            .map(|g| EntityUid::from_type_name_and_id(self.types.group.clone(), EntityId::new(g)))
-            .collect();
+        let mut groups: Vec<EntityUid> = Vec::with_capacity(p.groups.len());
+        for g in &p.groups {
+            let uid = EntityUid::from_type_name_and_id(self.types.group.clone(), EntityId::new(g));
+            // A repeated group would make the index evaluate its policies twice.
+            if !groups.contains(&uid) {
+                groups.push(uid);
+            }
+        }
+        let parents = groups.iter().cloned().collect();
         let attrs = HashMap::from([(
             "name".to_string(),
             RestrictedExpression::new_string(p.name.clone()),
         )]);
         let entity = Entity::new(uid.clone(), attrs, parents)
             .map_err(|e| format!("cannot build principal entity: {e}"))?;
-        Ok((uid, entity))
+        Ok((uid, entity, groups))
     }
 
     /// The resource's uid, and its entity unless it is the prebuilt cluster.
@@ -542,6 +621,136 @@ impl PolicyEngine {
         let entity = Entity::new(uid.clone(), attrs, HashSet::new())
             .map_err(|e| format!("cannot build resource entity: {e}"))?;
         Ok((uid, Some(entity)))
+    }
+}
+
+/// The key of a request context: its fields, with time in whole seconds.
+#[derive(Clone, PartialEq, Eq)]
+struct ContextKey {
+    client_address: std::net::IpAddr,
+    tls: bool,
+    client_id: Option<String>,
+    auth_method: crate::AuthMethod,
+    time: i64,
+}
+
+thread_local! {
+    // The last context and principal built on this thread. Consecutive
+    // decisions on a thread usually belong to one connection (one request
+    // naming several topics), and both values are the same for every engine,
+    // so reloads need not clear them. A `Context` clone is one `Arc` clone.
+    static LAST_CONTEXT: std::cell::RefCell<Option<(ContextKey, Context)>> =
+        const { std::cell::RefCell::new(None) };
+    static LAST_PRINCIPAL: std::cell::RefCell<Option<(Principal, PrincipalParts)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A principal's uid, entity, and deduplicated group uids.
+type PrincipalParts = (EntityUid, Entity, Vec<EntityUid>);
+
+fn cached_principal(
+    principal: &Principal,
+    build: impl FnOnce(&Principal) -> Result<PrincipalParts, String>,
+) -> Result<PrincipalParts, String> {
+    if let Some(hit) = LAST_PRINCIPAL.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(p, _)| p == principal)
+            .map(|(_, parts)| parts.clone())
+    }) {
+        return Ok(hit);
+    }
+    let parts = build(principal)?;
+    LAST_PRINCIPAL.set(Some((principal.clone(), parts.clone())));
+    Ok(parts)
+}
+
+fn cached_context(ctx: &RequestContext) -> Result<Context, String> {
+    let key = ContextKey {
+        client_address: ctx.client_address,
+        tls: ctx.tls,
+        client_id: None,
+        auth_method: ctx.auth_method,
+        time: match ctx.time.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        },
+    };
+    let hit = LAST_CONTEXT.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(k, _)| {
+                k.client_address == key.client_address
+                    && k.tls == key.tls
+                    && k.client_id == ctx.client_id
+                    && k.auth_method == key.auth_method
+                    && k.time == key.time
+            })
+            .map(|(_, c)| c.clone())
+    });
+    if let Some(c) = hit {
+        return Ok(c);
+    }
+    // Java (and so Kafka's ACL host match) presents IPv4-mapped IPv6
+    // peers as IPv4; do the same so one address has one spelling.
+    let address = ctx.client_address.to_canonical().to_string();
+    let context = Context::from_pairs([
+        ("client_ip".to_string(), ip_expression(&address)),
+        (
+            "client_address".to_string(),
+            RestrictedExpression::new_string(address),
+        ),
+        ("tls".to_string(), RestrictedExpression::new_bool(ctx.tls)),
+        (
+            "client_id".to_string(),
+            RestrictedExpression::new_string(ctx.client_id.clone().unwrap_or_default()),
+        ),
+        (
+            "auth_method".to_string(),
+            RestrictedExpression::new_string(ctx.auth_method.as_str().to_string()),
+        ),
+        ("time".to_string(), RestrictedExpression::new_long(key.time)),
+    ])
+    .map_err(|e| format!("cannot build request context: {e}"))?;
+    LAST_CONTEXT.set(Some((
+        ContextKey {
+            client_id: ctx.client_id.clone(),
+            ..key
+        },
+        context.clone(),
+    )));
+    Ok(context)
+}
+
+/// `ip("address")`, cached per thread: building it parses the name `ip`
+/// with Cedar's full parser, which cost more than the rest of a decision.
+fn ip_expression(address: &str) -> RestrictedExpression {
+    // Bounded: a proxy sees many client addresses; 4096 is plenty for the
+    // connections one worker thread serves at once.
+    const MAX: usize = 4096;
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<String, RestrictedExpression>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(e) = cache.get(address) {
+            return e.clone();
+        }
+        if cache.len() >= MAX {
+            cache.clear();
+        }
+        let e = RestrictedExpression::new_ip(address);
+        cache.insert(address.to_string(), e.clone());
+        e
+    })
+}
+
+/// Position of the resource's type in [`crate::index::RESOURCE_TYPES`].
+fn resource_type_index(r: &Resource) -> usize {
+    match r {
+        Resource::Topic(_) => 0,
+        Resource::Group(_) => 1,
+        Resource::TransactionalId(_) => 2,
+        Resource::Cluster => 3,
     }
 }
 

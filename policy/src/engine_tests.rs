@@ -256,7 +256,8 @@ fn request_entities_and_context_conform_to_the_schema() {
         Resource::TransactionalId("tx".into()),
         Resource::Cluster,
     ] {
-        let (req, entities) = e.request(&p, Operation::Read.into(), &r, &ctx()).unwrap();
+        let prepared = e.request(&p, Operation::Read.into(), &r, &ctx()).unwrap();
+        let (req, entities) = (prepared.request, prepared.entities);
         // Re-check the engine's schema-free fast path against the schema.
         Entities::from_entities(entities.iter().cloned(), Some(&schema)).unwrap();
         Request::new(
@@ -542,5 +543,95 @@ fn decision_time_before_epoch_does_not_panic() {
     assert!(
         e.authorize(&alice(), Operation::Read, &topic("t"), &c)
             .allowed
+    );
+}
+
+#[test]
+fn index_gives_the_same_decisions_as_the_whole_set() {
+    let acls = crate::acl_import::import_acls(
+        include_str!("../tests/fixtures/kafka-acls-list.txt"),
+        &crate::acl_import::ImportOptions {
+            super_users: vec!["User:admin".into(), "Group:ops".into()],
+        },
+    )
+    .unwrap();
+    let extra = r#"
+        @id("x-eq-group") permit(principal == Group::"ops", action, resource);
+        @id("x-in-user") permit(principal in User::"carl", action == Action::"Delete", resource is Topic);
+        @id("x-is") permit(principal is ServiceAccount, action in [Action::"Read", Action::"AlterConfigs"], resource is ConsumerGroup);
+        @id("x-is-in") forbid(principal is User in Group::"interns", action == Action::"Write", resource);
+        @id("x-res-in") permit(principal, action == Action::"Create", resource in Topic::"new");
+        @id("x-err") forbid(principal in Group::"flaky", action, resource) when { context.time * 9223372036854775807 > 0 };
+    "#;
+    let example = include_str!("../examples/example.cedar");
+    let catalog: TopicCatalog =
+        serde_yaml_ng::from_str(include_str!("../examples/example.catalog.yaml")).unwrap();
+    let e = PolicyEngine::load_sources(
+        &[("acls", &acls), ("extra", extra), ("example", example)],
+        catalog,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let principals = [
+        Principal::user("alice", AuthMethod::Mtls),
+        Principal::user("admin", AuthMethod::Mtls),
+        Principal::user("carl", AuthMethod::ScramSha256).with_groups(["crm-team", "crm-team"]),
+        Principal::user("ivy", AuthMethod::Mtls).with_groups(["interns", "analysts"]),
+        Principal::user("otto", AuthMethod::Mtls).with_groups(["ops"]),
+        Principal::user("fred", AuthMethod::Mtls).with_groups(["flaky", "platform-admins"]),
+        Principal::service_account("orders-svc", AuthMethod::ScramSha512),
+        Principal::service_account("loader", AuthMethod::Mtls).with_groups(["etl", "pii-readers"]),
+        Principal::user("payments-svc", AuthMethod::None),
+    ];
+    let resources = [
+        topic("orders"),
+        topic("orders.created"),
+        topic("payments.cards"),
+        topic("customers.cards"),
+        topic("customers.eu"),
+        topic("audit"),
+        topic("new"),
+        Resource::Group("orders-app".into()),
+        Resource::Group("etl-nightly".into()),
+        Resource::Group("analytics-x".into()),
+        Resource::TransactionalId("orders-tx-1".into()),
+        Resource::TransactionalId("orders-svc-1".into()),
+        Resource::Cluster,
+    ];
+    let mut contexts = vec![ctx()];
+    let mut plain = ctx();
+    plain.tls = false;
+    plain.client_address = "192.168.1.50".parse().unwrap();
+    contexts.push(plain);
+    let mut local = ctx();
+    local.tls = false;
+    local.client_address = "127.0.0.1".parse().unwrap();
+    local.auth_method = AuthMethod::ScramSha256;
+    contexts.push(local);
+
+    let (mut checked, mut allowed) = (0, 0);
+    for p in &principals {
+        for a in Action::all() {
+            for r in &resources {
+                for c in &contexts {
+                    let mut fast = e.authorize(p, a, r, c);
+                    let mut slow = e.authorize_unindexed(p, a, r, c);
+                    if a == Action::Decrypt && !matches!(r, Resource::Topic(_)) {
+                        assert!(!fast.allowed);
+                        continue;
+                    }
+                    fast.errors.sort();
+                    slow.errors.sort();
+                    assert_eq!(fast, slow, "{p:?} {a} {r:?} {c:?}");
+                    checked += 1;
+                    allowed += usize::from(fast.allowed);
+                }
+            }
+        }
+    }
+    // The matrix must exercise both outcomes broadly to mean anything.
+    assert!(
+        checked > 3000 && allowed > 300,
+        "{checked} checked, {allowed} allowed"
     );
 }

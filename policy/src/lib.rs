@@ -39,6 +39,7 @@ mod authorizer;
 mod catalog;
 mod engine;
 mod error;
+mod index;
 pub mod policy_test;
 mod types;
 
