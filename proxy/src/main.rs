@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Policy as code: validate Cedar policies, run policy tests, import Kafka ACLs.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Manage the SCRAM credential file clients authenticate against.
     ///
     /// The file holds salted SCRAM keys (SCRAM-SHA-256 and -512), never
@@ -45,6 +50,40 @@ enum Command {
         file: PathBuf,
         #[command(subcommand)]
         command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse the policies and validate them against Custos's Cedar schema.
+    Validate {
+        /// Policy files or directories of `.cedar` files.
+        #[arg(required = true)]
+        policies: Vec<PathBuf>,
+        /// Topic catalog (YAML list of {match, tags, owner, classification}).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Run test cases (principal/action/resource/context → allow|deny) and
+    /// exit non-zero on any mismatch.
+    Test {
+        /// Test-case file (YAML).
+        cases: PathBuf,
+        /// Policy files or directories of `.cedar` files.
+        #[arg(long = "policies", required = true)]
+        policies: Vec<PathBuf>,
+        /// Topic catalog (YAML).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Turn Kafka ACLs (`kafka-acls --list` output, or JSON) into Cedar
+    /// policies with Kafka's semantics; `-` or no file reads standard input.
+    ImportAcls {
+        /// ACL listing or JSON file.
+        file: Option<PathBuf>,
+        /// Kafka `super.users` principals (repeatable), e.g. `User:admin`.
+        #[arg(long = "super-user")]
+        super_users: Vec<String>,
     },
 }
 
@@ -105,6 +144,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Policy { command } => match policy(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("custos policy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Users { file, command } => match users(&file, command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -137,6 +183,65 @@ fn read_password(file: Option<&PathBuf>, env: Option<&String>) -> anyhow::Result
     let pw = raw.lines().next().unwrap_or_default().to_string();
     anyhow::ensure!(!pw.is_empty(), "the password is empty");
     Ok(pw)
+}
+
+fn load_catalog(path: Option<&PathBuf>) -> anyhow::Result<custos_policy::TopicCatalog> {
+    let Some(path) = path else {
+        return Ok(custos_policy::TopicCatalog::empty());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read catalog {}", path.display()))?;
+    let entries: Vec<custos_policy::CatalogEntry> = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("catalog {} is not valid", path.display()))?;
+    Ok(custos_policy::TopicCatalog::new(entries)?)
+}
+
+fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    use custos_policy::PolicyEngine;
+    match command {
+        PolicyCommand::Validate { policies, catalog } => {
+            let engine = PolicyEngine::load_files(&policies, load_catalog(catalog.as_ref())?)?;
+            for w in engine.warnings() {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "ok: {} policies valid against the Custos schema (policy set hash {})",
+                engine.policy_ids().len(),
+                engine.hash()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Test {
+            cases,
+            policies,
+            catalog,
+        } => {
+            let engine = PolicyEngine::load_files(&policies, load_catalog(catalog.as_ref())?)?;
+            let text = std::fs::read_to_string(&cases)
+                .with_context(|| format!("cannot read {}", cases.display()))?;
+            let report = custos_policy::policy_test::run_cases(&engine, &text)?;
+            for r in report.results.iter().filter(|r| !r.passed()) {
+                println!("FAIL {r}");
+            }
+            println!("{}", report.summary());
+            Ok(if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PolicyCommand::ImportAcls { file, super_users } => {
+            let text = match file.as_deref() {
+                None => std::io::read_to_string(std::io::stdin())?,
+                Some(p) if p.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            };
+            let opts = custos_policy::acl_import::ImportOptions { super_users };
+            print!("{}", custos_policy::acl_import::import_acls(&text, &opts)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn users(file: &std::path::Path, command: UsersCommand) -> anyhow::Result<()> {
