@@ -106,3 +106,29 @@ def test_bad_tokens_are_refused(gw_oauth, idp, case):
                20, f"librdkafka reports an authentication error ({case})")
     assert tok not in gw_oauth.log_tail(2000), "a token reached the log"
     assert gw_oauth.healthy()
+
+
+def test_java_client_with_a_token_file(gw_oauth, idp, topic_name, tmp_path, monkeypatch):
+    """Kafka's own OAuthBearerLoginCallbackHandler reading the JWT from a file
+    (a `file:` token endpoint), as a Java application would in production."""
+    tok_file = tmp_path / "token.jwt"
+    tok_file.write_text(token(idp["key"]))
+    url = tok_file.as_uri()
+    # Kafka 4 only follows token endpoints on this allow-list (a JVM system property).
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={url}")
+    props = ["security.protocol=SASL_PLAINTEXT", "sasl.mechanism=OAUTHBEARER",
+             "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required ;",
+             "sasl.login.callback.handler.class="
+             "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler",
+             f"sasl.oauthbearer.token.endpoint.url={url}"]
+    args = [a for p in props for a in ("--property", p)]
+    from harness import java
+    _, objs, _ = java("metadata", "--bootstrap", gw_oauth.bootstrap, *args)
+    assert objs and objs[0]["brokers"], objs
+    for b in objs[0]["brokers"]:
+        assert (b["host"], b["port"]) == gw_oauth.broker_addr(b["id"])
+    # and a token signed by someone else is refused
+    tok_file.write_text(token(idp["rogue"]))
+    rc, _, err = java("metadata", "--bootstrap", gw_oauth.bootstrap, *args, check=False, timeout=90)
+    assert rc != 0
+    assert "Authentication failed" in err or "SaslAuthenticationException" in err, err[-1500:]
