@@ -44,6 +44,15 @@ pub struct BlameLabel {
     pub blame: String,
 }
 
+/// Labels: how a client authenticated and whether it succeeded.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    /// Mechanism (`SCRAM-SHA-512`, `mtls`, …) or `unknown` for failures.
+    pub method: String,
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
 type HistogramFamily = Family<ApiLabel, Histogram, fn() -> Histogram>;
 
 fn upstream_histogram() -> Histogram {
@@ -73,6 +82,8 @@ pub struct Metrics {
     pub connection_errors: Family<BlameLabel, Counter>,
     /// Requests received, by api.
     pub requests: Family<ApiLabel, Counter>,
+    /// Client authentications, by method and result.
+    pub authentications: Family<AuthLabel, Counter>,
     /// Bytes received from clients.
     pub bytes_in: Counter,
     /// Bytes sent to clients.
@@ -101,6 +112,7 @@ impl Metrics {
         let connections_refused = Counter::default();
         let connection_errors = Family::<BlameLabel, Counter>::default();
         let requests = Family::<ApiLabel, Counter>::default();
+        let authentications = Family::<AuthLabel, Counter>::default();
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
         let upstream_latency: HistogramFamily = Family::new_with_constructor(upstream_histogram);
@@ -131,6 +143,11 @@ impl Metrics {
             requests.clone(),
         );
         registry.register(
+            "authentications",
+            "Client authentications, by method and result",
+            authentications.clone(),
+        );
+        registry.register(
             "client_received_bytes",
             "Bytes received from clients",
             bytes_in.clone(),
@@ -157,6 +174,7 @@ impl Metrics {
             connections_refused,
             connection_errors,
             requests,
+            authentications,
             bytes_in,
             bytes_out,
             upstream_latency,
@@ -197,6 +215,16 @@ impl Metrics {
             .observe(added.as_secs_f64());
     }
 
+    /// Counts one authentication attempt.
+    pub fn authentication(&self, method: &str, ok: bool) {
+        self.authentications
+            .get_or_create(&AuthLabel {
+                method: method.to_string(),
+                result: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+    }
+
     /// Counts a connection closed by an error.
     pub fn connection_error(&self, blame: crate::pipeline::Blame) {
         self.connection_errors
@@ -233,6 +261,7 @@ mod tests {
             Duration::from_micros(30),
         );
         m.bytes_in.inc_by(100);
+        m.authentication("SCRAM-SHA-512", true);
         let text = m.encode();
         assert!(
             text.contains("custos_requests_total{api=\"Produce\"} 2"),

@@ -403,8 +403,17 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
     let tls = matches!(client, Stream::ServerTls(_));
     let mut client = client;
     let identity = match authenticate_client(s, &mut client).await {
-        Ok(identity) => identity,
+        Ok(identity) => {
+            if s.auth.is_some() {
+                s.metrics.authentication(&identity.method.to_string(), true);
+                tracing::debug!(conn = id, client = %addr, method = %identity.method, "client authenticated");
+            }
+            identity
+        }
         Err(e) => {
+            if !e.routine {
+                s.metrics.authentication("unknown", false);
+            }
             if e.routine {
                 tracing::debug!(conn = id, client = %addr, error = %e, "client left during authentication");
             } else {

@@ -82,6 +82,10 @@ def test_scram_sha_512_librdkafka_and_scram_sha_256_java(gw_scram, topic_name):
     roundtrip(gw_scram, topic_name,
               Sec(sasl=("SCRAM-SHA-512", "alice", USERS["alice"])),
               Sec(sasl=("SCRAM-SHA-256", "svc-orders", USERS["svc-orders"])))
+    with urllib.request.urlopen(f"http://{gw_scram.host}:{gw_scram.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for mech in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+        assert re.search(r'custos_authentications_total\{method="%s",result="ok"\} [1-9]' % mech, text), mech
 
 
 def test_plain_over_tls(gw_plain_tls, pki, topic_name):
@@ -106,6 +110,9 @@ def test_wrong_credentials_are_refused(gw_scram, mech, user, pw):
     assert "Authentication failed" in err or "SaslAuthenticationException" in err, err[-2000:]
     wait_until(lambda: "authentication failed" in gw_scram.log_tail(400), 10, "Custos logs the failure")
     assert pw not in gw_scram.log_tail(2000), "a password reached the log"
+    with urllib.request.urlopen(f"http://{gw_scram.host}:{gw_scram.admin_port}/metrics", timeout=5) as r:
+        assert re.search(r'custos_authentications_total\{method="unknown",result="failed"\} [1-9]',
+                         r.read().decode())
     assert gw_scram.healthy()
 
 
