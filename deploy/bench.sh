@@ -70,7 +70,8 @@ field_pct() { sed -E "s/.* ([0-9.]+) ms $1.*/\1/"; }
 
 echo "round,path,produce_rec_s,consume_rec_s" > "$RUN/throughput.csv"
 for r in $(seq 1 "$ROUNDS"); do
-  for path in direct proxy; do
+  order="direct proxy"; (( r % 2 == 0 )) && order="proxy direct"
+  for path in $order; do
     b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
     p=$(produce "$b" -1 | field_rate)
     c=$(consume "$b" | cut -d, -f6 | tr -d ' ')
@@ -81,6 +82,10 @@ done
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 col() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/throughput.csv" | median; }
 DP=$(col direct 3); PP=$(col proxy 3); DC=$(col direct 4); PC=$(col proxy 4)
+# Paired ratios: each round's proxy run against the direct run just before it,
+# so slow drift of the machine cancels out; their median is the headline.
+paired() { awk -F, -v c="$1" '$2=="direct" {d[$1]=$c} $2=="proxy" && d[$1] > 0 {print $c/d[$1]}' "$RUN/throughput.csv" | median; }
+PPR=$(paired 3); PCR=$(paired 4)
 
 # Latency at a fixed rate: half the direct maximum.
 curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-before.txt"
@@ -153,8 +158,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
 cat <<REPORT
 
 == results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B) ==
-produce records/s: direct $DP, through Custos $PP, ratio $(ratio "$PP" "$DP")
-consume records/s: direct $DC, through Custos $PC, ratio $(ratio "$PC" "$DC")
+produce records/s: direct $DP, through Custos $PP, ratio of medians $(ratio "$PP" "$DP"), median paired ratio $PPR
+consume records/s: direct $DC, through Custos $PC, ratio of medians $(ratio "$PC" "$DC"), median paired ratio $PCR
 produce latency at $RATE rec/s: p50 direct $D50 ms, Custos $P50 ms; p99 direct $D99 ms, Custos $P99 ms
 added latency: p50 $(awk -v a="$P50" -v b="$D50" 'BEGIN {printf "%.2f", a-b}') ms, p99 $(awk -v a="$P99" -v b="$D99" 'BEGIN {printf "%.2f", a-b}') ms
 Custos's own time per Produce exchange: $OWN
