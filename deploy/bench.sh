@@ -84,7 +84,10 @@ col() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/throughput.csv" | m
 DP=$(col direct 3); PP=$(col proxy 3); DC=$(col direct 4); PC=$(col proxy 4)
 # Paired ratios: each round's proxy run against the direct run just before it,
 # so slow drift of the machine cancels out; their median is the headline.
-paired() { awk -F, -v c="$1" '$2=="direct" {d[$1]=$c} $2=="proxy" && d[$1] > 0 {print $c/d[$1]}' "$RUN/throughput.csv" | median; }
+paired() {
+  awk -F, -v c="$1" 'NR == FNR { if ($2 == "direct") d[$1] = $c; next }
+    $2 == "proxy" && d[$1] > 0 { print $c / d[$1] }' "$RUN/throughput.csv" "$RUN/throughput.csv" | median
+}
 PPR=$(paired 3); PCR=$(paired 4)
 
 # Latency at a fixed rate: half the direct maximum.
