@@ -6,7 +6,7 @@
 //! so a hostile peer cannot make Custos allocate what it claims.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
 /// Why a stream of frames could not be read.
@@ -95,10 +95,28 @@ impl Decoder for FrameCodec {
     }
 }
 
+/// Reads exactly one frame and nothing after it, for exchanges (SASL, broker
+/// discovery) that must not leave bytes behind in a buffer.
+pub async fn read_one<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Bytes, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = i32::from_be_bytes(len);
+    if len < 0 {
+        return Err(FrameError::NegativeLength(len));
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = BytesMut::zeroed(len);
+    r.read_exact(&mut body).await?;
+    Ok(body.freeze())
+}
+
 /// Writes one frame (prefix and body) without copying the body.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &Bytes) -> std::io::Result<()> {
     let prefix = (body.len() as u32).to_be_bytes();
-    let mut buf = (&prefix[..]).chain(body.clone());
+    let mut buf = Buf::chain(&prefix[..], body.clone());
     // write_all_buf uses vectored writes where the stream supports them, so
     // the prefix and the body go out in one system call without a copy.
     w.write_all_buf(&mut buf).await

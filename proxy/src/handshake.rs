@@ -10,24 +10,22 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, ResponseKind, SaslAuthenticateRequest,
     SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::{AuthError, Identity, SaslExchange, SaslServer, Step};
-use crate::frame::write_frame;
+use crate::frame::{read_one, write_frame, FrameError};
 use crate::message::{Response, UNSUPPORTED_VERSION};
 use crate::pipeline::Blame;
 use crate::session::SessionError;
 use crate::stages::api_versions::narrow;
 
-/// Kafka's ILLEGAL_SASL_STATE error code.
-const ILLEGAL_SASL_STATE: i16 = 34;
 /// Kafka's UNSUPPORTED_SASL_MECHANISM error code.
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
 /// Kafka's SASL_AUTHENTICATION_FAILED error code.
@@ -44,30 +42,20 @@ fn refused(blame: Blame, message: impl Into<String>) -> SessionError {
     }
 }
 
-/// Reads one whole frame without buffering past it, so nothing the client
-/// sends after authenticating is left behind in a buffer here.
+/// Reads one frame; nothing the client sends after authenticating is left
+/// behind in a buffer here.
 async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> Result<Bytes, SessionError> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await.map_err(|e| SessionError {
-        blame: Blame::Client,
-        message: format!("client left during authentication: {e}"),
-        routine: true,
-    })?;
-    let len = i32::from_be_bytes(len);
-    if len < 0 || len as usize > max {
-        return Err(refused(
+    read_one(s, max).await.map_err(|e| match e {
+        FrameError::Io(e) => SessionError {
+            blame: Blame::Client,
+            message: format!("client left during authentication: {e}"),
+            routine: true,
+        },
+        other => refused(
             Blame::Client,
-            format!("frame length {len} during authentication is out of bounds"),
-        ));
-    }
-    let mut body = BytesMut::zeroed(len as usize);
-    s.read_exact(&mut body).await.map_err(|e| {
-        refused(
-            Blame::Client,
-            format!("truncated frame during authentication: {e}"),
-        )
-    })?;
-    Ok(body.freeze())
+            format!("bad frame during authentication: {other}"),
+        ),
+    })
 }
 
 /// The ApiVersions answer Custos gives before authentication.
@@ -257,7 +245,6 @@ where
             }
             other => {
                 // A broker answers ILLEGAL_SASL_STATE where it can; Custos closes.
-                let _ = ILLEGAL_SASL_STATE;
                 return Err(refused(
                     Blame::Client,
                     format!("{other:?} v{version} sent before authentication completed"),
@@ -278,6 +265,7 @@ mod tests {
     use crate::auth::client::{ClientStep, SaslClient};
     use crate::auth::credentials::NewUser;
     use crate::auth::{CredentialStore, SaslMechanism};
+    use bytes::BytesMut;
     use kafka_protocol::messages::{ApiVersionsRequest, RequestKind};
     use kafka_protocol::protocol::Encodable;
     use std::sync::Arc;

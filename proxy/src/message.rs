@@ -198,45 +198,10 @@ impl Request {
 
 /// Reads `acks` from a Produce body without decoding its records.
 fn produce_acks(body: &[u8], version: i16) -> Option<i16> {
-    let mut b = body;
-    // transactional_id: a compact nullable string from v9 (flexible versions),
-    // a classic nullable string before.
-    if version >= 9 {
-        let n = read_uvarint(&mut b)?;
-        let len = n.saturating_sub(1) as usize;
-        if b.len() < len {
-            return None;
-        }
-        b = &b[len..];
-    } else {
-        if b.len() < 2 {
-            return None;
-        }
-        let n = i16::from_be_bytes([b[0], b[1]]);
-        b = &b[2..];
-        let len = n.max(0) as usize;
-        if b.len() < len {
-            return None;
-        }
-        b = &b[len..];
-    }
-    if b.len() < 2 {
-        return None;
-    }
-    Some(i16::from_be_bytes([b[0], b[1]]))
-}
-
-fn read_uvarint(b: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = b.split_first()?;
-        *b = rest;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
+    // transactional_id is a compact nullable string from v9 (flexible versions).
+    let mut r = crate::wire::Reader::new(body, version >= 9);
+    r.nullable_bytes_str("transactional id").ok()?;
+    r.i16("acks").ok()
 }
 
 /// A broker response on its way to the client.

@@ -153,12 +153,13 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
     Ok(t)
 }
 
-fn produce<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), WireError> {
-    if let Some(id) = r.nullable_str("transactional id")? {
-        t.transactional_ids.push(id);
-    }
-    r.i16("acks")?;
-    r.i32("timeout")?;
+/// Reads a topic array whose entries are `name, partitions[index, …],
+/// tagged fields`; `rest` reads what follows each partition index.
+fn topic_array<'a>(
+    r: &mut Reader<'a>,
+    t: &mut Touches<'a>,
+    mut rest: impl FnMut(&mut Reader<'a>) -> Result<(), WireError>,
+) -> Result<(), WireError> {
     let start = r.position();
     let n = r.array_len("topics")?.unwrap_or(0);
     for _ in 0..n {
@@ -168,8 +169,7 @@ fn produce<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), WireError>
         let mut partitions = Vec::with_capacity(np.min(64));
         for _ in 0..np {
             partitions.push(r.i32("partition")?);
-            r.nullable_bytes("records")?;
-            r.tagged_fields()?;
+            rest(r)?;
         }
         r.tagged_fields()?;
         t.topics.push(TopicRef {
@@ -180,6 +180,18 @@ fn produce<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), WireError>
     }
     t.topics_span = Some(start..r.position());
     Ok(())
+}
+
+fn produce<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), WireError> {
+    if let Some(id) = r.nullable_str("transactional id")? {
+        t.transactional_ids.push(id);
+    }
+    r.i16("acks")?;
+    r.i32("timeout")?;
+    topic_array(r, t, |r| {
+        r.nullable_bytes("records")?;
+        r.tagged_fields()
+    })
 }
 
 fn fetch<'a>(r: &mut Reader<'a>, version: i16, t: &mut Touches<'a>) -> Result<(), WireError> {
@@ -193,36 +205,20 @@ fn fetch<'a>(r: &mut Reader<'a>, version: i16, t: &mut Touches<'a>) -> Result<()
         r.i32("session id")?;
         r.i32("session epoch")?;
     }
-    let start = r.position();
-    let n = r.array_len("topics")?.unwrap_or(0);
-    for _ in 0..n {
-        let entry = r.position();
-        let name = r.str("topic name")?;
-        let np = r.array_len("partitions")?.unwrap_or(0);
-        let mut partitions = Vec::with_capacity(np.min(64));
-        for _ in 0..np {
-            partitions.push(r.i32("partition")?);
-            if version >= 9 {
-                r.i32("current leader epoch")?;
-            }
-            r.i64("fetch offset")?;
-            if version >= 12 {
-                r.i32("last fetched epoch")?;
-            }
-            if version >= 5 {
-                r.i64("log start offset")?;
-            }
-            r.i32("partition max bytes")?;
-            r.tagged_fields()?;
+    topic_array(r, t, |r| {
+        if version >= 9 {
+            r.i32("current leader epoch")?;
         }
-        r.tagged_fields()?;
-        t.topics.push(TopicRef {
-            name,
-            partitions,
-            span: entry..r.position(),
-        });
-    }
-    t.topics_span = Some(start..r.position());
+        r.i64("fetch offset")?;
+        if version >= 12 {
+            r.i32("last fetched epoch")?;
+        }
+        if version >= 5 {
+            r.i64("log start offset")?;
+        }
+        r.i32("partition max bytes")?;
+        r.tagged_fields()
+    })?;
     if version >= 7 {
         // Topics the client drops from its fetch session: reading them needs
         // Read too, or a session could be probed for names.
@@ -292,30 +288,13 @@ fn list_offsets<'a>(
     if version >= 2 {
         r.i8("isolation level")?;
     }
-    let start = r.position();
-    let n = r.array_len("topics")?.unwrap_or(0);
-    for _ in 0..n {
-        let entry = r.position();
-        let name = r.str("topic name")?;
-        let np = r.array_len("partitions")?.unwrap_or(0);
-        let mut partitions = Vec::with_capacity(np.min(64));
-        for _ in 0..np {
-            partitions.push(r.i32("partition")?);
-            if version >= 4 {
-                r.i32("current leader epoch")?;
-            }
-            r.i64("timestamp")?;
-            r.tagged_fields()?;
+    topic_array(r, t, |r| {
+        if version >= 4 {
+            r.i32("current leader epoch")?;
         }
-        r.tagged_fields()?;
-        t.topics.push(TopicRef {
-            name,
-            partitions,
-            span: entry..r.position(),
-        });
-    }
-    t.topics_span = Some(start..r.position());
-    Ok(())
+        r.i64("timestamp")?;
+        r.tagged_fields()
+    })
 }
 
 /// Kafka's coordinator key types.

@@ -411,12 +411,10 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
             identity
         }
         Err(e) => {
-            if !e.routine {
-                s.metrics.authentication("unknown", false);
-            }
             if e.routine {
                 tracing::debug!(conn = id, client = %addr, error = %e, "client left during authentication");
             } else {
+                s.metrics.authentication("unknown", false);
                 s.metrics.connection_error(e.blame);
                 // Clients retry failed logins quickly: a few lines per window.
                 if let Some(suppressed) = s.auth_warnings.allow() {

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
@@ -11,13 +10,11 @@ use kafka_protocol::messages::{
     SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
 
 use crate::auth::client::ClientStep;
 use crate::auth::UpstreamSaslConfig;
-use crate::frame::{write_frame, FrameCodec};
+use crate::frame::{read_one, write_frame};
 use crate::stream::Stream;
 use crate::tls::UpstreamTls;
 
@@ -71,22 +68,6 @@ pub struct UpstreamSecurity {
     pub sasl: Option<UpstreamSaslConfig>,
 }
 
-/// Reads exactly one frame, so nothing after the SASL exchange is buffered here.
-async fn read_one<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await?;
-    let len = i32::from_be_bytes(len);
-    if !(0..=1 << 20).contains(&len) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("SASL answer of {len} bytes"),
-        ));
-    }
-    let mut body = BytesMut::zeroed(len as usize);
-    s.read_exact(&mut body).await?;
-    Ok(body.freeze())
-}
-
 /// Logs Custos in to a broker with its own credentials (SaslHandshake v1,
 /// then SaslAuthenticate v2 until the client side is done).
 async fn sasl_login(
@@ -99,6 +80,8 @@ async fn sasl_login(
         why,
     };
     let io = |e: std::io::Error| auth(e.to_string());
+    /// SASL answers are small; anything larger is not a broker talking SASL.
+    const SASL_MAX_FRAME: usize = 1 << 20;
     let mut client = cfg.client().map_err(|e| auth(e.to_string()))?;
     let hs = request_frame(
         ApiKey::SaslHandshake,
@@ -111,7 +94,9 @@ async fn sasl_login(
     )
     .map_err(&auth)?;
     write_frame(stream, &hs).await.map_err(io)?;
-    let mut body = read_one(stream).await.map_err(io)?;
+    let mut body = read_one(stream, SASL_MAX_FRAME)
+        .await
+        .map_err(|e| auth(e.to_string()))?;
     ResponseHeader::decode(&mut body, ApiKey::SaslHandshake.response_header_version(1))
         .map_err(|e| auth(e.to_string()))?;
     let hs = SaslHandshakeResponse::decode(&mut body, 1).map_err(|e| auth(e.to_string()))?;
@@ -135,7 +120,9 @@ async fn sasl_login(
         )
         .map_err(&auth)?;
         write_frame(stream, &req).await.map_err(io)?;
-        let mut body = read_one(stream).await.map_err(io)?;
+        let mut body = read_one(stream, SASL_MAX_FRAME)
+            .await
+            .map_err(|e| auth(e.to_string()))?;
         ResponseHeader::decode(
             &mut body,
             ApiKey::SaslAuthenticate.response_header_version(2),
@@ -223,6 +210,8 @@ pub struct BrokerInfo {
 
 const METADATA_VERSION: i16 = 12;
 const API_VERSIONS_VERSION: i16 = 3;
+/// Cap on the discovery answers (a broker list, api versions).
+const METADATA_MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// What one broker told Custos about the cluster.
 #[derive(Debug, Clone, Default)]
@@ -292,13 +281,10 @@ pub async fn fetch_cluster(
         write_frame(&mut w, &metadata)
             .await
             .map_err(|e| proto(e.to_string()))?;
-        let mut frames = FramedRead::new(r, FrameCodec::new(64 * 1024 * 1024));
-        let next = |f: Option<Result<Bytes, crate::frame::FrameError>>| match f {
-            Some(Ok(b)) => Ok(b),
-            Some(Err(e)) => Err(proto(e.to_string())),
-            None => Err(proto("closed the connection".into())),
-        };
-        let mut body = next(frames.next().await)?;
+        let mut r = r;
+        let mut body = read_one(&mut r, METADATA_MAX_FRAME)
+            .await
+            .map_err(|e| proto(e.to_string()))?;
         ResponseHeader::decode(
             &mut body,
             ApiKey::ApiVersions.response_header_version(API_VERSIONS_VERSION),
@@ -309,7 +295,9 @@ pub async fn fetch_cluster(
         if av.error_code != 0 {
             return Err(proto(format!("ApiVersions error code {}", av.error_code)));
         }
-        let mut body = next(frames.next().await)?;
+        let mut body = read_one(&mut r, METADATA_MAX_FRAME)
+            .await
+            .map_err(|e| proto(e.to_string()))?;
         let header = ResponseHeader::decode(
             &mut body,
             ApiKey::Metadata.response_header_version(METADATA_VERSION),

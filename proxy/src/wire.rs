@@ -137,28 +137,33 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A nullable length prefix: a varint (length + 1) when flexible, else an
+    /// INT32 (`wide`, for bytes) or INT16 (for strings); `None` is null.
+    fn nullable_len(&mut self, what: &'static str, wide: bool) -> Result<Option<usize>, WireError> {
+        let at = self.pos;
+        let len: i64 = if self.flexible {
+            i64::from(self.uvarint(what)?) - 1
+        } else if wide {
+            i64::from(self.i32(what)?)
+        } else {
+            i64::from(self.i16(what)?)
+        };
+        match len {
+            -1 => Ok(None),
+            n if n < -1 => Err(WireError::Invalid { what, at, value: n }),
+            n => Ok(Some(n as usize)),
+        }
+    }
+
     /// A nullable string's bytes (`None` for null), compact when flexible.
     pub fn nullable_bytes_str(
         &mut self,
         what: &'static str,
     ) -> Result<Option<&'a [u8]>, WireError> {
-        let at = self.pos;
-        let len: i64 = if self.flexible {
-            i64::from(self.uvarint(what)?) - 1
-        } else {
-            i64::from(self.i16(what)?)
-        };
-        if len < -1 {
-            return Err(WireError::Invalid {
-                what,
-                at,
-                value: len,
-            });
+        match self.nullable_len(what, false)? {
+            None => Ok(None),
+            Some(n) => self.take(what, n).map(Some),
         }
-        if len == -1 {
-            return Ok(None);
-        }
-        self.take(what, len as usize).map(Some)
     }
 
     /// A nullable UTF-8 string.
@@ -184,23 +189,10 @@ impl<'a> Reader<'a> {
 
     /// BYTES or RECORDS (nullable), compact when flexible; the slice is not copied.
     pub fn nullable_bytes(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
-        let at = self.pos;
-        let len: i64 = if self.flexible {
-            i64::from(self.uvarint(what)?) - 1
-        } else {
-            i64::from(self.i32(what)?)
-        };
-        if len < -1 {
-            return Err(WireError::Invalid {
-                what,
-                at,
-                value: len,
-            });
+        match self.nullable_len(what, true)? {
+            None => Ok(None),
+            Some(n) => self.take(what, n).map(Some),
         }
-        if len == -1 {
-            return Ok(None);
-        }
-        self.take(what, len as usize).map(Some)
     }
 
     /// An array's element count (`None` for a null array), compact when flexible.

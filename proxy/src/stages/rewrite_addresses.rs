@@ -34,13 +34,35 @@ impl RewriteAddresses {
         Self { brokers }
     }
 
-    /// The proxy (host, port) of a broker, learning its real address.
-    fn map(&self, id: BrokerId, host: &StrBytes, port: i32) -> Option<(StrBytes, i32)> {
-        let proxy_port = self.brokers.learn(id.0, host.as_str(), port)?;
-        Some((
-            self.brokers.advertised_host().clone(),
-            i32::from(proxy_port),
-        ))
+    /// Points one broker entry at its proxy address, learning the real one;
+    /// `false` when the broker cannot be mapped (the caller drops the entry).
+    fn rewrite(&self, id: BrokerId, host: &mut StrBytes, port: &mut i32) -> bool {
+        match self.brokers.learn(id.0, host.as_str(), *port) {
+            Some(proxy_port) => {
+                *host = self.brokers.advertised_host().clone();
+                *port = i32::from(proxy_port);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Rewrites a FindCoordinator answer; an unmappable coordinator becomes
+    /// COORDINATOR_NOT_AVAILABLE rather than a leaked address.
+    fn rewrite_coordinator(
+        &self,
+        error_code: &mut i16,
+        node_id: &mut BrokerId,
+        host: &mut StrBytes,
+        port: &mut i32,
+    ) {
+        if *error_code != 0 || node_id.0 < 0 || self.rewrite(*node_id, host, port) {
+            return;
+        }
+        *error_code = COORDINATOR_NOT_AVAILABLE;
+        *host = StrBytes::default();
+        *port = -1;
+        *node_id = BrokerId(-1);
     }
 }
 
@@ -90,87 +112,39 @@ impl Stage for RewriteAddresses {
         }
         let version = response.api_version;
         match response.body_mut().map_err(codec)? {
-            ResponseKind::Metadata(m) => {
-                m.brokers
-                    .retain_mut(|b| match self.map(b.node_id, &b.host, b.port) {
-                        Some((h, p)) => {
-                            b.host = h;
-                            b.port = p;
-                            true
-                        }
-                        None => false,
-                    });
-            }
-            ResponseKind::DescribeCluster(d) => {
-                d.brokers
-                    .retain_mut(|b| match self.map(b.broker_id, &b.host, b.port) {
-                        Some((h, p)) => {
-                            b.host = h;
-                            b.port = p;
-                            true
-                        }
-                        None => false,
-                    });
-            }
+            ResponseKind::Metadata(m) => m
+                .brokers
+                .retain_mut(|b| self.rewrite(b.node_id, &mut b.host, &mut b.port)),
+            ResponseKind::DescribeCluster(d) => d
+                .brokers
+                .retain_mut(|b| self.rewrite(b.broker_id, &mut b.host, &mut b.port)),
             ResponseKind::FindCoordinator(f) => {
-                // Versions 0-3 carry one coordinator at the top level.
-                // (Fields of other versions must stay at their defaults, or the
-                // encoder refuses the body.)
-                if version < 4 && f.error_code == 0 && f.node_id.0 >= 0 {
-                    match self.map(f.node_id, &f.host, f.port) {
-                        Some((h, p)) => {
-                            f.host = h;
-                            f.port = p;
-                        }
-                        None => {
-                            f.error_code = COORDINATOR_NOT_AVAILABLE;
-                            f.host = StrBytes::default();
-                            f.port = -1;
-                            f.node_id = BrokerId(-1);
-                        }
-                    }
+                // Versions 0-3 carry one coordinator at the top level (fields of
+                // other versions must stay at their defaults, or the encoder
+                // refuses the body); version 4+ batches them (KIP-699).
+                if version < 4 {
+                    self.rewrite_coordinator(
+                        &mut f.error_code,
+                        &mut f.node_id,
+                        &mut f.host,
+                        &mut f.port,
+                    );
                 }
-                // Version 4+ batches them (KIP-699).
                 for c in &mut f.coordinators {
-                    if c.error_code != 0 || c.node_id.0 < 0 {
-                        continue;
-                    }
-                    match self.map(c.node_id, &c.host, c.port) {
-                        Some((h, p)) => {
-                            c.host = h;
-                            c.port = p;
-                        }
-                        None => {
-                            c.error_code = COORDINATOR_NOT_AVAILABLE;
-                            c.host = StrBytes::default();
-                            c.port = -1;
-                            c.node_id = BrokerId(-1);
-                        }
-                    }
+                    self.rewrite_coordinator(
+                        &mut c.error_code,
+                        &mut c.node_id,
+                        &mut c.host,
+                        &mut c.port,
+                    );
                 }
             }
-            ResponseKind::Produce(p) => {
-                p.node_endpoints
-                    .retain_mut(|n| match self.map(n.node_id, &n.host, n.port) {
-                        Some((h, port)) => {
-                            n.host = h;
-                            n.port = port;
-                            true
-                        }
-                        None => false,
-                    });
-            }
-            ResponseKind::Fetch(f) => {
-                f.node_endpoints
-                    .retain_mut(|n| match self.map(n.node_id, &n.host, n.port) {
-                        Some((h, port)) => {
-                            n.host = h;
-                            n.port = port;
-                            true
-                        }
-                        None => false,
-                    });
-            }
+            ResponseKind::Produce(p) => p
+                .node_endpoints
+                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
+            ResponseKind::Fetch(f) => f
+                .node_endpoints
+                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
             _ => {}
         }
         Ok(())
