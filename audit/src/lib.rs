@@ -55,6 +55,40 @@ pub struct AuditEvent {
     pub outcome: Outcome,
 }
 
+/// One authorization decision: who asked to do what to which resource, the
+/// answer, and the policies that gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionEvent {
+    /// When the decision was made.
+    pub time: SystemTime,
+    /// Principal as `Type:name` (e.g. `User:alice`).
+    pub principal: String,
+    /// How the principal authenticated (`SCRAM-SHA-512`, `mtls`, ...).
+    pub auth_method: String,
+    /// Client socket address.
+    pub client_addr: String,
+    /// Client id from the request header, if any.
+    pub client_id: Option<String>,
+    /// Kafka api key of the request.
+    pub api_key: i16,
+    /// Kafka api version of the request.
+    pub api_version: i16,
+    /// Correlation id of the request.
+    pub correlation_id: i32,
+    /// Cedar action (`Write`, `Describe`, ...).
+    pub action: &'static str,
+    /// Cedar resource type (`Topic`, `ConsumerGroup`, `TransactionalId`, `Cluster`).
+    pub resource_type: &'static str,
+    /// Resource name.
+    pub resource: String,
+    /// Whether the action was allowed.
+    pub allowed: bool,
+    /// Ids of the determining policies (empty for a default deny).
+    pub policy_ids: Vec<String>,
+    /// SHA-256 of the policy set in force.
+    pub policy_hash: String,
+}
+
 /// An error of a sink that could not record an event.
 #[derive(Debug, thiserror::Error)]
 #[error("audit sink failed: {0}")]
@@ -65,12 +99,40 @@ pub struct SinkError(pub String);
 pub trait AuditSink: Send + Sync {
     /// Records one event.
     fn record(&self, event: AuditEvent) -> Result<(), SinkError>;
+
+    /// Records one authorization decision.
+    fn record_decision(&self, event: DecisionEvent) -> Result<(), SinkError>;
+
+    /// Whether this sink keeps decisions at all (so callers can skip building them).
+    fn wants_decisions(&self) -> bool {
+        true
+    }
+}
+
+/// A sink that keeps nothing: the proxy's sink until a durable store is
+/// configured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardSink;
+
+impl AuditSink for DiscardSink {
+    fn record(&self, _event: AuditEvent) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn record_decision(&self, _event: DecisionEvent) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn wants_decisions(&self) -> bool {
+        false
+    }
 }
 
 /// A sink that keeps events in memory, for tests and the admin API's recent view.
 #[derive(Debug, Default)]
 pub struct MemorySink {
     events: Mutex<Vec<AuditEvent>>,
+    decisions: Mutex<Vec<DecisionEvent>>,
     capacity: usize,
 }
 
@@ -79,8 +141,14 @@ impl MemorySink {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             events: Mutex::new(Vec::new()),
+            decisions: Mutex::new(Vec::new()),
             capacity,
         }
+    }
+
+    /// A copy of the decisions held, oldest first.
+    pub fn decisions(&self) -> Vec<DecisionEvent> {
+        self.decisions.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// A copy of the events held, oldest first.
@@ -99,6 +167,18 @@ impl AuditSink for MemorySink {
             events.remove(0);
         }
         events.push(event);
+        Ok(())
+    }
+
+    fn record_decision(&self, event: DecisionEvent) -> Result<(), SinkError> {
+        let mut decisions = self
+            .decisions
+            .lock()
+            .map_err(|_| SinkError("memory sink lock poisoned".into()))?;
+        if self.capacity > 0 && decisions.len() == self.capacity {
+            decisions.remove(0);
+        }
+        decisions.push(event);
         Ok(())
     }
 }

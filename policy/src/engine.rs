@@ -413,6 +413,31 @@ impl PolicyEngine {
         &self.catalog
     }
 
+    /// Whether some permit policy could grant `principal` the `action` on at
+    /// least one topic: Kafka's "authorize by resource type", which lets an
+    /// idempotent producer in when it may write to any topic at all. An
+    /// over-approximation (conditions are not evaluated), as Kafka's is.
+    pub fn may_permit_on_some_topic(&self, principal: &Principal, action: Action) -> bool {
+        let probe = Resource::Topic(String::new());
+        let Ok(prepared) = self.request(principal, action, &probe, &RequestContext::default())
+        else {
+            return false;
+        };
+        self.index
+            .candidates(
+                action,
+                resource_type_index(&probe),
+                &prepared.principal,
+                &prepared.groups,
+            )
+            .sets
+            .iter()
+            .any(|set| {
+                set.policies()
+                    .any(|p| p.effect() == cedar_policy::Effect::Permit)
+            })
+    }
+
     /// Decides whether `principal` may perform `action` on `resource`.
     ///
     /// Deny by default: allowed only if some permit matches, no forbid

@@ -30,6 +30,28 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Cedar authorization of every request; without it every authenticated
+    /// client may do anything the broker lets Custos do.
+    #[serde(default)]
+    pub authorization: Option<AuthorizationConfig>,
+}
+
+/// Where the Cedar policies and the topic catalog come from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationConfig {
+    /// Cedar policy files, or directories of `.cedar` files.
+    pub policies: Vec<PathBuf>,
+    /// Topic catalog: a YAML list of `{match, tags, owner, classification}`.
+    #[serde(default)]
+    pub catalog: Option<PathBuf>,
+    /// How often the files are checked for changes; 0 reloads only on SIGHUP.
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_interval_ms() -> u64 {
+    2000
 }
 
 /// Client-facing listeners and the addresses advertised to clients.
@@ -340,6 +362,14 @@ impl Config {
     /// Checks every rule that types alone cannot express; returns all violations.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
+        if let Some(a) = &self.authorization {
+            if a.policies.is_empty() {
+                errors.push(err(
+                    "authorization.policies",
+                    "must name at least one policy file or directory",
+                ));
+            }
+        }
         let l = &self.listen;
         if l.advertised_host.trim().is_empty() {
             errors.push(err("listen.advertised_host", "must not be empty"));

@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy_store;
 pub mod resources;
 pub mod server;
 pub mod session;

@@ -135,7 +135,22 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                // The policies and catalog are part of the configuration: a
+                // file that would stop `custos run` must fail the check too.
+                if let Some(a) = &config.authorization {
+                    match custos::policy_store::load_engine(a) {
+                        Ok(engine) => println!(
+                            "authorization: {} policies, hash {}",
+                            engine.policy_ids().len(),
+                            engine.hash()
+                        ),
+                        Err(e) => {
+                            eprintln!("invalid configuration {}:\n  - {e}", file.display());
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -186,14 +201,9 @@ fn read_password(file: Option<&PathBuf>, env: Option<&String>) -> anyhow::Result
 }
 
 fn load_catalog(path: Option<&PathBuf>) -> anyhow::Result<custos_policy::TopicCatalog> {
-    let Some(path) = path else {
-        return Ok(custos_policy::TopicCatalog::empty());
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read catalog {}", path.display()))?;
-    let entries: Vec<custos_policy::CatalogEntry> = serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("catalog {} is not valid", path.display()))?;
-    Ok(custos_policy::TopicCatalog::new(entries)?)
+    Ok(custos::policy_store::load_catalog(
+        path.map(PathBuf::as_path),
+    )?)
 }
 
 fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {

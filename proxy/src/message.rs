@@ -57,6 +57,20 @@ pub struct CodecError {
     pub why: String,
 }
 
+/// A change to make to the broker's answer when it arrives, decided while the
+/// request was handled (e.g. error entries for the topics a stage cut out).
+pub type Amend = Box<dyn FnOnce(&mut ResponseKind) -> Result<(), String> + Send>;
+
+/// The amendments a request carries to its response, in the order made.
+#[derive(Default)]
+pub struct Amends(pub Vec<Amend>);
+
+impl std::fmt::Debug for Amends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Amends({})", self.0.len())
+    }
+}
+
 /// A client request on its way to the broker.
 #[derive(Debug)]
 pub struct Request {
@@ -64,6 +78,8 @@ pub struct Request {
     pub api_key: ApiKey,
     /// The decoded header.
     pub header: RequestHeader,
+    /// Changes to apply to the broker's answer to this request.
+    pub amends: Amends,
     raw: Bytes,
     body_offset: usize,
     body: Option<RequestKind>,
@@ -107,6 +123,7 @@ impl Request {
         Ok(Request {
             api_key,
             header,
+            amends: Amends::default(),
             raw,
             body_offset,
             body: None,
@@ -146,7 +163,26 @@ impl Request {
         Ok(acks != 0)
     }
 
+    /// The body bytes as they will be forwarded (after the header).
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.raw[self.body_offset..]
+    }
+
+    /// Replaces the body with bytes a stage built (e.g. with entries cut out),
+    /// keeping the original header bytes. Drops any decoded body.
+    pub fn replace_body(&mut self, body: &[u8]) {
+        let mut out = BytesMut::with_capacity(self.body_offset + body.len());
+        out.extend_from_slice(&self.raw[..self.body_offset]);
+        out.extend_from_slice(body);
+        self.raw = out.freeze();
+        self.body = None;
+        self.dirty = false;
+    }
+
     /// The decoded body; decoded on first use, not marked as changed.
+    ///
+    /// The decoder sizes vectors from counts in the frame, so only call this
+    /// on bodies already walked by the bounded reader (`resources::touches`).
     pub fn body(&mut self) -> Result<&RequestKind, CodecError> {
         self.decode()?;
         self.body
@@ -197,7 +233,7 @@ impl Request {
 }
 
 /// Reads `acks` from a Produce body without decoding its records.
-fn produce_acks(body: &[u8], version: i16) -> Option<i16> {
+pub fn produce_acks(body: &[u8], version: i16) -> Option<i16> {
     // transactional_id is a compact nullable string from v9 (flexible versions).
     let mut r = crate::wire::Reader::new(body, version >= 9);
     r.nullable_bytes_str("transactional id").ok()?;

@@ -84,6 +84,14 @@ pub struct Metrics {
     pub requests: Family<ApiLabel, Counter>,
     /// Client authentications, by method and result.
     pub authentications: Family<AuthLabel, Counter>,
+    /// Authorization decisions: allowed.
+    pub authz_allowed: Counter,
+    /// Authorization decisions: denied.
+    pub authz_denied: Counter,
+    /// Policy reloads that took effect.
+    pub policy_reloads_ok: Counter,
+    /// Policy reloads refused (the previous policies stayed in force).
+    pub policy_reloads_failed: Counter,
     /// Bytes received from clients.
     pub bytes_in: Counter,
     /// Bytes sent to clients.
@@ -115,6 +123,30 @@ impl Metrics {
         let authentications = Family::<AuthLabel, Counter>::default();
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
+        let authz_allowed = Counter::default();
+        let authz_denied = Counter::default();
+        let policy_reloads_ok = Counter::default();
+        let policy_reloads_failed = Counter::default();
+        registry.register(
+            "authz_allowed",
+            "Authorization decisions that allowed an action",
+            authz_allowed.clone(),
+        );
+        registry.register(
+            "authz_denied",
+            "Authorization decisions that denied an action",
+            authz_denied.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reloads that took effect",
+            policy_reloads_ok.clone(),
+        );
+        registry.register(
+            "policy_reload_failures",
+            "Policy reloads refused; the previous policies stayed in force",
+            policy_reloads_failed.clone(),
+        );
         let upstream_latency: HistogramFamily = Family::new_with_constructor(upstream_histogram);
         let added_latency: HistogramFamily = Family::new_with_constructor(added_histogram);
         registry.register(
@@ -175,6 +207,10 @@ impl Metrics {
             connection_errors,
             requests,
             authentications,
+            authz_allowed,
+            authz_denied,
+            policy_reloads_ok,
+            policy_reloads_failed,
             bytes_in,
             bytes_out,
             upstream_latency,
@@ -223,6 +259,15 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" }.to_string(),
             })
             .inc();
+    }
+
+    /// Counts one policy reload attempt.
+    pub fn policy_reload(&self, ok: bool) {
+        if ok {
+            self.policy_reloads_ok.inc();
+        } else {
+            self.policy_reloads_failed.inc();
+        }
     }
 
     /// Counts a connection closed by an error.

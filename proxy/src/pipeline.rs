@@ -8,9 +8,10 @@
 //! in; … → decrypt → rewrite on the way out).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use custos_policy::DecisionCache;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 
 use crate::message::{CodecError, Request, Response};
@@ -50,6 +51,46 @@ pub struct SessionInfo {
     pub tls: bool,
     /// Who the client authenticated as (anonymous without authentication).
     pub identity: crate::auth::Identity,
+    /// The identity as Cedar policies see it.
+    pub principal: Arc<custos_policy::Principal>,
+    /// `Type:name` of the principal, for audit records.
+    pub principal_label: Arc<str>,
+    /// The client address as text, for audit records.
+    pub client_label: Arc<str>,
+    /// This connection's authorization decisions (one principal, one context).
+    pub decisions: Arc<Mutex<DecisionCache>>,
+}
+
+/// Resources whose decisions one connection keeps.
+const DECISION_CACHE_RESOURCES: usize = 1024;
+/// How long a cached decision is trusted: policies may test `context.time`.
+const DECISION_CACHE_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl SessionInfo {
+    /// A connection's facts, with an empty decision cache.
+    pub fn new(
+        id: u64,
+        client_addr: SocketAddr,
+        broker_id: Option<i32>,
+        tls: bool,
+        identity: crate::auth::Identity,
+    ) -> Self {
+        let principal = Arc::new(identity.to_principal());
+        Self {
+            id,
+            client_addr,
+            broker_id,
+            tls,
+            principal_label: format!("{}:{}", identity.principal_type, identity.name).into(),
+            client_label: client_addr.to_string().into(),
+            identity,
+            principal,
+            decisions: Arc::new(Mutex::new(DecisionCache::new(
+                DECISION_CACHE_RESOURCES,
+                DECISION_CACHE_AGE,
+            ))),
+        }
+    }
 }
 
 /// A stage's decision about a request.
@@ -230,13 +271,13 @@ mod tests {
         ]);
         assert!(p.wants_response(ApiKey::Metadata));
         assert!(!p.wants_response(ApiKey::Fetch));
-        let session = SessionInfo {
-            id: 1,
-            client_addr: "127.0.0.1:1".parse().expect("addr"),
-            broker_id: None,
-            tls: false,
-            identity: crate::auth::Identity::anonymous(),
-        };
+        let session = SessionInfo::new(
+            1,
+            "127.0.0.1:1".parse().expect("addr"),
+            None,
+            false,
+            crate::auth::Identity::anonymous(),
+        );
         // Metadata v0 response: header (corr id 9), no brokers, no topics.
         let raw = bytes::Bytes::from_static(&[0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
         let mut r = Response::parse(raw, ApiKey::Metadata, 0).expect("parse");

@@ -26,6 +26,7 @@ use crate::config::{parse_host_port, Config};
 use crate::handshake;
 use crate::metrics::{ListenerKind, ListenerLabel, Metrics};
 use crate::pipeline::{Blame, Pipeline, SessionInfo};
+use crate::policy_store::PolicyStore;
 use crate::session::{self, SessionCtx};
 use crate::stages::{self, StageDeps};
 use crate::stream::Stream;
@@ -45,6 +46,9 @@ pub enum StartError {
     /// Custos's own broker credentials are unusable.
     #[error("`upstream.sasl`: {0}")]
     UpstreamAuth(crate::auth::AuthSetupError),
+    /// The policies or topic catalog could not be loaded.
+    #[error(transparent)]
+    Policies(#[from] crate::policy_store::PolicyLoadError),
     /// A listener could not be bound.
     #[error("`{key}`: cannot listen on {addr}: {cause}")]
     Bind {
@@ -141,8 +145,23 @@ impl Proxy {
         );
         let brokers = Arc::new(brokers);
         let metrics = Arc::new(Metrics::new());
+        let policies = match &config.authorization {
+            Some(a) => Some(Arc::new(PolicyStore::load(a, metrics.clone())?)),
+            None => {
+                tracing::warn!(
+                    "no `authorization` configured: every authenticated client may do anything Custos may"
+                );
+                None
+            }
+        };
+        if let Some(p) = &policies {
+            tokio::spawn(p.clone().watch(shutdown.clone()));
+        }
         let pipeline = Arc::new(Pipeline::new(stages::registry(&StageDeps {
             brokers: brokers.clone(),
+            authorizer: policies.as_ref().map(|p| p.authorizer.clone()),
+            audit: Arc::new(custos_audit::DiscardSink),
+            metrics: metrics.clone(),
         })));
         tracing::info!(stages = ?pipeline.names(), "pipeline ready");
         let acceptor = config.listen.tls.as_ref().map(tls::acceptor).transpose()?;
@@ -433,13 +452,7 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
             return;
         }
     };
-    let info = SessionInfo {
-        id,
-        client_addr: addr,
-        broker_id,
-        tls,
-        identity,
-    };
+    let info = SessionInfo::new(id, addr, broker_id, tls, identity);
     tracing::debug!(conn = id, client = %addr, broker = ?broker_id, tls, "session open");
     match session::run(
         client,
@@ -481,11 +494,16 @@ async fn authenticate_client(
         }
     }
     if let Some(sasl) = &auth.sasl {
-        let versions = s
+        let mut versions = s
             .broker_versions
             .read()
             .map(|v| v.clone())
             .unwrap_or_default();
+        if s.config.authorization.is_some() {
+            let mut capped = versions.to_vec();
+            crate::stages::api_versions::cap_name_based(&mut capped);
+            versions = Arc::new(capped);
+        }
         let run = handshake::authenticate(client, sasl, &versions, s.config.limits.max_frame_bytes);
         identity = tokio::time::timeout(handshake::AUTH_TIMEOUT, run)
             .await

@@ -20,7 +20,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{write_frame, FrameCodec};
-use crate::message::{Request, Response};
+use crate::message::{Amends, Request, Response};
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, Pipeline, SessionInfo, Verdict};
 
@@ -89,6 +89,8 @@ enum Pending {
         forwarded_at: Instant,
         /// Time Custos spent on the request before forwarding it.
         request_work: Duration,
+        /// Changes stages asked for in the answer.
+        amends: Amends,
     },
     /// An answer Custos made itself.
     Local(Bytes),
@@ -169,6 +171,7 @@ where
                 .map_err(|e| fail(e.blame, e.to_string()))?;
             match verdict {
                 Verdict::Forward => {
+                    let amends = std::mem::take(&mut request.amends);
                     let bytes = request
                         .into_bytes()
                         .map_err(|e| fail(Blame::Internal, e.to_string()))?;
@@ -180,6 +183,7 @@ where
                             correlation_id,
                             forwarded_at: Instant::now(),
                             request_work,
+                            amends,
                         };
                         // Queued before writing so the response loop expects
                         // the answer before it can arrive.
@@ -194,6 +198,8 @@ where
                         )
                     })?;
                 }
+                // A Produce with acks=0 gets no answer, not even a refusal.
+                Verdict::Respond(_) if !expects_response => {}
                 Verdict::Respond(body) => {
                     let bytes = Response::encode_local(api_key, api_version, correlation_id, &body)
                         .map_err(|e| fail(Blame::Internal, e.to_string()))?;
@@ -252,6 +258,7 @@ where
                     correlation_id,
                     forwarded_at,
                     request_work,
+                    amends,
                 } => {
                     let next = tokio::select! {
                         biased;
@@ -279,13 +286,23 @@ where
                             format!("broker answered correlation id {got}, expected {correlation_id}"),
                         ));
                     }
-                    let out = if ctx.pipeline.wants_response(api_key) {
+                    let out = if ctx.pipeline.wants_response(api_key) || !amends.0.is_empty() {
                         let mut response = Response::parse(raw, api_key, api_version)
                             .map_err(|e| fail(Blame::Upstream, e.to_string()))?;
                         ctx.pipeline
                             .on_response(info, &mut response)
                             .await
                             .map_err(|e| fail(e.blame, e.to_string()))?;
+                        if !amends.0.is_empty() {
+                            let body = response
+                                .body_mut()
+                                .map_err(|e| fail(Blame::Upstream, e.to_string()))?;
+                            for amend in amends.0 {
+                                amend(body).map_err(|e| {
+                                    fail(Blame::Internal, format!("amending {api_key:?} answer: {e}"))
+                                })?;
+                            }
+                        }
                         response
                             .into_bytes()
                             .map_err(|e| fail(Blame::Internal, e.to_string()))?
@@ -349,13 +366,13 @@ mod tests {
     }
 
     fn info() -> SessionInfo {
-        SessionInfo {
-            id: 1,
-            client_addr: "127.0.0.1:1".parse().expect("addr"),
-            broker_id: Some(1),
-            tls: false,
-            identity: crate::auth::Identity::anonymous(),
-        }
+        SessionInfo::new(
+            1,
+            "127.0.0.1:1".parse().expect("addr"),
+            Some(1),
+            false,
+            crate::auth::Identity::anonymous(),
+        )
     }
 
     fn frame(body: &[u8]) -> Vec<u8> {

@@ -79,6 +79,35 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The principal Cedar policies see: same kind, name and groups.
+    pub fn to_principal(&self) -> custos_policy::Principal {
+        let method = self.method.to_policy();
+        let p = match self.principal_type {
+            PrincipalType::User => custos_policy::Principal::user(&self.name, method),
+            PrincipalType::ServiceAccount => {
+                custos_policy::Principal::service_account(&self.name, method)
+            }
+        };
+        p.with_groups(self.groups.iter().cloned())
+    }
+}
+
+impl AuthMethod {
+    /// The same method as the policy crate names it (`context.auth_method`).
+    pub fn to_policy(self) -> custos_policy::AuthMethod {
+        use custos_policy::AuthMethod as P;
+        match self {
+            Self::None => P::None,
+            Self::Mtls => P::Mtls,
+            Self::SaslPlain => P::SaslPlain,
+            Self::ScramSha256 => P::ScramSha256,
+            Self::ScramSha512 => P::ScramSha512,
+            Self::OAuthBearer => P::OAuthBearer,
+        }
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -14,7 +14,23 @@ use crate::pipeline::{Blame, SessionInfo, Stage, StageError};
 use crate::versions;
 
 /// Narrows ApiVersions answers to the allow-list.
-pub struct ApiVersionsFilter;
+pub struct ApiVersionsFilter {
+    /// Authorization is on: cap apis whose newer versions name topics by id.
+    pub name_based: bool,
+}
+
+/// Caps apis whose newer versions name topics only by id (or are broker-only)
+/// at the last version Custos can authorize by name.
+pub fn cap_name_based(list: &mut [ApiVersion]) {
+    for v in list {
+        let Ok(key) = ApiKey::try_from(v.api_key) else {
+            continue;
+        };
+        if let Some(max) = crate::resources::name_based_max_version(key) {
+            v.max_version = v.max_version.min(max);
+        }
+    }
+}
 
 /// Drops apis Custos refuses and intersects the rest with Custos's ranges.
 pub fn narrow(list: &mut Vec<ApiVersion>) {
@@ -57,6 +73,9 @@ impl Stage for ApiVersionsFilter {
             .map_err(|e| StageError::codec(NAME, Blame::Upstream, e))?;
         if let ResponseKind::ApiVersions(av) = body {
             narrow(&mut av.api_keys);
+            if self.name_based {
+                cap_name_based(&mut av.api_keys);
+            }
         }
         Ok(())
     }
@@ -69,13 +88,13 @@ mod tests {
     use kafka_protocol::messages::ApiVersionsResponse;
 
     fn session() -> SessionInfo {
-        SessionInfo {
-            id: 1,
-            client_addr: "127.0.0.1:1".parse().expect("addr"),
-            broker_id: Some(1),
-            tls: false,
-            identity: crate::auth::Identity::anonymous(),
-        }
+        SessionInfo::new(
+            1,
+            "127.0.0.1:1".parse().expect("addr"),
+            Some(1),
+            false,
+            crate::auth::Identity::anonymous(),
+        )
     }
 
     fn av(key: i16, min: i16, max: i16) -> ApiVersion {
@@ -94,7 +113,7 @@ mod tests {
         )
         .expect("encode");
         let mut r = Response::parse(raw, ApiKey::ApiVersions, version).expect("parse");
-        ApiVersionsFilter
+        ApiVersionsFilter { name_based: false }
             .on_response(&session(), &mut r)
             .await
             .expect("filter");
@@ -141,7 +160,7 @@ mod tests {
         .expect("encode");
         let mut r = Response::parse(raw, ApiKey::ApiVersions, 9).expect("parse");
         assert_eq!(r.body_version(), 0);
-        ApiVersionsFilter
+        ApiVersionsFilter { name_based: false }
             .on_response(&session(), &mut r)
             .await
             .expect("filter");

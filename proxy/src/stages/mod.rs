@@ -7,20 +7,36 @@ use crate::broker_map::BrokerMap;
 use crate::pipeline::Stage;
 
 pub mod api_versions;
+pub mod authorize;
 pub mod rewrite_addresses;
 
 /// Everything a stage may need at construction.
 pub struct StageDeps {
     /// The learned broker map.
     pub brokers: Arc<BrokerMap>,
+    /// The policies, when authorization is configured.
+    pub authorizer: Option<Arc<custos_policy::Authorizer>>,
+    /// Where decisions and accesses are recorded.
+    pub audit: Arc<dyn custos_audit::AuditSink>,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The stages of the pipeline, in request order.
 pub fn registry(deps: &StageDeps) -> Vec<Arc<dyn Stage>> {
-    vec![
-        Arc::new(api_versions::ApiVersionsFilter),
-        Arc::new(rewrite_addresses::RewriteAddresses::new(
-            deps.brokers.clone(),
-        )),
-    ]
+    let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+    if let Some(a) = &deps.authorizer {
+        stages.push(Arc::new(authorize::Authorize::new(
+            a.clone(),
+            deps.audit.clone(),
+            deps.metrics.clone(),
+        )));
+    }
+    stages.push(Arc::new(api_versions::ApiVersionsFilter {
+        name_based: deps.authorizer.is_some(),
+    }));
+    stages.push(Arc::new(rewrite_addresses::RewriteAddresses::new(
+        deps.brokers.clone(),
+    )));
+    stages
 }

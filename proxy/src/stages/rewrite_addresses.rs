@@ -176,13 +176,13 @@ mod tests {
     }
 
     fn session() -> SessionInfo {
-        SessionInfo {
-            id: 1,
-            client_addr: "127.0.0.1:1".parse().expect("addr"),
-            broker_id: None,
-            tls: false,
-            identity: crate::auth::Identity::anonymous(),
-        }
+        SessionInfo::new(
+            1,
+            "127.0.0.1:1".parse().expect("addr"),
+            None,
+            false,
+            crate::auth::Identity::anonymous(),
+        )
     }
 
     async fn run(
