@@ -4,11 +4,20 @@
 # loopback, and runs Kafka's tools and the Java end-to-end test client.
 #
 #   deploy/kafka.sh fetch
-#   deploy/kafka.sh start [--brokers 1|3] [--dir DIR] [--port-base PORT] [--tls]
+#   deploy/kafka.sh start [--brokers 1|3] [--dir DIR] [--port-base PORT] [--tls] [--sasl] [--acl]
 #        --tls adds an SSL listener per node on port-base+200+N-1, with a CA, broker
 #        and client certificates (PEM) generated into DIR/tls (client auth: requested)
 #        --sasl adds a SASL_PLAINTEXT listener per node on port-base+300+N-1 with
 #        SCRAM-SHA-512 and one test user: custos / custos-test-secret
+#        --acl (implies --sasl) turns on Kafka's own authorizer (StandardAuthorizer,
+#        allow.everyone.if.no.acl.found=false) and adds the SCRAM-SHA-512 users
+#        admin, alice, bob, carol, dave (password: <name>-test-secret);
+#        super.users=User:custos;User:admin;User:ANONYMOUS. ANONYMOUS is there
+#        because the controller and inter-broker listeners are PLAINTEXT (the broker
+#        registers and heartbeats as ANONYMOUS); so the PLAINTEXT client listener is
+#        unauthenticated super-user access too, and clients whose rights matter must
+#        use only the SASL listener. ACLs are made by the caller (kafka-acls, i.e.
+#        `tool org.apache.kafka.tools.AclCommand`, or an AdminClient logged in as admin).
 #   deploy/kafka.sh stop [--dir DIR]
 #   deploy/kafka.sh stop-node ID [--dir DIR]
 #   deploy/kafka.sh start-node ID [--dir DIR]
@@ -125,9 +134,12 @@ PORT_BASE=""
 NODE_ARG=""
 TLS=""
 SASL=""
+ACL=""
 # Test-only credentials of the --sasl listener (they protect nothing).
 SASL_USER=custos
 SASL_PASSWORD=custos-test-secret
+# Extra test users of --acl (SCRAM-SHA-512, password <name>-test-secret).
+ACL_USERS=(admin alice bob carol dave)
 
 parse_opts() {
   while [[ $# -gt 0 ]]; do
@@ -140,6 +152,7 @@ parse_opts() {
       --port-base=*) PORT_BASE="${1#*=}"; shift ;;
       --tls) TLS=1; shift ;;
       --sasl) SASL=1; shift ;;
+      --acl) ACL=1; SASL=1; shift ;;
       -*) die "unknown option $1" ;;
       *) [[ -z "$NODE_ARG" ]] || die "unexpected argument $1"; NODE_ARG="$1"; shift ;;
     esac
@@ -153,6 +166,7 @@ load_state() {
   # shellcheck disable=SC1091
   source "$RUN_DIR/cluster.env"
   BROKERS="$C_BROKERS"; PORT_BASE="$C_PORT_BASE"; TLS="${C_TLS:-}"; SASL="${C_SASL:-}"
+  ACL="${C_ACL:-}"
 }
 
 client_port() { echo $((PORT_BASE + $1 - 1)); }
@@ -240,6 +254,12 @@ write_properties() {
       echo "sasl.enabled.mechanisms=SCRAM-SHA-512"
       echo "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
     fi
+    if [[ -n "$ACL" ]]; then
+      echo "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+      # ANONYMOUS: the PLAINTEXT controller and inter-broker listeners (see the header)
+      echo "super.users=User:$SASL_USER;User:admin;User:ANONYMOUS"
+      echo "allow.everyone.if.no.acl.found=false"
+    fi
     echo "inter.broker.listener.name=PLAINTEXT"
     echo "controller.listener.names=CONTROLLER"
     if [[ "$BROKERS" == 1 ]]; then
@@ -288,6 +308,10 @@ format_storage() {
   [[ -f "$dir/data/meta.properties" ]] && return 0
   [[ "$BROKERS" == 1 ]] && args+=(--standalone)
   [[ -z "$SASL" ]] || args+=(--add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+  if [[ -n "$ACL" ]]; then
+    local u
+    for u in "${ACL_USERS[@]}"; do args+=(--add-scram "SCRAM-SHA-512=[name=$u,password=$u-test-secret]"); done
+  fi
   "$JAVA" "${client_java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool format \
     -t "$CLUSTER_ID" -c "$dir/server.properties" "${args[@]}" > "$dir/format.log" 2>&1 \
     || { cat "$dir/format.log" >&2; die "formatting storage of node $id failed"; }
@@ -341,10 +365,11 @@ cmd_start() {
   parse_opts "$@"
   ensure_fetched
   if [[ -f "$RUN_DIR/cluster.env" ]]; then
-    local want_b="$BROKERS" want_p="$PORT_BASE" want_t="$TLS" want_s="$SASL"
+    local want_b="$BROKERS" want_p="$PORT_BASE" want_t="$TLS" want_s="$SASL" want_a="$ACL"
     load_state
     [[ -z "$want_t" || -n "$TLS" ]] || die "$RUN_DIR was started without --tls; use another --dir"
     [[ -z "$want_s" || -n "$SASL" ]] || die "$RUN_DIR was started without --sasl; use another --dir"
+    [[ -z "$want_a" || -n "$ACL" ]] || die "$RUN_DIR was started without --acl; use another --dir"
     [[ -z "$want_b" || "$want_b" == "$BROKERS" ]] || die "$RUN_DIR holds a $BROKERS-broker cluster; use another --dir"
     [[ -z "$want_p" || "$want_p" == "$PORT_BASE" ]] || die "$RUN_DIR uses port base $PORT_BASE; use another --dir"
   else
@@ -359,7 +384,7 @@ while True:
         break
 print(s)' 2>/dev/null \
       || "$JAVA" "${client_java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
-    printf 'C_BROKERS=%s\nC_PORT_BASE=%s\nCLUSTER_ID=%s\nC_TLS=%s\nC_SASL=%s\n' "$BROKERS" "$PORT_BASE" "$CLUSTER_ID" "$TLS" "$SASL" > "$RUN_DIR/cluster.env"
+    printf 'C_BROKERS=%s\nC_PORT_BASE=%s\nCLUSTER_ID=%s\nC_TLS=%s\nC_SASL=%s\nC_ACL=%s\n' "$BROKERS" "$PORT_BASE" "$CLUSTER_ID" "$TLS" "$SASL" "$ACL" > "$RUN_DIR/cluster.env"
   fi
   [[ -z "$TLS" ]] || gen_tls
   local id
@@ -456,7 +481,7 @@ cmd_bootstrap() {
 }
 
 main() {
-  [[ $# -ge 1 ]] || { sed -n '2,25p' "$0" >&2; exit 2; }
+  [[ $# -ge 1 ]] || { sed -n '2,/^set /{/^#/p}' "$0" >&2; exit 2; }
   local cmd="$1"; shift
   case "$cmd" in
     fetch) locked_fetch; echo "$CACHE" ;;
@@ -469,7 +494,7 @@ main() {
     tool) [[ $# -ge 1 ]] || die "tool needs a class name"; run_tool "$@" ;;
     java-client) run_client "$@" ;;
     classpath) ensure_fetched; echo "$CLASSES:$LIB/*" ;;
-    -h|--help|help) sed -n '2,25p' "$0" ;;
+    -h|--help|help) sed -n '2,/^set /{/^#/p}' "$0" ;;
     *) die "unknown command $cmd (try --help)" ;;
   esac
 }

@@ -147,12 +147,15 @@ class KafkaCluster:
     """A real Kafka run by deploy/kafka.sh in its own run dir."""
 
     def __init__(self, run_dir: Path, brokers: int, port_base: int, tls: bool = False,
-                 sasl: bool = False):
+                 sasl: bool = False, acl: bool = False):
+        """acl=True (implies sasl): Kafka's own authorizer with the test users of
+        deploy/kafka.sh --acl; clients whose rights matter use the SASL listener."""
         self.run_dir = Path(run_dir)
         self.brokers = brokers
         self.port_base = port_base
         self.tls = tls
-        self.sasl = sasl
+        self.sasl = sasl or acl
+        self.acl = acl
 
     def client_port(self, node_id: int) -> int:
         return self.port_base + node_id - 1
@@ -196,11 +199,14 @@ class KafkaCluster:
 
     def start(self):
         for n in range(1, self.brokers + 1):
-            for port in (self.client_port(n), self.client_port(n) + 100) + ((self.ssl_port(n),) if self.tls else ()):
+            for port in ((self.client_port(n), self.client_port(n) + 100)
+                         + ((self.ssl_port(n),) if self.tls else ())
+                         + ((self.sasl_port(n),) if self.sasl else ())):
                 if not port_is_free(port):
                     raise AssertionError(f"port {port} is busy; set CUSTOS_E2E_KAFKA_PORT_BASE")
         self._sh("start", "--brokers", str(self.brokers), "--port-base", str(self.port_base),
-                 *(["--tls"] if self.tls else []), *(["--sasl"] if self.sasl else []))
+                 *(["--tls"] if self.tls else []), *(["--sasl"] if self.sasl else []),
+                 *(["--acl"] if self.acl else []))
         return self
 
     def stop(self):
