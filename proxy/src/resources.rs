@@ -441,7 +441,7 @@ fn create_partitions<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), 
         if let Some(na) = r.array_len("assignments")? {
             for _ in 0..na {
                 let nb = r.array_len("broker ids")?.unwrap_or(0);
-                r.skip("broker ids", nb * 4)?;
+                r.skip("broker ids", nb.saturating_mul(4))?;
                 r.tagged_fields()?;
             }
         }
@@ -603,7 +603,7 @@ fn create_topics<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), Wire
         for _ in 0..na {
             r.i32("partition")?;
             let nb = r.array_len("broker ids")?.unwrap_or(0);
-            r.skip("broker ids", nb * 4)?;
+            r.skip("broker ids", nb.saturating_mul(4))?;
             r.tagged_fields()?;
         }
         let nc = r.array_len("configs")?.unwrap_or(0);

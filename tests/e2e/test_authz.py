@@ -303,3 +303,100 @@ def test_config_check_refuses_a_broken_policy_file(setup, tmp_path):
     r = subprocess.run([CUSTOS_BIN, "config", "check", str(cfg)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "authorization.policies" in r.stderr and ("Reed" in r.stderr or "typo" in r.stderr), r.stderr
+
+
+# ---------------------------------------------------------------- every identity kind
+
+IDENTITY_POLICIES = r'''
+@id("sasl-users-write-orders")
+permit (principal == User::"alice", action in Action::"Write", resource is Topic)
+when { resource.name like "orders*" };
+
+@id("mtls-service-writes-orders")
+permit (principal == ServiceAccount::"authz-mtls-client", action in Action::"Write", resource is Topic)
+when { resource.name like "orders*" };
+
+@id("analysts-write-orders")
+permit (principal in Group::"analysts", action in Action::"Write", resource is Topic)
+when { resource.name like "orders*" };
+'''
+
+
+def identity_gateway(kind, kafka, d, pki, creds, jwks):
+    policies = d / "identity.cedar"
+    policies.write_text(IDENTITY_POLICIES)
+    authz = f"authorization:\n  policies: [\"{policies}\"]\n"
+    tls = {"cert": pki["cert"], "key": pki["key"]}
+    if kind in ("SCRAM-SHA-256", "PLAIN"):
+        extra = ("  auth:\n    sasl:\n"
+                 f"      mechanisms: [{kind}]\n      credentials_file: \"{creds}\"\n")
+        client = Sec(ca=pki["ca"], sasl=(kind, "alice", USERS["alice"]))
+    elif kind == "mtls":
+        tls.update({"client_ca": pki["ca"], "require_client_cert": True})
+        extra = ("  auth:\n    mtls:\n      rules:\n"
+                 "        - {match: subject, pattern: \"CN=(.*)\", name: \"$1\", principal_type: service_account}\n")
+        client = Sec(ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"],
+                     keystore=pki["client_keystore"])
+    else:
+        tls = None
+        extra = ("  auth:\n    sasl:\n      mechanisms: [OAUTHBEARER]\n      oauthbearer:\n"
+                 f"        jwks_file: \"{jwks['path']}\"\n"
+                 "        issuer: \"https://idp.custos.test\"\n        audience: \"custos\"\n")
+        client = None
+    g = start_gateway(kafka, d / f"custos-{kind}", f"custos-{kind.lower()}", listen_tls=tls,
+                      listen_extra=extra, extra_yaml=authz)
+    return g, client
+
+
+@pytest.fixture(scope="module")
+def identity_env(tmp_path_factory):
+    from harness import make_pki
+    from test_oauth import b64url
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    d = tmp_path_factory.mktemp("authz-ids")
+    pki = make_pki(d / "pki", "authz-mtls")
+    creds = d / "users.yaml"
+    r = subprocess.run([CUSTOS_BIN, "users", "--file", str(creds), "add", "alice", "--password-env", "PW"],
+                       env={**os.environ, "PW": USERS["alice"]}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub = key.public_key().public_numbers()
+    import json
+    jwks = d / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
+                                          "n": b64url(pub.n.to_bytes((pub.n.bit_length() + 7) // 8, "big")),
+                                          "e": b64url(pub.e.to_bytes(3, "big"))}]}))
+    return d, pki, creds, {"path": jwks, "key": key}
+
+
+@pytest.mark.parametrize("kind", ["SCRAM-SHA-256", "PLAIN", "mtls", "OAUTHBEARER"])
+def test_each_identity_kind_is_authorized(kind, kafka, identity_env):
+    from harness import rd_create_topic
+    from test_oauth import token
+    d, pki, creds, jwks = identity_env
+    ok, secret = f"orders-{kind.lower()}-{uuid.uuid4().hex[:6]}", f"secret-{kind.lower()}-{uuid.uuid4().hex[:6]}"
+    for t in (ok, secret):
+        rd_create_topic(kafka.bootstrap, t, 1)
+    g, client = identity_gateway(kind, kafka, d, pki, creds, jwks)
+    try:
+        if kind == "OAUTHBEARER":
+            tok = token(jwks["key"])
+            conf = {**rd_common(g.bootstrap), "security.protocol": "SASL_PLAINTEXT",
+                    "sasl.mechanism": "OAUTHBEARER", "oauth_cb": lambda _c: (tok, time.time() + 300)}
+        else:
+            conf = rd_common(g.bootstrap, client)
+        out = {}
+        p = Producer({**conf, "linger.ms": 50, "message.timeout.ms": 15000})
+        for t in (ok, secret, ok):
+            p.produce(t, b"v", on_delivery=lambda err, m: out.setdefault(m.topic(), set()).add(
+                "ok" if err is None else err.name()))
+        p.flush(30)
+        assert out == {ok: {"ok"}, secret: {"TOPIC_AUTHORIZATION_FAILED"}}, out
+        if client is not None:
+            acked = java_produce(g.bootstrap, ok, 3, sec=client)
+            assert len([o for o in acked if o.get("t") == "rec"]) == 3
+            rc, jout, err = java("produce", "--bootstrap", g.bootstrap, "--topic", secret, "--count", 1,
+                                 *client.java(), check=False, timeout=90)
+            assert "TopicAuthorizationException" in f"{jout} {err}", f"{jout} {err}"[-2000:]
+    finally:
+        stop_gateway(g)
