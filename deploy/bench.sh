@@ -5,6 +5,11 @@
 #
 #   deploy/bench.sh [ROUNDS]    (default 5 rounds; medians are reported)
 #
+# Three paths per round, in rotating order: "direct" (to Kafka), "proxy"
+# (Custos, no authorization) and "authz" (a second Custos with Cedar
+# authorization on: every request decided, the bench topic and group granted
+# among decoy policies for other principals).
+#
 # Env: BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
 #      BENCH_IDLE_CONNS (1000), CUSTOS_BIN (default: target/release/custos,
 #      built if missing).
@@ -20,13 +25,17 @@ KAFKA_PORT_BASE=49092
 DIRECT=127.0.0.1:$KAFKA_PORT_BASE
 PROXY=127.0.0.1:49500
 ADMIN=127.0.0.1:49400
+AUTHZ=127.0.0.1:49510
+AUTHZ_ADMIN=127.0.0.1:49410
 CUSTOS_BIN="${CUSTOS_BIN:-$REPO/target/release/custos}"
 [[ -x "$CUSTOS_BIN" ]] || cargo build --release -p custos
 rm -rf "$RUN"; mkdir -p "$RUN"
 
 CUSTOS_PID=""
+AUTHZ_PID=""
 cleanup() {
   [[ -n "$CUSTOS_PID" ]] && kill "$CUSTOS_PID" 2>/dev/null || true
+  [[ -n "$AUTHZ_PID" ]] && kill "$AUTHZ_PID" 2>/dev/null || true
   deploy/kafka.sh stop --dir "$RUN/kafka" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -48,7 +57,24 @@ log:
 YAML
 "$CUSTOS_BIN" run --config "$RUN/custos.yaml" 2>"$RUN/custos.log" &
 CUSTOS_PID=$!
+# The authorizing instance: the perf tools connect unauthenticated, so the
+# principal is User::"ANONYMOUS"; 200 decoy policies for other users make the
+# policy set look like an imported ACL list rather than one line.
+{
+  echo '@id("bench-topic") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read"], resource == Topic::"bench");'
+  echo '@id("bench-groups") permit (principal == User::"ANONYMOUS", action in Action::"Read", resource is ConsumerGroup) when { resource.name like "bench-*" };'
+  echo '@id("bench-idempotent") permit (principal == User::"ANONYMOUS", action == Action::"IdempotentWrite", resource == Cluster::"kafka-cluster");'
+  for i in $(seq 1 200); do
+    echo "@id(\"decoy-$i\") permit (principal == User::\"user-$i\", action in Action::\"Read\", resource is Topic) when { resource.name like \"team-$i.*\" };"
+  done
+} > "$RUN/bench.cedar"
+sed -e 's/bootstrap_port: 49500/bootstrap_port: 49510/' -e 's/broker_port_base: 49600/broker_port_base: 49700/' \
+  -e "s/listen: $ADMIN/listen: $AUTHZ_ADMIN/" "$RUN/custos.yaml" > "$RUN/custos-authz.yaml"
+printf 'authorization:\n  policies: ["%s"]\n' "$RUN/bench.cedar" >> "$RUN/custos-authz.yaml"
+"$CUSTOS_BIN" run --config "$RUN/custos-authz.yaml" 2>"$RUN/custos-authz.log" &
+AUTHZ_PID=$!
 until curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
+until curl -fsS "http://$AUTHZ_ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
 
 tool() { deploy/kafka.sh tool "$@"; }
 tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$DIRECT" --create \
@@ -69,10 +95,13 @@ field_rate() { sed -E 's/.* ([0-9.]+) records\/sec.*/\1/'; }
 field_pct() { sed -E "s/.* ([0-9.]+) ms $1.*/\1/"; }
 
 echo "round,path,produce_rec_s,consume_rec_s" > "$RUN/throughput.csv"
+addr() { case "$1" in direct) echo "$DIRECT" ;; proxy) echo "$PROXY" ;; authz) echo "$AUTHZ" ;; esac; }
 for r in $(seq 1 "$ROUNDS"); do
-  order="direct proxy"; (( r % 2 == 0 )) && order="proxy direct"
+  case $(( r % 3 )) in
+    1) order="direct proxy authz" ;; 2) order="proxy authz direct" ;; 0) order="authz direct proxy" ;;
+  esac
   for path in $order; do
-    b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
+    b=$(addr "$path")
     p=$(produce "$b" -1 | field_rate)
     c=$(consume "$b" | cut -d, -f6 | tr -d ' ')
     echo "$r,$path,$p,$c" | tee -a "$RUN/throughput.csv"
@@ -84,11 +113,14 @@ col() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/throughput.csv" | m
 DP=$(col direct 3); PP=$(col proxy 3); DC=$(col direct 4); PC=$(col proxy 4)
 # Paired ratios: each round's proxy run against the direct run just before it,
 # so slow drift of the machine cancels out; their median is the headline.
-paired() {
-  awk -F, -v c="$1" 'NR == FNR { if ($2 == "direct") d[$1] = $c; next }
-    $2 == "proxy" && d[$1] > 0 { print $c / d[$1] }' "$RUN/throughput.csv" "$RUN/throughput.csv" | median
+paired() { # column [path [baseline]]
+  awk -F, -v c="$1" -v p="${2:-proxy}" -v base="${3:-direct}" 'NR == FNR { if ($2 == base) d[$1] = $c; next }
+    $2 == p && d[$1] > 0 { print $c / d[$1] }' "$RUN/throughput.csv" "$RUN/throughput.csv" | median
 }
 PPR=$(paired 3); PCR=$(paired 4)
+AP=$(col authz 3); AC=$(col authz 4)
+APR=$(paired 3 authz); ACR=$(paired 4 authz)
+APP=$(paired 3 authz proxy); ACP=$(paired 4 authz proxy)
 
 # Latency at a fixed rate: half the direct maximum.
 curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-before.txt"
@@ -163,6 +195,9 @@ cat <<REPORT
 == results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B) ==
 produce records/s: direct $DP, through Custos $PP, ratio of medians $(ratio "$PP" "$DP"), median paired ratio $PPR
 consume records/s: direct $DC, through Custos $PC, ratio of medians $(ratio "$PC" "$DC"), median paired ratio $PCR
+with authorization: produce $AP rec/s, paired ratio to direct $APR, to Custos without authorization $APP
+with authorization: consume $AC rec/s, paired ratio to direct $ACR, to Custos without authorization $ACP
+authorization decisions during the run: $(curl -fsS "http://$AUTHZ_ADMIN/metrics" | awk '/^custos_authz_(allowed|denied)_total/ {printf "%s=%s ", $1, $2}')
 produce latency at $RATE rec/s: p50 direct $D50 ms, Custos $P50 ms; p99 direct $D99 ms, Custos $P99 ms
 added latency: p50 $(awk -v a="$P50" -v b="$D50" 'BEGIN {printf "%.2f", a-b}') ms, p99 $(awk -v a="$P99" -v b="$D99" 'BEGIN {printf "%.2f", a-b}') ms
 Custos's own time per Produce exchange: $OWN

@@ -61,6 +61,21 @@ deploy/kafka.sh tool org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap
 say "What clients see of the cluster: only Custos addresses, never the broker's own"
 deploy/kafka.sh java-client metadata --bootstrap "$BOOTSTRAP" | head -1
 
+say "Authorization at work (deploy/quickstart.cedar): the payroll topic exists, but not for this client"
+deploy/kafka.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:19092 \
+  --create --if-not-exists --topic payroll.salaries --partitions 1 --replication-factor 1 >/dev/null
+echo "Topics this client sees through Custos (payroll.salaries is left out):"
+deploy/kafka.sh tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list
+echo "Producing to payroll.salaries through Custos:"
+if echo 'mallory:{"salary":1000000}' | timeout 60 deploy/kafka.sh tool org.apache.kafka.tools.ConsoleProducer \
+    --bootstrap-server "$BOOTSTRAP" --topic payroll.salaries --property parse.key=true \
+    --property key.separator=: 2>&1 | grep -m1 -o "TopicAuthorizationException[^]]*\|Not authorized to access topics[^]]*"; then
+  echo "(refused by Custos with Kafka's TOPIC_AUTHORIZATION_FAILED; the broker never saw the record)"
+else
+  echo "UNEXPECTED: the produce was not refused" >&2; exit 1
+fi
+curl -fsS "http://$ADMIN/metrics" | grep -E '^custos_authz_(allowed|denied)_total'
+
 say "Protection at work: Custos refuses an api a client has no business sending"
 python3 - "$BOOTSTRAP" <<'PY'
 import socket, struct, sys

@@ -348,6 +348,12 @@ impl Config {
         if let Some(sasl) = &mut self.upstream.sasl {
             sasl.resolve_paths(base);
         }
+        if let Some(a) = &mut self.authorization {
+            a.policies.iter_mut().for_each(fix);
+            if let Some(c) = &mut a.catalog {
+                fix(c);
+            }
+        }
         if let Some(t) = &mut self.upstream.tls {
             fix(&mut t.ca);
             if let Some(c) = &mut t.cert {
