@@ -370,7 +370,7 @@ def identity_env(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["SCRAM-SHA-256", "PLAIN", "mtls", "OAUTHBEARER"])
-def test_each_identity_kind_is_authorized(kind, kafka, identity_env):
+def test_each_identity_kind_is_authorized(kind, kafka, identity_env, tmp_path, monkeypatch):
     from harness import rd_create_topic
     from test_oauth import token
     d, pki, creds, jwks = identity_env
@@ -393,10 +393,23 @@ def test_each_identity_kind_is_authorized(kind, kafka, identity_env):
         p.flush(30)
         assert out == {ok: {"ok"}, secret: {"TOPIC_AUTHORIZATION_FAILED"}}, out
         if client is not None:
-            acked = java_produce(g.bootstrap, ok, 3, sec=client)
-            assert len([o for o in acked if o.get("t") == "rec"]) == 3
-            rc, jout, err = java("produce", "--bootstrap", g.bootstrap, "--topic", secret, "--count", 1,
-                                 *client.java(), check=False, timeout=90)
-            assert "TopicAuthorizationException" in f"{jout} {err}", f"{jout} {err}"[-2000:]
+            jargs = client.java()
+        else:
+            # Kafka's own OAuthBearerLoginCallbackHandler reading the JWT from a file.
+            tok_file = tmp_path / "token.jwt"
+            tok_file.write_text(token(jwks["key"]))
+            url = tok_file.as_uri()
+            monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={url}")
+            props = ["security.protocol=SASL_PLAINTEXT", "sasl.mechanism=OAUTHBEARER",
+                     "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required ;",
+                     "sasl.login.callback.handler.class="
+                     "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler",
+                     f"sasl.oauthbearer.token.endpoint.url={url}"]
+            jargs = [a for p in props for a in ("--property", p)]
+        acked = java_produce(g.bootstrap, ok, 3, extra=jargs)
+        assert len([o for o in acked if o.get("t") == "rec"]) == 3
+        rc, jout, err = java("produce", "--bootstrap", g.bootstrap, "--topic", secret, "--count", 1,
+                             *jargs, check=False, timeout=90)
+        assert "TopicAuthorizationException" in f"{jout} {err}", f"{jout} {err}"[-2000:]
     finally:
         stop_gateway(g)

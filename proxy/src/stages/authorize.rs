@@ -1367,8 +1367,34 @@ fn offset_fetch(d: &Decider, version: i16, t: &Touches<'_>) -> Plan {
         .map(|g| g.to_string())
         .collect();
     if version <= 7 && !denied_groups.is_empty() {
+        // v1 has no top-level error code: every partition carries it.
+        let topics = if version < 2 {
+            t.topics
+                .iter()
+                .map(|x| {
+                    offset_fetch_response::OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(sb(x.name)))
+                        .with_partitions(
+                            x.partitions
+                                .iter()
+                                .map(|p| {
+                                    offset_fetch_response::OffsetFetchResponsePartition::default()
+                                        .with_partition_index(*p)
+                                        .with_committed_offset(-1)
+                                        .with_error_code(GROUP_AUTHORIZATION_FAILED)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let error_code = if version < 2 { 0 } else { GROUP_AUTHORIZATION_FAILED };
         return respond(ResponseKind::OffsetFetch(
-            OffsetFetchResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
+            OffsetFetchResponse::default()
+                .with_error_code(error_code)
+                .with_topics(topics),
         ));
     }
     let named: HashSet<String> = t.topics.iter().map(|x| x.name.to_string()).collect();
