@@ -174,6 +174,13 @@ def op_metadata(side, user, topic):
     return "ok" if t is not None and t.error is None else err_name(t.error) if t else "missing"
 
 
+def op_metadata_all(side, user):
+    """Metadata for all topics: which of the seeded topics the user sees."""
+    md = side.admin(user).list_topics(timeout=10)
+    seen = sorted(t for t, m in md.topics.items() if t in TOPICS and m.error is None)
+    return "sees " + ",".join(seen) if seen else "sees none"
+
+
 def op_metadata_autocreate(side, user, topic):
     """Metadata for one named missing topic from a producer (allow_auto_topic_creation
     =true). The broker answers a topic it creates with UNKNOWN_TOPIC_OR_PARTITION or
@@ -195,10 +202,8 @@ def op_metadata_autocreate(side, user, topic):
 
 def _deliver(p, topic, n=1, timeout=12):
     errs = []
-    done = []
 
     def cb(err, msg):
-        done.append(1)
         if err is not None:
             errs.append(err)
     for i in range(n):
@@ -279,7 +284,7 @@ def op_txn(side, user, txid, topic, offsets_group=None):
         return f"{err_name(e)}@{step}"
 
 
-def _poll_outcome(c, want_records: bool, deadline_s: float = 15.0, grace_s: float = 1.5) -> str:
+def _poll_outcome(c, deadline_s: float = 15.0, grace_s: float = 1.5) -> str:
     """Poll until records come or errors do (then `grace_s` more to collect every
     distinct error), at most deadline_s."""
     deadline = time.monotonic() + deadline_s
@@ -311,7 +316,7 @@ def op_consume_group(side, user, topic, group, protocol="classic"):
     c = Consumer(side.conf(user, **extra))
     try:
         c.subscribe([topic])
-        return _poll_outcome(c, True)
+        return _poll_outcome(c)
     finally:
         c.close()
 
@@ -319,11 +324,12 @@ def op_consume_group(side, user, topic, group, protocol="classic"):
 def op_consume_assign(side, user, topic, group):
     """assign() partition 0 from the beginning (no group join, no OffsetFetch).
     librdkafka still looks up the coordinator of group.id (FindCoordinator,
-    Describe on the group), so each user gets a group it may describe."""
+    Describe on the group), so the cells name a group the user may describe
+    (except carol, who may describe none)."""
     c = Consumer(side.conf(user, **{"group.id": group, "enable.auto.commit": False}))
     try:
         c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        return _poll_outcome(c, True)
+        return _poll_outcome(c)
     finally:
         c.close()
 
@@ -491,6 +497,12 @@ MATRIX = [
     Cell("metadata", "dave", op_metadata, ("eq-missing",), "UNKNOWN_TOPIC_OR_PART"),
     Cell("metadata", "carol", op_metadata, ("eq-orders",), TA),
     Cell("metadata", "admin", op_metadata, ("eq-logs",), "ok"),
+    # Metadata for all topics: filtered
+    Cell("metadata-all", "alice", op_metadata_all, (), "sees eq-logs,eq-orders"),
+    Cell("metadata-all", "bob", op_metadata_all, (),
+         "sees eq-pay.a,eq-pay.del,eq-pay.locked,eq-pay.parts,eq-pay.recs"),
+    Cell("metadata-all", "dave", op_metadata_all, (), "sees " + ",".join(sorted(TOPICS))),
+    Cell("metadata-all", "carol", op_metadata_all, (), "sees none"),
     # Metadata that may create the topic
     Cell("autocreate", "bob", op_metadata_autocreate, ("eq-pay.auto1",), "ok"),   # created
     Cell("autocreate", "dave", op_metadata_autocreate, ("eq-dave-auto",), TA),   # Describe, no Create
