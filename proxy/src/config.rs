@@ -31,7 +31,7 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     /// Cedar authorization of every request; without it every authenticated
-    /// client may do anything the broker lets Custos do.
+    /// client acts with the rights the broker gives Custos.
     #[serde(default)]
     pub authorization: Option<AuthorizationConfig>,
 }

@@ -240,7 +240,7 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
         }
         ApiKey::CreateTopics => create_topics(&mut r, &mut t).map_err(wire)?,
         // Listings name no resource; their answers are filtered.
-        ApiKey::ListGroups | ApiKey::ListTransactions => {}
+        ApiKey::ListGroups | ApiKey::ListTransactions | ApiKey::DescribeCluster => {}
         other => return Err(ResourceError::Unmapped(other)),
     }
     Ok(t)

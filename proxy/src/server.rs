@@ -149,7 +149,7 @@ impl Proxy {
             Some(a) => Some(Arc::new(PolicyStore::load(a, metrics.clone())?)),
             None => {
                 tracing::warn!(
-                    "no `authorization` configured: every authenticated client may do anything Custos may"
+                    "no `authorization` configured: every authenticated client acts with the rights of Custos itself"
                 );
                 None
             }

@@ -59,11 +59,8 @@ const CONFIG_TOPIC: i8 = 2;
 const CONFIG_GROUP: i8 = 32;
 
 /// Apis that touch no resource: the handshake and client telemetry.
-/// DescribeCluster is as public as Metadata's broker list: Kafka checks the
-/// cluster grant only to fill in `cluster_authorized_operations`.
 const UNCHECKED: &[ApiKey] = &[
     ApiKey::ApiVersions,
-    ApiKey::DescribeCluster,
     ApiKey::GetTelemetrySubscriptions,
     ApiKey::PushTelemetry,
 ];
@@ -300,7 +297,7 @@ impl Stage for Authorize {
         let raw = request.raw().clone();
         let body = &raw[raw.len() - request.body_bytes().len()..];
         let flexible = api.request_header_version(version) >= 2;
-        let plan = if let Some(plan) = cluster_only(&d, api, version) {
+        let plan = if let Some(plan) = cluster_only(&d, api, version, body) {
             plan
         } else {
             let t = resources::touches(api, version, body).map_err(|e| StageError {
@@ -329,7 +326,7 @@ impl Stage for Authorize {
 }
 
 /// Apis that act on the cluster alone: one decision, a whole answer.
-fn cluster_only(d: &Decider, api: ApiKey, version: i16) -> Option<Plan> {
+fn cluster_only(d: &Decider, api: ApiKey, version: i16, body: &[u8]) -> Option<Plan> {
     use Operation::*;
     let (op, answer): (Operation, fn(i16) -> Option<ResponseKind>) = match api {
         ApiKey::DescribeAcls => (Describe, |e| {
@@ -379,8 +376,7 @@ fn cluster_only(d: &Decider, api: ApiKey, version: i16) -> Option<Plan> {
                 ListConfigResourcesResponse::default().with_error_code(e),
             ))
         }),
-        // Per-entry answers whose entries Custos does not read: without the
-        // grant the connection is closed rather than answered inexactly.
+        // Per-entry answers: one error entry for each entry of the request.
         ApiKey::CreateAcls
         | ApiKey::DeleteAcls
         | ApiKey::AlterReplicaLogDirs
@@ -391,12 +387,220 @@ fn cluster_only(d: &Decider, api: ApiKey, version: i16) -> Option<Plan> {
     if d.cluster(op) {
         return Some(Plan::forward());
     }
+    let flexible = api.request_header_version(version) >= 2;
+    if let Some(entries) = per_entry_denial(api, body, flexible) {
+        return Some(match entries {
+            Ok(r) => respond(r),
+            Err(e) => Plan::Close(format!("{api:?} v{version}: {e}")),
+        });
+    }
     Some(match answer(CLUSTER_AUTHORIZATION_FAILED) {
         Some(r) if version_fits(&r, version) => respond(r),
         _ => Plan::Close(format!(
             "{api:?} needs {op} on the cluster, which the policies do not grant"
         )),
     })
+}
+
+/// The CLUSTER_AUTHORIZATION_FAILED answer of a cluster api whose answer has
+/// one entry per request entry, read with the bounded reader; `None` for
+/// other apis.
+fn per_entry_denial(
+    api: ApiKey,
+    body: &[u8],
+    flexible: bool,
+) -> Option<Result<ResponseKind, crate::wire::WireError>> {
+    use crate::wire::Reader;
+    if !matches!(
+        api,
+        ApiKey::CreateAcls
+            | ApiKey::DeleteAcls
+            | ApiKey::AlterReplicaLogDirs
+            | ApiKey::AlterUserScramCredentials
+            | ApiKey::AlterClientQuotas
+    ) {
+        return None;
+    }
+    let e = CLUSTER_AUTHORIZATION_FAILED;
+    let mut reader = Reader::new(body, flexible);
+    let r = &mut reader;
+    let count = |r: &mut Reader<'_>, what| r.array_len(what).map(|n| n.unwrap_or(0));
+    let out = (|| -> Result<ResponseKind, crate::wire::WireError> {
+        Ok(match api {
+            ApiKey::CreateAcls => {
+                let n = count(r, "creations")?;
+                let mut results = Vec::new();
+                for _ in 0..n {
+                    r.i8("resource type")?;
+                    r.str("resource name")?;
+                    r.i8("pattern type")?;
+                    r.str("principal")?;
+                    r.str("host")?;
+                    r.i8("operation")?;
+                    r.i8("permission type")?;
+                    r.tagged_fields()?;
+                    results.push(
+                        create_acls_response::AclCreationResult::default().with_error_code(e),
+                    );
+                }
+                ResponseKind::CreateAcls(CreateAclsResponse::default().with_results(results))
+            }
+            ApiKey::DeleteAcls => {
+                let n = count(r, "filters")?;
+                let mut results = Vec::new();
+                for _ in 0..n {
+                    r.i8("resource type")?;
+                    r.nullable_str("resource name")?;
+                    r.i8("pattern type")?;
+                    r.nullable_str("principal")?;
+                    r.nullable_str("host")?;
+                    r.i8("operation")?;
+                    r.i8("permission type")?;
+                    r.tagged_fields()?;
+                    results.push(
+                        delete_acls_response::DeleteAclsFilterResult::default().with_error_code(e),
+                    );
+                }
+                ResponseKind::DeleteAcls(DeleteAclsResponse::default().with_filter_results(results))
+            }
+            ApiKey::AlterReplicaLogDirs => {
+                let mut results = Vec::new();
+                for _ in 0..count(r, "dirs")? {
+                    r.str("path")?;
+                    for _ in 0..count(r, "topics")? {
+                        let name = r.str("topic")?;
+                        let mut partitions = Vec::new();
+                        for _ in 0..count(r, "partitions")? {
+                            partitions.push(
+                                alter_replica_log_dirs_response::AlterReplicaLogDirPartitionResult::default()
+                                    .with_partition_index(r.i32("partition")?)
+                                    .with_error_code(e),
+                            );
+                        }
+                        r.tagged_fields()?;
+                        results.push(
+                            alter_replica_log_dirs_response::AlterReplicaLogDirTopicResult::default()
+                                .with_topic_name(TopicName(sb(name)))
+                                .with_partitions(partitions),
+                        );
+                    }
+                    r.tagged_fields()?;
+                }
+                ResponseKind::AlterReplicaLogDirs(
+                    AlterReplicaLogDirsResponse::default().with_results(results),
+                )
+            }
+            ApiKey::AlterUserScramCredentials => {
+                let mut users: Vec<String> = Vec::new();
+                for _ in 0..count(r, "deletions")? {
+                    users.push(r.str("name")?.to_string());
+                    r.i8("mechanism")?;
+                    r.tagged_fields()?;
+                }
+                for _ in 0..count(r, "upsertions")? {
+                    users.push(r.str("name")?.to_string());
+                    r.i8("mechanism")?;
+                    r.i32("iterations")?;
+                    r.nullable_bytes("salt")?;
+                    r.nullable_bytes("salted password")?;
+                    r.tagged_fields()?;
+                }
+                users.sort();
+                users.dedup();
+                ResponseKind::AlterUserScramCredentials(
+                    AlterUserScramCredentialsResponse::default().with_results(
+                        users
+                            .iter()
+                            .map(|u| {
+                                alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default()
+                                    .with_user(sb(u))
+                                    .with_error_code(e)
+                            })
+                            .collect(),
+                    ),
+                )
+            }
+            _ => {
+                let mut entries = Vec::new();
+                for _ in 0..count(r, "entries")? {
+                    let mut entity = Vec::new();
+                    for _ in 0..count(r, "entity")? {
+                        let ty = r.str("entity type")?;
+                        let name = r.nullable_str("entity name")?;
+                        r.tagged_fields()?;
+                        entity.push(
+                            alter_client_quotas_response::EntityData::default()
+                                .with_entity_type(sb(ty))
+                                .with_entity_name(name.map(sb)),
+                        );
+                    }
+                    for _ in 0..count(r, "ops")? {
+                        r.str("key")?;
+                        r.skip("value", 8)?;
+                        r.i8("remove")?;
+                        r.tagged_fields()?;
+                    }
+                    r.tagged_fields()?;
+                    entries.push(
+                        alter_client_quotas_response::EntryData::default()
+                            .with_error_code(e)
+                            .with_entity(entity),
+                    );
+                }
+                ResponseKind::AlterClientQuotas(
+                    AlterClientQuotasResponse::default().with_entries(entries),
+                )
+            }
+        })
+    })();
+    Some(out)
+}
+
+/// Authorized-operations fields hold this when the client did not ask for them.
+const NOT_REQUESTED: i32 = i32::MIN;
+
+/// The operations Kafka reports for each resource type, with their
+/// `AclOperation` codes (the bit positions of authorized-operations fields).
+const TOPIC_OPS: &[(Operation, u32)] = &[
+    (Operation::Read, 3),
+    (Operation::Write, 4),
+    (Operation::Create, 5),
+    (Operation::Delete, 6),
+    (Operation::Alter, 7),
+    (Operation::Describe, 8),
+    (Operation::DescribeConfigs, 10),
+    (Operation::AlterConfigs, 11),
+];
+const GROUP_OPS: &[(Operation, u32)] = &[
+    (Operation::Read, 3),
+    (Operation::Delete, 6),
+    (Operation::Describe, 8),
+    (Operation::DescribeConfigs, 10),
+    (Operation::AlterConfigs, 11),
+];
+const CLUSTER_OPS: &[(Operation, u32)] = &[
+    (Operation::Create, 5),
+    (Operation::Alter, 7),
+    (Operation::Describe, 8),
+    (Operation::ClusterAction, 9),
+    (Operation::DescribeConfigs, 10),
+    (Operation::AlterConfigs, 11),
+    (Operation::IdempotentWrite, 12),
+];
+const TXN_OPS: &[(Operation, u32)] = &[(Operation::Write, 4), (Operation::Describe, 8)];
+
+/// The authorized-operations bit field of `resource` for this principal:
+/// the broker computed it for Custos, so it is recomputed from the policies.
+fn authorized_ops(d: &Decider, resource: Resource) -> i32 {
+    let ops = match resource {
+        Resource::Topic(_) => TOPIC_OPS,
+        Resource::Group(_) => GROUP_OPS,
+        Resource::TransactionalId(_) => TXN_OPS,
+        Resource::Cluster => CLUSTER_OPS,
+    };
+    ops.iter()
+        .filter(|(op, _)| d.allow(*op, resource.clone()))
+        .fold(0i32, |bits, (_, code)| bits | (1 << code))
 }
 
 /// DescribeLogDirs v0-2 has no top-level error code to carry the denial.
@@ -501,6 +705,10 @@ fn plan(
                             return true;
                         };
                         if d.topic(Describe, &name) {
+                            if topic.topic_authorized_operations != NOT_REQUESTED {
+                                topic.topic_authorized_operations =
+                                    authorized_ops(&d, Resource::Topic(name));
+                            }
                             return true;
                         }
                         if !named.contains(&name) {
@@ -525,7 +733,7 @@ fn plan(
                     GROUP_AUTHORIZATION_FAILED,
                 )));
             }
-            split_topics(d, Read, body, t, flexible, |denied| {
+            split_topics(d, &[Read], body, t, flexible, |denied| {
                 (
                     ResponseKind::OffsetCommit(offset_commit_answer(
                         &denied,
@@ -579,7 +787,7 @@ fn plan(
                     GROUP_AUTHORIZATION_FAILED,
                 )));
             }
-            split_topics(d, Read, body, t, flexible, |denied| {
+            split_topics(d, &[Read], body, t, flexible, |denied| {
                 (
                     ResponseKind::TxnOffsetCommit(answer(&denied, TOPIC_AUTHORIZATION_FAILED)),
                     Box::new(move |r| match r {
@@ -620,7 +828,7 @@ fn plan(
                     OffsetDeleteResponse::default().with_error_code(GROUP_AUTHORIZATION_FAILED),
                 ));
             }
-            split_topics(d, Read, body, t, flexible, |denied| {
+            split_topics(d, &[Read], body, t, flexible, |denied| {
                 (
                     ResponseKind::OffsetDelete(answer(&denied, TOPIC_AUTHORIZATION_FAILED)),
                     Box::new(move |r| match r {
@@ -728,9 +936,14 @@ fn plan(
                 .filter(|g| !d.group(Describe, g))
                 .map(|g| g.to_string())
                 .collect();
-            if denied.is_empty() {
-                return Plan::forward();
-            }
+            let d = d.clone();
+            let ops = move |g: &str, current: i32| {
+                if current == NOT_REQUESTED {
+                    current
+                } else {
+                    authorized_ops(&d, Resource::Group(g.to_string()))
+                }
+            };
             Plan::amend(move |r| {
                 match r {
                     ResponseKind::DescribeGroups(g) => {
@@ -739,6 +952,9 @@ fn plan(
                                 *x = describe_groups_response::DescribedGroup::default()
                                     .with_group_id(x.group_id.clone())
                                     .with_error_code(GROUP_AUTHORIZATION_FAILED);
+                            } else {
+                                x.authorized_operations =
+                                    ops(x.group_id.0.as_str(), x.authorized_operations);
                             }
                         }
                     }
@@ -748,12 +964,29 @@ fn plan(
                                 *x = consumer_group_describe_response::DescribedGroup::default()
                                     .with_group_id(x.group_id.clone())
                                     .with_error_code(GROUP_AUTHORIZATION_FAILED);
+                            } else {
+                                x.authorized_operations =
+                                    ops(x.group_id.0.as_str(), x.authorized_operations);
                             }
                         }
                     }
                     _ => return Err(wrong(api)),
                 }
                 Ok(())
+            })
+        }
+        // As public as Metadata's broker list: Kafka checks the cluster grant
+        // only to fill in the authorized operations.
+        ApiKey::DescribeCluster => {
+            let d = d.clone();
+            Plan::amend(move |r| match r {
+                ResponseKind::DescribeCluster(c) => {
+                    if c.cluster_authorized_operations != NOT_REQUESTED {
+                        c.cluster_authorized_operations = authorized_ops(&d, Resource::Cluster);
+                    }
+                    Ok(())
+                }
+                _ => Err(wrong(api)),
             })
         }
         ApiKey::ListGroups => {
@@ -824,7 +1057,7 @@ fn plan(
                     })
                     .collect::<Vec<_>>()
             };
-            split_topics(d, Delete, body, t, flexible, |denied| {
+            split_topics(d, &[Describe, Delete], body, t, flexible, |denied| {
                 (
                     ResponseKind::DeleteTopics(
                         DeleteTopicsResponse::default().with_responses(answer(&denied)),
@@ -859,7 +1092,7 @@ fn plan(
                     })
                     .collect::<Vec<_>>()
             };
-            split_topics(d, Delete, body, t, flexible, |denied| {
+            split_topics(d, &[Delete], body, t, flexible, |denied| {
                 (
                     ResponseKind::DeleteRecords(
                         DeleteRecordsResponse::default().with_topics(answer(&denied)),
@@ -885,7 +1118,7 @@ fn plan(
                     })
                     .collect::<Vec<_>>()
             };
-            split_topics(d, Alter, body, t, flexible, |denied| {
+            split_topics(d, &[Alter], body, t, flexible, |denied| {
                 (
                     ResponseKind::CreatePartitions(
                         CreatePartitionsResponse::default().with_results(answer(&denied)),
@@ -1185,18 +1418,22 @@ fn mask_topics(
     }
 }
 
-/// Writes: cut the denied topics out, answer them locally, merge.
+/// Writes: cut the topics denied any of `ops` out, answer them locally, merge.
 /// `answers` gives, for the denied topics, the whole local answer (when all
 /// are denied) and the amend that merges their entries into the broker's.
 fn split_topics(
     d: &Decider,
-    op: Operation,
+    ops: &[Operation],
     body: &[u8],
     t: &Touches<'_>,
     flexible: bool,
     answers: impl FnOnce(Vec<(String, Vec<i32>)>) -> (ResponseKind, Amend),
 ) -> Plan {
-    let allowed: Vec<bool> = t.topics.iter().map(|x| d.topic(op, x.name)).collect();
+    let allowed: Vec<bool> = t
+        .topics
+        .iter()
+        .map(|x| ops.iter().all(|op| d.topic(*op, x.name)))
+        .collect();
     if allowed.iter().all(|a| *a) {
         return Plan::forward();
     }
@@ -1272,7 +1509,7 @@ fn produce(d: &Decider, version: i16, body: &[u8], t: &Touches<'_>, flexible: bo
         // has no other way to learn of it.
         return Plan::Close("acks=0 produce to a topic the principal may not write".into());
     }
-    split_topics(d, Write, body, t, flexible, |denied| {
+    split_topics(d, &[Write], body, t, flexible, |denied| {
         (
             ResponseKind::Produce(
                 ProduceResponse::default()
@@ -1318,9 +1555,8 @@ fn metadata(d: &Decider, body: &[u8], t: &Touches<'_>) -> Plan {
     }
     let all = t.all_topics;
     let by_id = t.topics_by_id;
-    if named_denied.is_empty() && no_create.is_empty() && !all && !by_id {
-        return Plan::forward();
-    }
+    // Always amended: even a fully allowed answer may carry authorized
+    // operations, which the broker computed for Custos, not for the client.
     let d = d.clone();
     let amend: Amend = Box::new(move |r| match r {
         ResponseKind::Metadata(m) => {
@@ -1345,9 +1581,16 @@ fn metadata(d: &Decider, body: &[u8], t: &Touches<'_>) -> Plan {
                     *topic = metadata_response::MetadataResponseTopic::default()
                         .with_topic_id(topic.topic_id)
                         .with_error_code(TOPIC_AUTHORIZATION_FAILED);
+                    return true;
+                }
+                if topic.topic_authorized_operations != NOT_REQUESTED {
+                    topic.topic_authorized_operations = authorized_ops(&d, Resource::Topic(name));
                 }
                 true
             });
+            if m.cluster_authorized_operations != NOT_REQUESTED {
+                m.cluster_authorized_operations = authorized_ops(&d, Resource::Cluster);
+            }
             Ok(())
         }
         _ => Err(wrong(ApiKey::Metadata)),
@@ -1390,7 +1633,11 @@ fn offset_fetch(d: &Decider, version: i16, t: &Touches<'_>) -> Plan {
         } else {
             Vec::new()
         };
-        let error_code = if version < 2 { 0 } else { GROUP_AUTHORIZATION_FAILED };
+        let error_code = if version < 2 {
+            0
+        } else {
+            GROUP_AUTHORIZATION_FAILED
+        };
         return respond(ResponseKind::OffsetFetch(
             OffsetFetchResponse::default()
                 .with_error_code(error_code)
