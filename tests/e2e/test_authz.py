@@ -177,6 +177,14 @@ def test_metadata_lists_only_describable_topics(gw):
     assert ok in seen_alice and secret not in seen_alice
     assert {ok, secret} <= seen_admin
     assert all(t.startswith("orders") for t in seen_alice), seen_alice
+    # Authorized operations are the principal's, not Custos's (the broker
+    # computes them for Custos, which may do everything).
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+    alice = rd_admin(gw.bootstrap, sec("alice"))
+    desc = alice.describe_topics(TopicCollection([ok]), request_timeout=15,
+                                 include_authorized_operations=True)[ok].result(20)
+    assert set(desc.authorized_operations) == {AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE}
     # Naming a forbidden topic gives Kafka's error, not its metadata.
     md = rd_admin(gw.bootstrap, sec("alice")).list_topics(topic=secret, timeout=15)
     err = md.topics[secret].error
