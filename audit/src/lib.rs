@@ -1,16 +1,51 @@
-//! Audit events.
+//! Audit events and the tamper-evident audit log.
 //!
-//! Every request Custos forwards, and later every authorization decision, key
-//! event and DSR action, becomes an [`AuditEvent`] handed to an [`AuditSink`].
-//! The proxy depends only on this interface, so the hash-chained, signed store
-//! of the audit issue can replace the sinks here without touching the proxy.
-//! Events never hold payload bytes or secrets: only who, what, where, and counts.
+//! Every request Custos forwards, every authorization decision, key event and
+//! DSR action becomes an audit record. The proxy hands events to an
+//! [`AuditSink`]; the durable sink is an [`AuditLog`]: records in a canonical
+//! binary form ([`codec`], `audit/FORMAT.md`), each hash-chained to the one
+//! before, with Ed25519-signed checkpoints over the chain head and an RFC 6962
+//! Merkle root, stored in sled with group commit. Anyone with the public key
+//! can verify a store or an export offline ([`verify_store`],
+//! [`verify_export`]) and check that one record is in the signed log
+//! ([`verify_proof`]). Records never hold payload bytes, secrets or raw
+//! personal data: only who, what, where, counts, and keyed-hash tokens.
+
+pub mod checkpoint;
+pub mod codec;
+mod error;
+mod export;
+pub mod hex;
+pub mod merkle;
+mod query;
+mod reader;
+pub mod record;
+mod sink;
+pub mod store;
+mod verify;
+
+pub use checkpoint::{Checkpoint, KeyId, PublicKey, SignedCheckpoint, SignerKey};
+pub use error::{AppendError, AuditError, TryAppendError};
+pub use export::{export, verify_export, ExportRange, ExportSummary};
+pub use query::{Cursor, ScanFilter, ScanPage, SCAN_BUDGET};
+pub use reader::{AuditReader, StoredRecord};
+pub use record::{
+    AuditRecord, Client, Decision, ErrorInfo, EventKind, KafkaRequest, PartitionEntry, Principal,
+    Resource, ResourceType, SubjectToken,
+};
+pub use sink::LogSink;
+pub use store::{AuditHandle, AuditLog, AuditOptions, AuditWriter, Health, Receipt, Ticket};
+pub use verify::{
+    prove, verify_proof, verify_store, CheckpointJson, InclusionProof, Problem, ProofError, Reason,
+    Report, VerifyOptions,
+};
 
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// Whose fault an error was, so that operators know where to look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Blame {
     /// The client sent something wrong.
     Client,

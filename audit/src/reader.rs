@@ -1,0 +1,259 @@
+//! Read access to a store: single records, checkpoints, and the entry point
+//! for query, verification, proofs and export.
+//!
+//! sled allows one process to open a store directory at a time, so a running
+//! proxy reads through [`crate::AuditHandle::reader`] and offline tools through
+//! [`AuditReader::open`] on a store no proxy is using. Readers see what the
+//! writer has applied, which may include a batch whose flush is still running.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::checkpoint::{SignedCheckpoint, SIGNED_CHECKPOINT_LEN};
+use crate::codec;
+use crate::error::AuditError;
+use crate::merkle::{Frontier, Hash};
+use crate::record::AuditRecord;
+use crate::store::{layout, split_value};
+
+/// Opens the sled database, waiting briefly for a lock this process held.
+///
+/// sled frees its file lock through epoch-based reclamation, which can lag
+/// the drop of the last handle; reopening right after a close (tests, a CLI
+/// verifying what it just wrote) would otherwise fail. Another process that
+/// holds the store still makes this fail, after the wait.
+fn open_db(dir: &Path) -> Result<sled::Db, AuditError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// A stored checkpoint by the seq it is stored under, or why it does not parse.
+pub(crate) type RawCheckpoint = (u64, Result<SignedCheckpoint, String>);
+
+/// A record as stored: its sequence number, chain hash and content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Sequence number.
+    pub seq: u64,
+    /// Chain hash.
+    pub hash: Hash,
+    /// The record.
+    pub record: AuditRecord,
+}
+
+/// A read view of an audit store.
+#[derive(Clone)]
+pub struct AuditReader {
+    // Kept so the store stays open as long as a reader exists.
+    _db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl fmt::Debug for AuditReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditReader")
+    }
+}
+
+impl AuditReader {
+    /// Opens an existing store (no proxy may have it open).
+    pub fn open(dir: &Path) -> Result<Self, AuditError> {
+        if !dir.join("conf").is_file() {
+            return Err(AuditError::NoStore(dir.to_path_buf()));
+        }
+        let db = open_db(dir)?;
+        if !db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == layout::TREE.as_bytes())
+        {
+            return Err(AuditError::NoStore(dir.to_path_buf()));
+        }
+        Self::from_db(db)
+    }
+
+    /// Opens or creates a store (the writer's way in).
+    pub(crate) fn create(dir: &Path) -> Result<Self, AuditError> {
+        std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
+        let db = open_db(dir)?;
+        let reader = Self::from_db(db)?;
+        if reader.tree.get(layout::FORMAT_KEY)?.is_none() {
+            reader.tree.insert(layout::FORMAT_KEY, &[layout::FORMAT])?;
+            reader.tree.flush()?;
+        }
+        Ok(reader)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, AuditError> {
+        let tree = db.open_tree(layout::TREE)?;
+        if let Some(v) = tree.get(layout::FORMAT_KEY)? {
+            if v.as_ref() != [layout::FORMAT] {
+                return Err(AuditError::Store(format!(
+                    "store layout version {:?} is not {}",
+                    v.as_ref(),
+                    layout::FORMAT
+                )));
+            }
+        }
+        Ok(Self { _db: db, tree })
+    }
+
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Chain hash and stored value of record `seq` (canonical bytes from offset 32).
+    pub(crate) fn raw(&self, seq: u64) -> Result<Option<(Hash, sled::IVec)>, AuditError> {
+        let Some(v) = self.tree.get(layout::record_key(seq))? else {
+            return Ok(None);
+        };
+        let (hash, _) = split_value(&v).ok_or_else(|| AuditError::CorruptTail {
+            seq,
+            reason: "record value too short".into(),
+        })?;
+        Ok(Some((hash, v)))
+    }
+
+    /// Record `seq`, decoded.
+    pub fn record(&self, seq: u64) -> Result<Option<StoredRecord>, AuditError> {
+        let Some((hash, v)) = self.raw(seq)? else {
+            return Ok(None);
+        };
+        let record =
+            codec::decode(&v[32..]).map_err(|source| AuditError::Decode { seq, source })?;
+        Ok(Some(StoredRecord { seq, hash, record }))
+    }
+
+    /// One past the highest stored sequence number (0 for an empty store).
+    pub fn next_seq(&self) -> Result<u64, AuditError> {
+        Ok(self
+            .tree
+            .range(layout::record_key(0)..=layout::record_key(u64::MAX))
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| layout::seq_of(&k))
+            .map_or(0, |s| s + 1))
+    }
+
+    pub(crate) fn record_count_hint(&self) -> Result<u64, AuditError> {
+        self.next_seq()
+    }
+
+    /// Every stored checkpoint, by sequence number; entries that do not parse
+    /// are given as an error string (verification reports them).
+    pub(crate) fn raw_checkpoints(&self) -> Result<Vec<RawCheckpoint>, AuditError> {
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range(layout::checkpoint_key(0)..=layout::checkpoint_key(u64::MAX))
+        {
+            let (k, v) = item?;
+            let seq = layout::seq_of(&k).unwrap_or(u64::MAX);
+            let parsed = v
+                .get(..SIGNED_CHECKPOINT_LEN)
+                .and_then(SignedCheckpoint::from_bytes)
+                .ok_or_else(|| format!("checkpoint stored at seq {seq} does not parse"))
+                .and_then(|cp| {
+                    if cp.checkpoint.seq == seq {
+                        Ok(cp)
+                    } else {
+                        Err(format!(
+                            "checkpoint stored at seq {seq} commits to seq {}",
+                            cp.checkpoint.seq
+                        ))
+                    }
+                });
+            out.push((seq, parsed));
+        }
+        Ok(out)
+    }
+
+    /// Every checkpoint that parses, oldest first (signatures not checked).
+    pub fn checkpoints(&self) -> Result<Vec<SignedCheckpoint>, AuditError> {
+        Ok(self
+            .raw_checkpoints()?
+            .into_iter()
+            .filter_map(|(_, c)| c.ok())
+            .collect())
+    }
+
+    /// The newest checkpoint (signature not checked).
+    pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        Ok(self.last_checkpoint_with_frontier()?.map(|(c, _)| c))
+    }
+
+    pub(crate) fn last_checkpoint_with_frontier(
+        &self,
+    ) -> Result<Option<(SignedCheckpoint, Option<Frontier>)>, AuditError> {
+        let last = self
+            .tree
+            .range(layout::checkpoint_key(0)..=layout::checkpoint_key(u64::MAX))
+            .next_back()
+            .transpose()?;
+        let Some((k, v)) = last else {
+            return Ok(None);
+        };
+        let seq = layout::seq_of(&k).unwrap_or(u64::MAX);
+        let cp = v
+            .get(..SIGNED_CHECKPOINT_LEN)
+            .and_then(SignedCheckpoint::from_bytes)
+            .filter(|c| c.checkpoint.seq == seq)
+            .ok_or_else(|| AuditError::CorruptTail {
+                seq,
+                reason: "last checkpoint does not parse".into(),
+            })?;
+        let frontier = v
+            .get(SIGNED_CHECKPOINT_LEN..)
+            .and_then(Frontier::from_bytes);
+        Ok(Some((cp, frontier)))
+    }
+
+    pub(crate) fn checkpoint_with_frontier(
+        &self,
+        seq: u64,
+    ) -> Result<Option<(SignedCheckpoint, Option<Frontier>)>, AuditError> {
+        let Some(v) = self.tree.get(layout::checkpoint_key(seq))? else {
+            return Ok(None);
+        };
+        let cp = v
+            .get(..SIGNED_CHECKPOINT_LEN)
+            .and_then(SignedCheckpoint::from_bytes)
+            .filter(|c| c.checkpoint.seq == seq);
+        let frontier = v
+            .get(SIGNED_CHECKPOINT_LEN..)
+            .and_then(Frontier::from_bytes);
+        Ok(cp.map(|c| (c, frontier)))
+    }
+
+    /// Iterates stored records from `from` on as (seq, value) pairs.
+    pub(crate) fn raw_range(
+        &self,
+        from: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, sled::IVec), AuditError>> {
+        self.raw_span(from, u64::MAX)
+    }
+
+    /// Iterates stored records with seq in `from..=to` as (seq, value) pairs.
+    pub(crate) fn raw_span(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<(u64, sled::IVec), AuditError>> {
+        self.tree
+            .range(layout::record_key(from)..=layout::record_key(to))
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((layout::seq_of(&k).unwrap_or(u64::MAX), v))
+            })
+    }
+}
