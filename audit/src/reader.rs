@@ -18,10 +18,12 @@ use crate::store::{layout, split_value};
 
 /// Opens the sled database, waiting briefly for a lock this process held.
 ///
-/// sled frees its file lock through epoch-based reclamation, which can lag
-/// the drop of the last handle; reopening right after a close (tests, a CLI
-/// verifying what it just wrote) would otherwise fail. Another process that
-/// holds the store still makes this fail, after the wait.
+/// sled frees its file lock through crossbeam-epoch deferred destruction, so
+/// the lock outlives the last handle until the epoch garbage is collected —
+/// and that garbage may sit in this very thread's local bag. Reopening right
+/// after a close (tests, a CLI verifying what it just wrote) would fail, so
+/// we flush the epoch garbage and retry for a few seconds. Another process
+/// that holds the store still makes this fail, after the wait.
 fn open_db(dir: &Path) -> Result<sled::Db, AuditError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
@@ -30,7 +32,8 @@ fn open_db(dir: &Path) -> Result<sled::Db, AuditError> {
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     && std::time::Instant::now() < deadline =>
             {
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                sled::pin().flush();
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
             other => return Ok(other?),
         }

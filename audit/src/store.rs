@@ -666,6 +666,8 @@ impl<B: Backend> Writer<B> {
             Cmd::Close(reply) => {
                 let r = self.commit(true);
                 self.closed = true;
+                // Before replying, so that the closer sees the log closed.
+                self.shared.healthy.store(false, Ordering::Release);
                 drop(reply.send(r.map(|()| self.latest())));
             }
         }

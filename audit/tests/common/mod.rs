@@ -105,7 +105,8 @@ pub fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
             Ok(db) => break db,
             Err(e) if std::time::Instant::now() < deadline => {
                 let _ = e;
-                std::thread::sleep(Duration::from_millis(10));
+                sled::pin().flush();
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => panic!("sled open: {e}"),
         }
