@@ -55,6 +55,9 @@ pub struct Touches<'a> {
     pub group_spans: Vec<Range<usize>>,
     /// Byte range of the group array (count prefix included).
     pub groups_span: Option<Range<usize>>,
+    /// OffsetFetch: for each group (same order as `groups`), whether it asked
+    /// for all topics, and the range of `topics` it named.
+    pub group_topics: Vec<(bool, Range<usize>)>,
     /// Config resources (DescribeConfigs, AlterConfigs, IncrementalAlterConfigs).
     pub configs: Vec<ConfigRef<'a>>,
     /// Byte range of the config resource array (count prefix included).
@@ -107,6 +110,8 @@ pub fn name_based_max_version(api: ApiKey) -> Option<i16> {
     match api {
         ApiKey::Produce | ApiKey::Fetch => Some(12),
         ApiKey::DeleteTopics => Some(5),
+        // v10 names topics by id (KIP-848).
+        ApiKey::OffsetCommit | ApiKey::OffsetFetch => Some(9),
         // v4+ is the brokers' own batched verification, not a client api.
         ApiKey::AddPartitionsToTxn => Some(3),
         _ => None,
@@ -227,16 +232,18 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
             }
         }
         ApiKey::DeleteTopics if version <= 5 => {
+            let start = r.position();
             let n = r.array_len("topic names").map_err(wire)?.unwrap_or(0);
             for _ in 0..n {
-                let start = r.position();
+                let entry = r.position();
                 let name = r.str("topic name").map_err(wire)?;
                 t.topics.push(TopicRef {
                     name,
                     partitions: vec![],
-                    span: start..r.position(),
+                    span: entry..r.position(),
                 });
             }
+            t.topics_span = Some(start..r.position());
         }
         ApiKey::CreateTopics => create_topics(&mut r, &mut t).map_err(wire)?,
         // Listings name no resource; their answers are filtered.
@@ -391,8 +398,12 @@ fn offset_fetch<'a>(
     t: &mut Touches<'a>,
 ) -> Result<(), WireError> {
     let topics = |r: &mut Reader<'a>, t: &mut Touches<'a>| -> Result<(), WireError> {
-        match r.array_len("topics")? {
-            None => t.all_topics = true,
+        let first = t.topics.len();
+        let all = match r.array_len("topics")? {
+            None => {
+                t.all_topics = true;
+                true
+            }
             Some(n) => {
                 for _ in 0..n {
                     let entry = r.position();
@@ -409,8 +420,10 @@ fn offset_fetch<'a>(
                         span: entry..r.position(),
                     });
                 }
+                false
             }
-        }
+        };
+        t.group_topics.push((all, first..t.topics.len()));
         Ok(())
     };
     if version <= 7 {

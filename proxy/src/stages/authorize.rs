@@ -603,9 +603,11 @@ fn authorized_ops(d: &Decider, resource: Resource) -> i32 {
         .fold(0i32, |bits, (_, code)| bits | (1 << code))
 }
 
-/// DescribeLogDirs v0-2 has no top-level error code to carry the denial.
+/// DescribeLogDirs v0-2 and ElectLeaders v0 have no top-level error code to
+/// carry the denial; those connections are closed.
 fn version_fits(r: &ResponseKind, version: i16) -> bool {
     !matches!(r, ResponseKind::DescribeLogDirs(_) if version < 3)
+        && !matches!(r, ResponseKind::ElectLeaders(_) if version < 1)
 }
 
 #[allow(clippy::too_many_lines)]
@@ -694,7 +696,7 @@ fn plan(
                 _ => Err(wrong(api)),
             })
         }),
-        ApiKey::Metadata => metadata(d, body, t),
+        ApiKey::Metadata => metadata(d, version, body, t),
         ApiKey::DescribeTopicPartitions => {
             let named: HashSet<String> = t.topics.iter().map(|x| x.name.to_string()).collect();
             let d = d.clone();
@@ -1527,7 +1529,7 @@ fn produce(d: &Decider, version: i16, body: &[u8], t: &Touches<'_>, flexible: bo
     })
 }
 
-fn metadata(d: &Decider, body: &[u8], t: &Touches<'_>) -> Plan {
+fn metadata(d: &Decider, version: i16, body: &[u8], t: &Touches<'_>) -> Plan {
     use Operation::*;
     // Named topics the principal may not describe: an error entry each.
     let named_denied: HashSet<String> = t
@@ -1540,17 +1542,48 @@ fn metadata(d: &Decider, body: &[u8], t: &Touches<'_>) -> Plan {
     // without it the broker must not create anything on Custos's authority.
     let mut no_create: HashSet<String> = HashSet::new();
     let mut new_body = None;
-    if t.allow_auto_topic_creation && !t.topics.is_empty() && !d.cluster(Create) {
-        no_create = t
-            .topics
-            .iter()
-            .filter(|x| !named_denied.contains(x.name) && !d.topic(Create, x.name))
-            .map(|x| x.name.to_string())
-            .collect();
-        if let (false, Some(at)) = (no_create.is_empty(), t.auto_create_at) {
-            let mut b = body.to_vec();
-            b[at] = 0;
-            new_body = Some(b);
+    if t.allow_auto_topic_creation && !t.topics.is_empty() {
+        if !d.cluster(Create) {
+            no_create = t
+                .topics
+                .iter()
+                .filter(|x| !named_denied.contains(x.name) && !d.topic(Create, x.name))
+                .map(|x| x.name.to_string())
+                .collect();
+        }
+        // Nor may it create a topic the principal may not even describe:
+        // those are cut out of the request (their answer is Custos's), unless
+        // every named topic is one of them, when clearing the flag suffices.
+        let cut_denied = !named_denied.is_empty() && named_denied.len() < t.topics.len();
+        if !no_create.is_empty() || (!named_denied.is_empty() && !cut_denied) {
+            match t.auto_create_at {
+                Some(at) => {
+                    let mut b = body.to_vec();
+                    b[at] = 0;
+                    new_body = Some(b);
+                }
+                // Versions 0-3 always auto-create: there is no flag to clear.
+                None => {
+                    return Plan::Close(
+                        "Metadata v0-3 would auto-create a topic the principal may not create"
+                            .into(),
+                    )
+                }
+            }
+        }
+        if cut_denied {
+            let Some(array) = &t.topics_span else {
+                return Plan::Close("Metadata without a topic array".into());
+            };
+            let keep: Vec<_> = t
+                .topics
+                .iter()
+                .filter(|x| !named_denied.contains(x.name))
+                .map(|x| x.span.clone())
+                .collect();
+            let flexible = ApiKey::Metadata.request_header_version(version) >= 2;
+            let base = new_body.as_deref().unwrap_or(body);
+            new_body = Some(cut(base, array, &keep, flexible));
         }
     }
     let all = t.all_topics;
@@ -1579,6 +1612,7 @@ fn metadata(d: &Decider, body: &[u8], t: &Touches<'_>) -> Plan {
                         return false;
                     }
                     *topic = metadata_response::MetadataResponseTopic::default()
+                        .with_name(None)
                         .with_topic_id(topic.topic_id)
                         .with_error_code(TOPIC_AUTHORIZATION_FAILED);
                     return true;
@@ -1588,6 +1622,22 @@ fn metadata(d: &Decider, body: &[u8], t: &Touches<'_>) -> Plan {
                 }
                 true
             });
+            // Topics cut out of the request are answered here.
+            let present: HashSet<String> = m
+                .topics
+                .iter()
+                .filter_map(|x| x.name.as_ref().map(|n| n.0.to_string()))
+                .collect();
+            let mut missing: Vec<&String> = named_denied
+                .iter()
+                .filter(|n| !present.contains(*n))
+                .collect();
+            missing.sort();
+            m.topics.extend(missing.into_iter().map(|n| {
+                metadata_response::MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(sb(n))))
+                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+            }));
             if m.cluster_authorized_operations != NOT_REQUESTED {
                 m.cluster_authorized_operations = authorized_ops(&d, Resource::Cluster);
             }
@@ -1644,13 +1694,30 @@ fn offset_fetch(d: &Decider, version: i16, t: &Touches<'_>) -> Plan {
                 .with_topics(topics),
         ));
     }
-    let named: HashSet<String> = t.topics.iter().map(|x| x.name.to_string()).collect();
+    // Per group (v8+ batches them; v1-7 is one group, `o.topics`): the
+    // topics it named, or `None` when it asked for all of them.
+    let mut named: std::collections::HashMap<String, Option<HashSet<String>>> =
+        std::collections::HashMap::new();
+    for (g, (all, range)) in t.groups.iter().zip(&t.group_topics) {
+        let entry = named
+            .entry(g.to_string())
+            .or_insert_with(|| Some(HashSet::new()));
+        if *all {
+            *entry = None;
+        } else if let Some(set) = entry {
+            set.extend(t.topics[range.clone()].iter().map(|x| x.name.to_string()));
+        }
+    }
+    let single = t.groups.first().map(|g| g.to_string()).unwrap_or_default();
     let d = d.clone();
-    let decide = move |name: &str| -> Option<bool> {
+    let decide = move |group: &str, name: &str| -> Option<bool> {
         // Some(true): keep; Some(false): error entry; None: leave out.
         if d.topic(Describe, name) {
             Some(true)
-        } else if named.contains(name) {
+        } else if named
+            .get(group)
+            .is_some_and(|n| n.as_ref().is_some_and(|set| set.contains(name)))
+        {
             Some(false)
         } else {
             None
@@ -1659,7 +1726,7 @@ fn offset_fetch(d: &Decider, version: i16, t: &Touches<'_>) -> Plan {
     Plan::amend(move |r| match r {
         ResponseKind::OffsetFetch(o) => {
             o.topics
-                .retain_mut(|topic| match decide(topic.name.0.as_str()) {
+                .retain_mut(|topic| match decide(&single, topic.name.0.as_str()) {
                     Some(true) => true,
                     None => false,
                     Some(false) => {
@@ -1679,8 +1746,9 @@ fn offset_fetch(d: &Decider, version: i16, t: &Touches<'_>) -> Plan {
                         .with_error_code(GROUP_AUTHORIZATION_FAILED);
                     continue;
                 }
+                let group = g.group_id.0.to_string();
                 g.topics
-                    .retain_mut(|topic| match decide(topic.name.0.as_str()) {
+                    .retain_mut(|topic| match decide(&group, topic.name.0.as_str()) {
                         Some(true) => true,
                         None => false,
                         Some(false) => {
@@ -2001,3 +2069,7 @@ mod tests {
         assert_eq!(out, vec![9, 2, 2, 7]);
     }
 }
+
+#[cfg(test)]
+#[path = "authorize_answers_test.rs"]
+mod answers_test;
