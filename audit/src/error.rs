@@ -46,6 +46,14 @@ pub enum AuditError {
         /// What is wrong.
         reason: String,
     },
+    /// Stored bytes at this seq do not parse (run verification for the full picture).
+    #[error("audit record {seq} is damaged: {reason}")]
+    Damaged {
+        /// Sequence number of the damaged entry.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A record could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),

@@ -272,14 +272,9 @@ impl AuditReader {
             BufWriter::new(File::create(&rec_path).map_err(|e| AuditError::io(&rec_path, e))?);
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut count = 0u64;
-        for item in self.raw_range(from) {
-            let (seq, value) = item?;
-            if seq > to_seq {
-                break;
-            }
-            let Some((hash, bytes)) = crate::store::split_value(&value) else {
-                return Err(bad(format!("record {seq} is damaged; verify the store")));
-            };
+        for item in self.raw_span(from, to_seq) {
+            let r = item?;
+            let (seq, hash, bytes) = (r.seq, r.hash, r.bytes());
             let record: AuditRecord =
                 codec::decode(bytes).map_err(|source| AuditError::Decode { seq, source })?;
             let line = RecordLine {

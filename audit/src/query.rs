@@ -15,7 +15,6 @@ use crate::codec;
 use crate::error::AuditError;
 use crate::reader::{AuditReader, StoredRecord};
 use crate::record::{AuditRecord, EventKind, ResourceType};
-use crate::store::split_value;
 
 /// Most records one scan call examines.
 pub const SCAN_BUDGET: usize = 100_000;
@@ -136,13 +135,10 @@ impl AuditReader {
             Box::new(self.raw_range(cursor.map_or(0, |c| c.0)))
         };
         for item in iter {
-            let (seq, value) = item?;
-            let (hash, bytes) = split_value(&value).ok_or_else(|| AuditError::CorruptTail {
-                seq,
-                reason: "record value too short".into(),
-            })?;
+            let r = item?;
+            let (seq, hash) = (r.seq, r.hash);
             let record =
-                codec::decode(bytes).map_err(|source| AuditError::Decode { seq, source })?;
+                codec::decode(r.bytes()).map_err(|source| AuditError::Decode { seq, source })?;
             examined += 1;
             if filter.matches(&record) {
                 records.push(StoredRecord { seq, hash, record });

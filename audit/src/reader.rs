@@ -14,7 +14,7 @@ use crate::codec;
 use crate::error::AuditError;
 use crate::merkle::{Frontier, Hash};
 use crate::record::AuditRecord;
-use crate::store::{layout, split_value};
+use crate::store::layout;
 
 /// Opens the sled database, waiting briefly for a lock this process held.
 ///
@@ -115,41 +115,39 @@ impl AuditReader {
         &self.tree
     }
 
-    /// Chain hash and stored value of record `seq` (canonical bytes from offset 32).
-    pub(crate) fn raw(&self, seq: u64) -> Result<Option<(Hash, sled::IVec)>, AuditError> {
-        let Some(v) = self.tree.get(layout::record_key(seq))? else {
-            return Ok(None);
-        };
-        let (hash, _) = split_value(&v).ok_or_else(|| AuditError::CorruptTail {
-            seq,
-            reason: "record value too short".into(),
-        })?;
-        Ok(Some((hash, v)))
+    /// Record `seq` as stored (chain hash and canonical bytes).
+    pub(crate) fn raw(&self, seq: u64) -> Result<Option<RawRecord>, AuditError> {
+        self.raw_span(seq, seq).next().transpose()
     }
 
     /// Record `seq`, decoded.
     pub fn record(&self, seq: u64) -> Result<Option<StoredRecord>, AuditError> {
-        let Some((hash, v)) = self.raw(seq)? else {
+        let Some(r) = self.raw(seq)? else {
             return Ok(None);
         };
         let record =
-            codec::decode(&v[32..]).map_err(|source| AuditError::Decode { seq, source })?;
-        Ok(Some(StoredRecord { seq, hash, record }))
+            codec::decode(r.bytes()).map_err(|source| AuditError::Decode { seq, source })?;
+        Ok(Some(StoredRecord {
+            seq,
+            hash: r.hash,
+            record,
+        }))
     }
 
     /// One past the highest stored sequence number (0 for an empty store).
     pub fn next_seq(&self) -> Result<u64, AuditError> {
-        Ok(self
+        let last = self
             .tree
             .range(layout::record_key(0)..=layout::record_key(u64::MAX))
             .next_back()
-            .transpose()?
-            .and_then(|(k, _)| layout::seq_of(&k))
-            .map_or(0, |s| s + 1))
-    }
-
-    pub(crate) fn record_count_hint(&self) -> Result<u64, AuditError> {
-        self.next_seq()
+            .transpose()?;
+        Ok(match last {
+            None => 0,
+            Some((k, v)) => {
+                let first = layout::seq_of(&k).unwrap_or(u64::MAX);
+                first.saturating_add(layout::entries(&v).len() as u64)
+            }
+        })
     }
 
     /// Every stored checkpoint, by sequence number; entries that do not parse
@@ -238,25 +236,79 @@ impl AuditReader {
         Ok(cp.map(|c| (c, frontier)))
     }
 
-    /// Iterates stored records from `from` on as (seq, value) pairs.
+    /// Iterates stored records from `from` on.
     pub(crate) fn raw_range(
         &self,
         from: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, sled::IVec), AuditError>> {
+    ) -> impl DoubleEndedIterator<Item = Result<RawRecord, AuditError>> {
         self.raw_span(from, u64::MAX)
     }
 
-    /// Iterates stored records with seq in `from..=to` as (seq, value) pairs.
+    /// Iterates stored records with seq in `from..=to` (either direction).
+    /// An entry that does not parse comes as [`AuditError::Damaged`].
     pub(crate) fn raw_span(
         &self,
         from: u64,
         to: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<(u64, sled::IVec), AuditError>> {
+    ) -> impl DoubleEndedIterator<Item = Result<RawRecord, AuditError>> {
+        // The chunk holding `from` may start before it.
+        let first = self
+            .tree
+            .range(layout::record_key(0)..=layout::record_key(from))
+            .next_back()
+            .and_then(|r| r.ok())
+            .and_then(|(k, _)| layout::seq_of(&k))
+            .unwrap_or(from);
         self.tree
-            .range(layout::record_key(from)..=layout::record_key(to))
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((layout::seq_of(&k).unwrap_or(u64::MAX), v))
+            .range(layout::record_key(first)..=layout::record_key(to))
+            .flat_map(|item| -> Vec<Result<RawRecord, AuditError>> {
+                match item {
+                    Err(e) => vec![Err(e.into())],
+                    Ok((k, v)) => {
+                        let base = layout::seq_of(&k).unwrap_or(u64::MAX);
+                        layout::entries(&v)
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, e)| {
+                                let seq = base.saturating_add(i as u64);
+                                match e {
+                                    Ok((hash, range)) => Ok(RawRecord {
+                                        seq,
+                                        hash,
+                                        chunk: v.clone(),
+                                        range,
+                                    }),
+                                    Err(_) => Err(AuditError::Damaged {
+                                        seq,
+                                        reason: "chunk entry does not parse".into(),
+                                    }),
+                                }
+                            })
+                            .collect()
+                    }
+                }
             })
+            .filter(move |r| match r {
+                Ok(r) => (from..=to).contains(&r.seq),
+                Err(_) => true,
+            })
+    }
+}
+
+/// One stored record, still in its chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct RawRecord {
+    /// Sequence number by position (chunk key + index).
+    pub(crate) seq: u64,
+    /// Stored chain hash.
+    pub(crate) hash: Hash,
+    chunk: sled::IVec,
+    range: std::ops::Range<usize>,
+}
+
+impl RawRecord {
+    /// The canonical record bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.chunk[self.range.clone()]
     }
 }

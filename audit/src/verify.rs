@@ -50,7 +50,6 @@ use crate::hex;
 use crate::merkle::{self, chain_hash, leaf_hash, Frontier, Hash, GENESIS};
 use crate::reader::{AuditReader, RawCheckpoint};
 use crate::record::AuditRecord;
-use crate::store::split_value;
 
 /// What the verifier should additionally hold the store to.
 #[derive(Debug, Clone, Default)]
@@ -272,13 +271,14 @@ impl<'k> Engine<'k> {
     pub(crate) fn push(&mut self, seq: u64, stored: &Hash, bytes: &[u8]) -> bool {
         if seq != self.next {
             let next = self.next;
-            return self.fail(
-                next,
-                next,
+            let reason = if seq > next {
                 Reason::Missing {
                     next_present: Some(seq),
-                },
-            );
+                }
+            } else {
+                Reason::Unreadable(format!("stored chunks overlap (seq {seq} again)"))
+            };
+            return self.fail(next, next, reason);
         }
         match codec::peek_seq(bytes) {
             Some((FORMAT_VERSION, s)) if s == seq => {}
@@ -380,12 +380,15 @@ impl AuditReader {
         }
         let mut engine = Engine::new(key, 0, GENESIS, Frontier::new(), checkpoints);
         for item in self.raw_range(0) {
-            let (seq, value) = item?;
-            let Some((stored, bytes)) = split_value(&value) else {
-                engine.fail_at(seq, Reason::Unreadable("stored value too short".into()));
-                break;
+            let r = match item {
+                Ok(r) => r,
+                Err(AuditError::Damaged { seq, reason }) => {
+                    engine.fail_at(seq, Reason::Unreadable(reason));
+                    break;
+                }
+                Err(e) => return Err(e),
             };
-            if !engine.push(seq, &stored, bytes) {
+            if !engine.push(r.seq, &r.hash, r.bytes()) {
                 break;
             }
         }
@@ -404,12 +407,9 @@ impl AuditReader {
         }
         let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         let mut record = None;
-        for item in self.raw_range(0) {
-            let (s, value) = item?;
-            if s >= size {
-                break;
-            }
-            let bytes = value.get(32..).unwrap_or_default();
+        for item in self.raw_span(0, size - 1) {
+            let r = item?;
+            let (s, bytes) = (r.seq, r.bytes());
             if s != leaves.len() as u64 {
                 return Err(AuditError::CorruptTail {
                     seq: leaves.len() as u64,

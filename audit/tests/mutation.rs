@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{build_store, public, raw_tree};
+use common::{
+    build_store, chunks, get_record, locate, public, raw_tree, remove_record, set_record,
+    truncate_from,
+};
 use custos_audit::merkle::{chain_hash, GENESIS};
 use custos_audit::store::layout::{checkpoint_key, record_key};
 use custos_audit::{
@@ -26,31 +29,32 @@ fn fresh() -> tempfile::TempDir {
     dir
 }
 
+/// Flips one byte of a chunk value in place.
+fn flip(dir: &std::path::Path, chunk: u64, offset: usize) {
+    let (db, tree) = raw_tree(dir);
+    let mut v = tree
+        .get(record_key(chunk))
+        .expect("get")
+        .expect("chunk")
+        .to_vec();
+    v[offset] ^= 0x40;
+    tree.insert(record_key(chunk), v).expect("insert");
+    db.flush().expect("flush");
+}
+
 #[test]
 fn flipping_any_byte_of_a_stored_record_is_found_at_that_record() {
     let dir = fresh();
     let seq = 137;
-    let len = {
+    let (chunk, entry_at, len) = {
         let (_db, tree) = raw_tree(dir.path());
-        tree.get(record_key(seq))
-            .expect("get")
-            .expect("present")
-            .len()
+        let (chunk, _, at) = locate(&tree, seq);
+        (chunk, at, 4 + 32 + get_record(&tree, seq).1.len())
     };
-    // Every position: the 32 stored-hash bytes, the version byte, the seq
-    // bytes, and every content byte.
+    // Every byte of the stored entry: its length prefix, the stored hash, the
+    // version byte, the seq, and every content byte.
     for pos in 0..len {
-        {
-            let (db, tree) = raw_tree(dir.path());
-            let mut v = tree
-                .get(record_key(seq))
-                .expect("get")
-                .expect("present")
-                .to_vec();
-            v[pos] ^= 0x40;
-            tree.insert(record_key(seq), v).expect("insert");
-            db.flush().expect("flush");
-        }
+        flip(dir.path(), chunk, entry_at + pos);
         let report = verify_store(dir.path(), &public()).expect("verify");
         let problem = report.problem.clone().expect("tamper must be detected");
         assert_eq!(
@@ -59,8 +63,10 @@ fn flipping_any_byte_of_a_stored_record_is_found_at_that_record() {
             "byte {pos}: {report}"
         );
         let expected_reason = match pos {
-            32 => matches!(problem.reason, Reason::Unreadable(_)),
-            33..=40 => matches!(problem.reason, Reason::WrongSeq { .. }),
+            // A changed length either breaks the chunk or shifts this record's bytes.
+            0..=3 => matches!(problem.reason, Reason::Unreadable(_) | Reason::HashMismatch),
+            36 => matches!(problem.reason, Reason::Unreadable(_)),
+            37..=44 => matches!(problem.reason, Reason::WrongSeq { .. }),
             _ => problem.reason == Reason::HashMismatch,
         };
         assert!(expected_reason, "byte {pos}: {problem}");
@@ -69,15 +75,7 @@ fn flipping_any_byte_of_a_stored_record_is_found_at_that_record() {
             "records before the bad one still verify"
         );
         // Undo, and the store is whole again.
-        let (db, tree) = raw_tree(dir.path());
-        let mut v = tree
-            .get(record_key(seq))
-            .expect("get")
-            .expect("present")
-            .to_vec();
-        v[pos] ^= 0x40;
-        tree.insert(record_key(seq), v).expect("insert");
-        db.flush().expect("flush");
+        flip(dir.path(), chunk, entry_at + pos);
     }
     assert!(verify_store(dir.path(), &public()).expect("verify").ok());
 }
@@ -85,22 +83,47 @@ fn flipping_any_byte_of_a_stored_record_is_found_at_that_record() {
 #[test]
 fn deleting_a_record_is_found_at_the_gap() {
     let dir = fresh();
+    // Batching decides chunk boundaries: pick a chunk starting after 200,
+    // and a record in the middle of a chunk.
+    let pick = |dir: &std::path::Path| {
+        let (_db, tree) = raw_tree(dir);
+        let cs = chunks(&tree);
+        let (first, entries) = cs
+            .iter()
+            .find(|(f, e)| *f > 200 && e.len() > 2)
+            .expect("chunk");
+        (*first, first + 1 + (entries.len() as u64 - 2) / 2)
+    };
+    let (_, inside) = pick(dir.path());
+
+    // A record removed from inside its chunk: the records after it move up,
+    // so the first of them is out of place.
     {
         let (db, tree) = raw_tree(dir.path());
-        tree.remove(record_key(250)).expect("remove");
+        remove_record(&tree, inside);
         db.flush().expect("flush");
     }
     let report = verify_store(dir.path(), &public()).expect("verify");
     let p = report.problem.clone().expect("detected");
-    assert_eq!(p.seq, 250);
-    assert_eq!(
-        p.reason,
-        Reason::Missing {
-            next_present: Some(251)
-        }
+    assert_eq!(p.seq, inside, "{report}");
+    assert_eq!(p.reason, Reason::WrongSeq { found: inside + 1 });
+    assert_eq!(report.records, inside);
+
+    // A whole chunk key deleted: a gap in the sequence.
+    let dir = fresh();
+    let (first_of_chunk, _) = pick(dir.path());
+    {
+        let (db, tree) = raw_tree(dir.path());
+        tree.remove(record_key(first_of_chunk)).expect("remove");
+        db.flush().expect("flush");
+    }
+    let report = verify_store(dir.path(), &public()).expect("verify");
+    let p = report.problem.clone().expect("detected");
+    assert_eq!(p.seq, first_of_chunk, "{report}");
+    assert!(
+        matches!(p.reason, Reason::Missing { next_present: Some(n) } if n > first_of_chunk),
+        "{p}"
     );
-    assert_eq!(report.records, 250);
-    assert_eq!(report.checkpoints, 2);
 }
 
 #[test]
@@ -108,10 +131,10 @@ fn swapping_two_records_is_found_at_the_first_of_them() {
     let dir = fresh();
     {
         let (db, tree) = raw_tree(dir.path());
-        let a = tree.get(record_key(310)).expect("get").expect("a");
-        let b = tree.get(record_key(320)).expect("get").expect("b");
-        tree.insert(record_key(310), b).expect("insert");
-        tree.insert(record_key(320), a).expect("insert");
+        let a = get_record(&tree, 310);
+        let b = get_record(&tree, 320);
+        set_record(&tree, 310, b.0, b.1);
+        set_record(&tree, 320, a.0, a.1);
         db.flush().expect("flush");
     }
     let report = verify_store(dir.path(), &public()).expect("verify");
@@ -125,9 +148,7 @@ fn truncating_records_a_checkpoint_covers_is_detected() {
     let dir = fresh();
     {
         let (db, tree) = raw_tree(dir.path());
-        for s in 480..TOTAL {
-            tree.remove(record_key(s)).expect("remove");
-        }
+        truncate_from(&tree, 480);
         db.flush().expect("flush");
     }
     let report = verify_store(dir.path(), &public()).expect("verify");
@@ -162,9 +183,7 @@ fn truncating_after_the_last_checkpoint_is_not_detectable_without_an_anchor() {
     // Cut the unsigned tail: the store alone cannot tell.
     {
         let (db, tree) = raw_tree(dir.path());
-        for s in 450..TOTAL {
-            tree.remove(record_key(s)).expect("remove");
-        }
+        truncate_from(&tree, 450);
         db.flush().expect("flush");
     }
     let report = verify_store(dir.path(), &public()).expect("verify");
@@ -191,9 +210,7 @@ fn truncating_records_and_their_checkpoints_together_needs_an_anchor() {
             .expect("get")
             .expect("present");
         let cp = SignedCheckpoint::from_bytes(&v[..153]).expect("checkpoint");
-        for s in 300..TOTAL {
-            tree.remove(record_key(s)).expect("remove");
-        }
+        truncate_from(&tree, 300);
         tree.remove(checkpoint_key(399)).expect("remove");
         tree.remove(checkpoint_key(499)).expect("remove");
         db.flush().expect("flush");
@@ -220,12 +237,10 @@ fn rewrite_chain_from(tree: &sled::Tree, at: u64) {
     let mut prev = if at == 0 {
         GENESIS
     } else {
-        let v = tree.get(record_key(at - 1)).expect("get").expect("prev");
-        v[..32].try_into().expect("hash")
+        get_record(tree, at - 1).0
     };
     for s in at..TOTAL {
-        let v = tree.get(record_key(s)).expect("get").expect("present");
-        let mut bytes = v[32..].to_vec();
+        let mut bytes = get_record(tree, s).1;
         if s == at {
             // Change the principal's last character: alice becomes someone else.
             let pos = bytes
@@ -236,9 +251,7 @@ fn rewrite_chain_from(tree: &sled::Tree, at: u64) {
             bytes[pos] = b'9';
         }
         let h = chain_hash(&prev, &bytes);
-        let mut value = h.to_vec();
-        value.extend_from_slice(&bytes);
-        tree.insert(record_key(s), value).expect("insert");
+        set_record(tree, s, h, bytes);
         prev = h;
     }
 }
@@ -272,8 +285,8 @@ fn a_rewritten_chain_with_re_signed_checkpoints_fails_the_signatures() {
         // forging the real key id.
         let mut frontier = custos_audit::merkle::Frontier::new();
         for s in 0..TOTAL {
-            let v = tree.get(record_key(s)).expect("get").expect("present");
-            frontier.push(custos_audit::merkle::leaf_hash(&v[32..]));
+            let (hash, bytes) = get_record(&tree, s);
+            frontier.push(custos_audit::merkle::leaf_hash(&bytes));
             if (s + 1) % PER == 0 {
                 let forged_id = if s < 300 {
                     attacker.key_id()
@@ -282,7 +295,7 @@ fn a_rewritten_chain_with_re_signed_checkpoints_fails_the_signatures() {
                 };
                 let cp = attacker.sign(Checkpoint {
                     seq: s,
-                    chain_head: v[..32].try_into().expect("hash"),
+                    chain_head: hash,
                     merkle_root: frontier.root(),
                     time_ms: 1,
                     key_id: forged_id,
@@ -324,14 +337,10 @@ fn reopening_a_store_with_a_corrupt_tail_is_refused() {
         let (db, tree) = raw_tree(dir.path());
         // Records after the last checkpoint, then damage the last one.
         tree.remove(checkpoint_key(499)).expect("remove");
-        let mut v = tree
-            .get(record_key(499))
-            .expect("get")
-            .expect("present")
-            .to_vec();
-        let n = v.len();
-        v[n - 1] ^= 1;
-        tree.insert(record_key(499), v).expect("insert");
+        let (hash, mut bytes) = get_record(&tree, 499);
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        set_record(&tree, 499, hash, bytes);
         db.flush().expect("flush");
     }
     match custos_audit::AuditLog::open(dir.path(), common::key(), common::manual_checkpoints()) {
@@ -343,9 +352,7 @@ fn reopening_a_store_with_a_corrupt_tail_is_refused() {
     // A store truncated below its last checkpoint is refused too.
     {
         let (db, tree) = raw_tree(dir.path());
-        for s in 380..TOTAL {
-            tree.remove(record_key(s)).expect("remove");
-        }
+        truncate_from(&tree, 380);
         db.flush().expect("flush");
     }
     match custos_audit::AuditLog::open(dir.path(), common::key(), common::manual_checkpoints()) {

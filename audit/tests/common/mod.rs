@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use custos_audit::merkle::Hash;
+use custos_audit::store::layout;
 use custos_audit::{
     AuditHandle, AuditLog, AuditOptions, AuditRecord, AuditWriter, Blame, EventKind, PublicKey,
     Resource, SignerKey, SubjectToken,
@@ -115,4 +117,85 @@ pub fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
         .open_tree(custos_audit::store::layout::TREE)
         .expect("tree");
     (db, tree)
+}
+
+/// A chunk's entries: (stored hash, canonical bytes).
+pub type Entries = Vec<(Hash, Vec<u8>)>;
+
+/// Every record chunk: (first seq, entries).
+pub fn chunks(tree: &sled::Tree) -> Vec<(u64, Entries)> {
+    tree.scan_prefix([layout::RECORD])
+        .map(|item| {
+            let (k, v) = item.expect("scan");
+            let first = layout::seq_of(&k).expect("key");
+            (first, layout::decode_chunk(&v).expect("chunk"))
+        })
+        .collect()
+}
+
+/// The chunk key holding `seq`, the entry's index, and its byte offset in the chunk.
+pub fn locate(tree: &sled::Tree, seq: u64) -> (u64, usize, usize) {
+    let (k, v) = tree
+        .range(layout::record_key(0)..=layout::record_key(seq))
+        .next_back()
+        .expect("a chunk")
+        .expect("read");
+    let first = layout::seq_of(&k).expect("key");
+    let index = (seq - first) as usize;
+    let entries = layout::entries(&v);
+    let range = entries[index].clone().expect("entry").1;
+    (first, index, range.start - 36)
+}
+
+/// Record `seq`'s stored (hash, bytes).
+pub fn get_record(tree: &sled::Tree, seq: u64) -> (Hash, Vec<u8>) {
+    let (first, index, _) = locate(tree, seq);
+    let v = tree
+        .get(layout::record_key(first))
+        .expect("get")
+        .expect("chunk");
+    layout::decode_chunk(&v).expect("chunk")[index].clone()
+}
+
+/// Replaces record `seq`'s stored entry.
+pub fn set_record(tree: &sled::Tree, seq: u64, hash: Hash, bytes: Vec<u8>) {
+    let (first, index, _) = locate(tree, seq);
+    let v = tree
+        .get(layout::record_key(first))
+        .expect("get")
+        .expect("chunk");
+    let mut entries = layout::decode_chunk(&v).expect("chunk");
+    entries[index] = (hash, bytes);
+    tree.insert(layout::record_key(first), layout::encode_chunk(&entries))
+        .expect("insert");
+}
+
+/// Removes record `seq`'s entry from its chunk (later entries shift down).
+pub fn remove_record(tree: &sled::Tree, seq: u64) {
+    let (first, index, _) = locate(tree, seq);
+    let v = tree
+        .get(layout::record_key(first))
+        .expect("get")
+        .expect("chunk");
+    let mut entries = layout::decode_chunk(&v).expect("chunk");
+    entries.remove(index);
+    if entries.is_empty() {
+        tree.remove(layout::record_key(first)).expect("remove");
+    } else {
+        tree.insert(layout::record_key(first), layout::encode_chunk(&entries))
+            .expect("insert");
+    }
+}
+
+/// Removes every record from `seq` on.
+pub fn truncate_from(tree: &sled::Tree, seq: u64) {
+    for (first, entries) in chunks(tree) {
+        if first >= seq {
+            tree.remove(layout::record_key(first)).expect("remove");
+        } else if first + entries.len() as u64 > seq {
+            let keep = &entries[..(seq - first) as usize];
+            tree.insert(layout::record_key(first), layout::encode_chunk(keep))
+                .expect("insert");
+        }
+    }
 }
