@@ -34,6 +34,57 @@ pub struct Config {
     /// client acts with the rights the broker gives Custos.
     #[serde(default)]
     pub authorization: Option<AuthorizationConfig>,
+    /// The tamper-evident audit log; without it nothing is recorded.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+/// When a response waits for its audit record.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMode {
+    /// A response is released only once its records are durable.
+    #[default]
+    Strict,
+    /// Records are queued (bounded); a response waits only for queue room.
+    Async,
+}
+
+/// The audit log's store, signing key and behaviour.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the sled store (created if missing).
+    pub dir: PathBuf,
+    /// Ed25519 signing key: a 32-byte seed file made by `custos audit keygen`.
+    pub signing_key: PathBuf,
+    /// `strict` (default) or `async`.
+    #[serde(default)]
+    pub mode: AuditMode,
+    /// Records queued before appends wait (both modes).
+    #[serde(default = "default_audit_queue")]
+    pub queue_capacity: usize,
+    /// A signed checkpoint at least this often while records arrive.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// ... and after at most this many records.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Name of this instance in every record (default: the host name).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+fn default_audit_queue() -> usize {
+    65_536
+}
+
+fn default_checkpoint_interval_ms() -> u64 {
+    1000
+}
+
+fn default_checkpoint_every() -> u64 {
+    10_000
 }
 
 /// Where the Cedar policies and the topic catalog come from.
@@ -348,6 +399,10 @@ impl Config {
         if let Some(sasl) = &mut self.upstream.sasl {
             sasl.resolve_paths(base);
         }
+        if let Some(a) = &mut self.audit {
+            fix(&mut a.dir);
+            fix(&mut a.signing_key);
+        }
         if let Some(a) = &mut self.authorization {
             a.policies.iter_mut().for_each(fix);
             if let Some(c) = &mut a.catalog {
@@ -368,6 +423,17 @@ impl Config {
     /// Checks every rule that types alone cannot express; returns all violations.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
+        if let Some(a) = &self.audit {
+            if a.queue_capacity == 0 {
+                errors.push(err("audit.queue_capacity", "must be at least 1"));
+            }
+            if a.checkpoint_interval_ms == 0 {
+                errors.push(err("audit.checkpoint_interval_ms", "must be at least 1"));
+            }
+            if a.checkpoint_every == 0 {
+                errors.push(err("audit.checkpoint_every", "must be at least 1"));
+            }
+        }
         if let Some(a) = &self.authorization {
             if a.policies.is_empty() {
                 errors.push(err(

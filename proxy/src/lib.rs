@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit_trail;
 pub mod auth;
 pub mod broker_map;
 pub mod config;

@@ -80,6 +80,8 @@ pub struct Request {
     pub header: RequestHeader,
     /// Changes to apply to the broker's answer to this request.
     pub amends: Amends,
+    /// Audit records this request's handling produced.
+    pub audit: crate::audit_trail::AuditNotes,
     raw: Bytes,
     body_offset: usize,
     body: Option<RequestKind>,
@@ -124,6 +126,7 @@ impl Request {
             api_key,
             header,
             amends: Amends::default(),
+            audit: crate::audit_trail::AuditNotes::default(),
             raw,
             body_offset,
             body: None,
@@ -249,6 +252,9 @@ pub struct Response {
     pub api_version: i16,
     /// Its correlation id.
     pub correlation_id: i32,
+    /// Audit records of the exchange (the request's, plus what response
+    /// stages add).
+    pub audit: crate::audit_trail::AuditNotes,
     raw: Bytes,
     body_offset: usize,
     decode_version: i16,
@@ -285,6 +291,7 @@ impl Response {
             api_key,
             api_version,
             correlation_id: header.correlation_id,
+            audit: crate::audit_trail::AuditNotes::default(),
             raw,
             body_offset,
             decode_version,

@@ -88,6 +88,12 @@ pub struct Metrics {
     pub authz_allowed: Counter,
     /// Authorization decisions: denied.
     pub authz_denied: Counter,
+    /// Audit records handed to the log.
+    pub audit_records_total: Counter,
+    /// Audit appends or flushes that failed.
+    pub audit_failures: Counter,
+    /// Time a response waited for its audit records (strict mode).
+    pub audit_wait: Histogram,
     /// Policy reloads that took effect.
     pub policy_reloads_ok: Counter,
     /// Policy reloads refused (the previous policies stayed in force).
@@ -126,6 +132,24 @@ impl Metrics {
         let authz_allowed = Counter::default();
         let authz_denied = Counter::default();
         let policy_reloads_ok = Counter::default();
+        let audit_records_total = Counter::default();
+        let audit_failures = Counter::default();
+        let audit_wait = added_histogram();
+        registry.register(
+            "audit_records",
+            "Audit records handed to the audit log",
+            audit_records_total.clone(),
+        );
+        registry.register(
+            "audit_failures",
+            "Audit appends or flushes that failed (data access is refused meanwhile)",
+            audit_failures.clone(),
+        );
+        registry.register(
+            "audit_wait_seconds",
+            "Time a response waited for its audit records to be durable (strict mode)",
+            audit_wait.clone(),
+        );
         let policy_reloads_failed = Counter::default();
         registry.register(
             "authz_allowed",
@@ -211,6 +235,9 @@ impl Metrics {
             authz_denied,
             policy_reloads_ok,
             policy_reloads_failed,
+            audit_records_total,
+            audit_failures,
+            audit_wait,
             bytes_in,
             bytes_out,
             upstream_latency,
@@ -259,6 +286,21 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" }.to_string(),
             })
             .inc();
+    }
+
+    /// Counts records handed to the audit log.
+    pub fn audit_records(&self, n: u64) {
+        self.audit_records_total.inc_by(n);
+    }
+
+    /// Counts a failed audit append.
+    pub fn audit_failure(&self) {
+        self.audit_failures.inc();
+    }
+
+    /// Records how long a response waited for durability.
+    pub fn audit_wait(&self, d: Duration) {
+        self.audit_wait.observe(d.as_secs_f64());
     }
 
     /// Counts one policy reload attempt.

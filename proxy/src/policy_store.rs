@@ -59,11 +59,16 @@ pub struct PolicyStore {
     pub authorizer: Arc<Authorizer>,
     config: AuthorizationConfig,
     metrics: Arc<Metrics>,
+    auditor: crate::audit_trail::Auditor,
 }
 
 impl PolicyStore {
     /// Loads the policies; any error is a start-up error.
-    pub fn load(cfg: &AuthorizationConfig, metrics: Arc<Metrics>) -> Result<Self, PolicyLoadError> {
+    pub fn load(
+        cfg: &AuthorizationConfig,
+        metrics: Arc<Metrics>,
+        auditor: crate::audit_trail::Auditor,
+    ) -> Result<Self, PolicyLoadError> {
         let engine = load_engine(cfg)?;
         tracing::info!(
             policies = engine.policy_ids().len(),
@@ -77,6 +82,7 @@ impl PolicyStore {
             authorizer: Arc::new(Authorizer::new(engine)),
             config: cfg.clone(),
             metrics,
+            auditor,
         })
     }
 
@@ -88,11 +94,24 @@ impl PolicyStore {
                 let count = engine.policy_ids().len();
                 let generation = self.authorizer.install(engine);
                 self.metrics.policy_reload(true);
+                self.auditor.event(
+                    self.auditor
+                        .record(custos_audit::EventKind::PolicyReload)
+                        .with_detail("why", why)
+                        .with_detail("generation", generation.to_string())
+                        .with_detail("policy_hash", hash.clone()),
+                );
                 tracing::info!(why, generation, policies = count, hash, "policies reloaded");
                 Ok(generation)
             }
             Err(e) => {
                 self.metrics.policy_reload(false);
+                self.auditor.event(
+                    self.auditor
+                        .record(custos_audit::EventKind::PolicyReload)
+                        .with_detail("why", why)
+                        .with_error(None, custos_audit::Blame::Internal, e.to_string()),
+                );
                 tracing::error!(
                     why,
                     error = %e,
@@ -201,7 +220,12 @@ mod tests {
     fn a_broken_reload_keeps_the_last_good_policies() {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("p.cedar"), GOOD).expect("write");
-        let store = PolicyStore::load(&cfg(dir.path()), Arc::new(Metrics::new())).expect("load");
+        let store = PolicyStore::load(
+            &cfg(dir.path()),
+            Arc::new(Metrics::new()),
+            Default::default(),
+        )
+        .expect("load");
         let hash = store.authorizer.current().hash().to_string();
         std::fs::write(
             dir.path().join("p.cedar"),
@@ -227,7 +251,7 @@ mod tests {
         std::fs::write(dir.path().join("c.yaml"), "- nonsense: [").expect("write");
         let mut c = cfg(dir.path());
         c.catalog = Some(dir.path().join("c.yaml"));
-        let e = PolicyStore::load(&c, Arc::new(Metrics::new()))
+        let e = PolicyStore::load(&c, Arc::new(Metrics::new()), Default::default())
             .err()
             .expect("must fail");
         assert!(e.to_string().contains("c.yaml"), "{e}");

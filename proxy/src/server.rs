@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 
 use crate::admin;
+use crate::audit_trail::Auditor;
 use crate::auth::ListenerAuth;
 use crate::broker_map::{BrokerMap, NewListener, Routing};
 use crate::config::{parse_host_port, Config};
@@ -32,6 +33,7 @@ use crate::stages::{self, StageDeps};
 use crate::stream::Stream;
 use crate::tls::{self, UpstreamTls};
 use crate::upstream;
+use custos_audit::EventKind;
 
 /// Why Custos could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,9 @@ pub enum StartError {
     /// The policies or topic catalog could not be loaded.
     #[error(transparent)]
     Policies(#[from] crate::policy_store::PolicyLoadError),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit_trail::AuditOpenError),
     /// A listener could not be bound.
     #[error("`{key}`: cannot listen on {addr}: {cause}")]
     Bind {
@@ -145,8 +150,19 @@ impl Proxy {
         );
         let brokers = Arc::new(brokers);
         let metrics = Arc::new(Metrics::new());
+        let auditor = match &config.audit {
+            Some(a) => Auditor::open(a, metrics.clone())?,
+            None => {
+                tracing::warn!("no `audit` configured: nothing is recorded");
+                Auditor::disabled()
+            }
+        };
         let policies = match &config.authorization {
-            Some(a) => Some(Arc::new(PolicyStore::load(a, metrics.clone())?)),
+            Some(a) => Some(Arc::new(PolicyStore::load(
+                a,
+                metrics.clone(),
+                auditor.clone(),
+            )?)),
             None => {
                 tracing::warn!(
                     "no `authorization` configured: every authenticated client acts with the rights of Custos itself"
@@ -160,6 +176,7 @@ impl Proxy {
         let pipeline = Arc::new(Pipeline::new(stages::registry(&StageDeps {
             brokers: brokers.clone(),
             authorizer: policies.as_ref().map(|p| p.authorizer.clone()),
+            auditor: auditor.clone(),
             audit: Arc::new(custos_audit::DiscardSink),
             metrics: metrics.clone(),
         })));
@@ -185,6 +202,7 @@ impl Proxy {
             metrics: metrics.clone(),
             max_frame_bytes: config.limits.max_frame_bytes,
             max_in_flight: config.limits.max_in_flight,
+            auditor: auditor.clone(),
         });
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let auth = match &config.listen.auth {
@@ -234,6 +252,14 @@ impl Proxy {
                     cause,
                 })?;
         tracing::info!(bootstrap = %bootstrap_addr, admin = %cfg.admin.listen, "listening");
+        s.session.auditor.event(
+            s.session
+                .auditor
+                .record(EventKind::Start)
+                .with_detail("version", env!("CARGO_PKG_VERSION"))
+                .with_detail("bootstrap", bootstrap_addr.clone())
+                .with_detail("authorization", cfg.authorization.is_some().to_string()),
+        );
 
         let admin_state = Arc::new(admin::AdminState {
             metrics: s.metrics.clone(),
@@ -284,6 +310,13 @@ impl Proxy {
             );
         }
         admin_task.abort();
+        let auditor = &s.session.auditor;
+        auditor.event(
+            auditor
+                .record(EventKind::Stop)
+                .with_detail("connections_left", s.tracker.len().to_string()),
+        );
+        auditor.close().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -435,6 +468,14 @@ async fn serve_connection(s: &Shared, tcp: TcpStream, addr: SocketAddr, route: R
             } else {
                 s.metrics.authentication("unknown", false);
                 s.metrics.connection_error(e.blame);
+                let auditor = &s.session.auditor;
+                auditor.event(
+                    auditor
+                        .record(EventKind::Authorization)
+                        .with_action("Authenticate")
+                        .with_client(addr.to_string(), None)
+                        .with_error(None, custos_audit::Blame::Client, e.message.clone()),
+                );
                 // Clients retry failed logins quickly: a few lines per window.
                 if let Some(suppressed) = s.auth_warnings.allow() {
                     tracing::warn!(conn = id, client = %addr, blame = e.blame.as_str(), error = %e, suppressed, "authentication failed; connection closed");

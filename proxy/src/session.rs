@@ -76,6 +76,8 @@ pub struct SessionCtx {
     pub max_frame_bytes: usize,
     /// Requests in flight before reading pauses.
     pub max_in_flight: usize,
+    /// Where audit records go before a response is released.
+    pub auditor: crate::audit_trail::Auditor,
 }
 
 /// An entry of the response queue.
@@ -91,6 +93,8 @@ enum Pending {
         request_work: Duration,
         /// Changes stages asked for in the answer.
         amends: Amends,
+        /// Audit records of the exchange so far.
+        audit: crate::audit_trail::AuditNotes,
     },
     /// An answer Custos made itself.
     Local(Bytes),
@@ -157,6 +161,7 @@ where
             ctx.metrics.bytes_in.inc_by(raw.len() as u64 + 4);
             let mut request = Request::parse(raw)
                 .map_err(|e| fail(Blame::Client, format!("refused request: {e}")))?;
+            request.audit = ctx.auditor.notes();
             ctx.metrics.request(request.api_key);
             let api_key = request.api_key;
             let api_version = request.version();
@@ -172,6 +177,11 @@ where
             match verdict {
                 Verdict::Forward => {
                     let amends = std::mem::take(&mut request.amends);
+                    let audit = request.audit.clone();
+                    // No answer will come to wait on: record before the write.
+                    if !expects_response {
+                        submit_audit(ctx, &audit, api_key).await?;
+                    }
                     let bytes = request
                         .into_bytes()
                         .map_err(|e| fail(Blame::Internal, e.to_string()))?;
@@ -184,6 +194,7 @@ where
                             forwarded_at: Instant::now(),
                             request_work,
                             amends,
+                            audit,
                         };
                         // Queued before writing so the response loop expects
                         // the answer before it can arrive.
@@ -199,8 +210,11 @@ where
                     })?;
                 }
                 // A Produce with acks=0 gets no answer, not even a refusal.
-                Verdict::Respond(_) if !expects_response => {}
+                Verdict::Respond(_) if !expects_response => {
+                    submit_audit(ctx, &request.audit, api_key).await?;
+                }
                 Verdict::Respond(body) => {
+                    submit_audit(ctx, &request.audit, api_key).await?;
                     let bytes = Response::encode_local(api_key, api_version, correlation_id, &body)
                         .map_err(|e| fail(Blame::Internal, e.to_string()))?;
                     if tx.send(Pending::Local(bytes)).await.is_err() {
@@ -259,6 +273,7 @@ where
                     forwarded_at,
                     request_work,
                     amends,
+                    audit,
                 } => {
                     let next = tokio::select! {
                         biased;
@@ -289,6 +304,7 @@ where
                     let out = if ctx.pipeline.wants_response(api_key) || !amends.0.is_empty() {
                         let mut response = Response::parse(raw, api_key, api_version)
                             .map_err(|e| fail(Blame::Upstream, e.to_string()))?;
+                        response.audit = audit.clone();
                         ctx.pipeline
                             .on_response(info, &mut response)
                             .await
@@ -309,6 +325,8 @@ where
                     } else {
                         raw
                     };
+                    // Strict audit: the answer waits until its records are durable.
+                    submit_audit(ctx, &audit, api_key).await?;
                     write_client(&mut client_w, &out, ctx).await?;
                     ctx.metrics.exchange(
                         api_key,
@@ -325,6 +343,25 @@ where
     }
     let _ = client_w.shutdown().await;
     result
+}
+
+/// Hands an exchange's audit records to the log; if they cannot be recorded
+/// the connection closes rather than answer unrecorded.
+async fn submit_audit(
+    ctx: &SessionCtx,
+    audit: &crate::audit_trail::AuditNotes,
+    api_key: ApiKey,
+) -> Result<(), SessionError> {
+    let records = audit.take();
+    if records.is_empty() {
+        return Ok(());
+    }
+    ctx.auditor.submit(records).await.map_err(|e| {
+        fail(
+            Blame::Internal,
+            format!("audit log refused the records of a {api_key:?} exchange ({e}); closing rather than answering unrecorded"),
+        )
+    })
 }
 
 async fn write_client<W: AsyncWrite + Unpin>(
@@ -362,6 +399,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             max_frame_bytes: 1 << 20,
             max_in_flight: 8,
+            auditor: crate::audit_trail::Auditor::disabled(),
         })
     }
 

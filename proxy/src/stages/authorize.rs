@@ -22,13 +22,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use custos_audit::{AuditSink, DecisionEvent};
+use custos_audit::{AuditRecord, AuditSink, DecisionEvent};
 use custos_policy::{
     Action, Authorizer, DecisionCache, Operation, PolicyEngine, Principal, RequestContext, Resource,
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
+use crate::audit_trail::AuditNotes;
 use crate::message::{Amend, Request};
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError, Verdict};
@@ -108,6 +109,7 @@ struct Decider {
     api_key: i16,
     api_version: i16,
     correlation_id: i32,
+    notes: AuditNotes,
 }
 
 impl Decider {
@@ -132,7 +134,8 @@ impl Decider {
         } else {
             self.metrics.authz_denied.inc();
         }
-        if self.sink.wants_decisions() {
+        let to_sink = self.sink.wants_decisions();
+        if to_sink || self.notes.enabled() {
             let event = DecisionEvent {
                 time: self.ctx.time,
                 principal: self.principal_label.to_string(),
@@ -149,8 +152,14 @@ impl Decider {
                 policy_ids: decision.determining_policies.clone(),
                 policy_hash: self.engine.hash().to_string(),
             };
-            if let Err(e) = self.sink.record_decision(event) {
-                tracing::error!(error = %e, "audit sink refused an authorization decision");
+            if self.notes.enabled() {
+                self.notes
+                    .push(AuditRecord::from_decision(&event, self.notes.instance()));
+            }
+            if to_sink {
+                if let Err(e) = self.sink.record_decision(event) {
+                    tracing::error!(error = %e, "audit sink refused an authorization decision");
+                }
             }
         }
         decision.allowed
@@ -293,6 +302,7 @@ impl Stage for Authorize {
             api_key: api as i16,
             api_version: version,
             correlation_id: request.correlation_id(),
+            notes: request.audit.clone(),
         };
         let raw = request.raw().clone();
         let body = &raw[raw.len() - request.body_bytes().len()..];

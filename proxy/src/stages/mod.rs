@@ -7,6 +7,7 @@ use crate::broker_map::BrokerMap;
 use crate::pipeline::Stage;
 
 pub mod api_versions;
+pub mod audit_access;
 pub mod authorize;
 pub mod rewrite_addresses;
 
@@ -18,6 +19,8 @@ pub struct StageDeps {
     pub authorizer: Option<Arc<custos_policy::Authorizer>>,
     /// Where decisions and accesses are recorded.
     pub audit: Arc<dyn custos_audit::AuditSink>,
+    /// The audit log (records travel with each request's notes).
+    pub auditor: crate::audit_trail::Auditor,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -30,6 +33,11 @@ pub fn registry(deps: &StageDeps) -> Vec<Arc<dyn Stage>> {
             a.clone(),
             deps.audit.clone(),
             deps.metrics.clone(),
+        )));
+    }
+    if deps.auditor.enabled() {
+        stages.push(Arc::new(audit_access::AuditAccess::new(
+            deps.auditor.clone(),
         )));
     }
     stages.push(Arc::new(api_versions::ApiVersionsFilter {

@@ -1,0 +1,402 @@
+//! Audit records of data access and admin operations.
+//!
+//! A Produce is recorded with what it carried (topic, partition, record count,
+//! bytes), completed from the broker's answer with the offsets written; a
+//! Fetch with what the broker returned (records, bytes, first offset); an
+//! admin api with the resources it names. Never payload bytes: record counts
+//! come from batch headers. The records travel in the exchange's
+//! [`crate::audit_trail::AuditNotes`]; the session makes them durable before
+//! the client gets the answer (strict mode).
+//!
+//! When the audit store cannot write, Produce and Fetch are refused here with
+//! KAFKA_STORAGE_ERROR (retriable): no data access happens unrecorded.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use custos_audit::{AuditRecord, EventKind, Resource, ResourceType};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use crate::audit_trail::Auditor;
+use crate::message::{Request, Response};
+use crate::pipeline::{Blame, SessionInfo, Stage, StageError, Verdict};
+use crate::resources;
+use crate::wire::{Reader, WireError};
+
+const NAME: &str = "audit_access";
+
+/// Kafka's KAFKA_STORAGE_ERROR: retriable, so clients try again later.
+const KAFKA_STORAGE_ERROR: i16 = 56;
+
+/// Admin apis: each call is recorded with the resources it names.
+const ADMIN: &[ApiKey] = &[
+    ApiKey::CreateTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::DeleteRecords,
+    ApiKey::CreatePartitions,
+    ApiKey::AlterConfigs,
+    ApiKey::IncrementalAlterConfigs,
+    ApiKey::CreateAcls,
+    ApiKey::DeleteAcls,
+    ApiKey::DeleteGroups,
+    ApiKey::OffsetDelete,
+    ApiKey::ElectLeaders,
+    ApiKey::AlterPartitionReassignments,
+    ApiKey::AlterReplicaLogDirs,
+    ApiKey::AlterUserScramCredentials,
+    ApiKey::AlterClientQuotas,
+    ApiKey::UpdateFeatures,
+];
+
+/// The data-access and admin audit stage.
+pub struct AuditAccess {
+    auditor: Auditor,
+    request_keys: Vec<ApiKey>,
+}
+
+impl AuditAccess {
+    /// A stage recording into `auditor`'s log.
+    pub fn new(auditor: Auditor) -> Self {
+        let mut request_keys = vec![ApiKey::Produce, ApiKey::Fetch];
+        request_keys.extend_from_slice(ADMIN);
+        Self {
+            auditor,
+            request_keys,
+        }
+    }
+}
+
+fn base(session: &SessionInfo, request: &Request, kind: EventKind) -> AuditRecord {
+    AuditRecord::new(kind, request.audit.instance())
+        .at(SystemTime::now())
+        .with_action(format!("{:?}", request.api_key))
+        .with_principal(
+            session.principal_label.to_string(),
+            session.principal.auth_method.as_str(),
+        )
+        .with_client(
+            session.client_label.to_string(),
+            request.header.client_id.as_ref().map(|c| c.to_string()),
+        )
+        .with_request(
+            request.api_key as i16,
+            request.version(),
+            request.correlation_id(),
+        )
+}
+
+/// (record count, first base offset) of the record batches in `records`.
+/// Reads only batch headers; a partial trailing batch (fetch responses may
+/// end with one) is not counted.
+pub fn batch_stats(records: &[u8]) -> (u64, Option<i64>) {
+    let mut count = 0u64;
+    let mut first = None;
+    let mut pos = 0usize;
+    // baseOffset(8) batchLength(4) ... recordsCount at byte 57 of the batch.
+    while records.len() >= pos + 61 {
+        let len = i32::from_be_bytes([
+            records[pos + 8],
+            records[pos + 9],
+            records[pos + 10],
+            records[pos + 11],
+        ]);
+        let Ok(len) = usize::try_from(len) else { break };
+        let end = pos + 12 + len;
+        if end > records.len() {
+            break;
+        }
+        if first.is_none() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&records[pos..pos + 8]);
+            first = Some(i64::from_be_bytes(b));
+        }
+        let n = i32::from_be_bytes([
+            records[pos + 57],
+            records[pos + 58],
+            records[pos + 59],
+            records[pos + 60],
+        ]);
+        count += u64::try_from(n).unwrap_or(0);
+        pos = end;
+    }
+    (count, first)
+}
+
+/// Topics and partitions of a Produce body with each partition's record
+/// count and bytes (bounded reader).
+fn produce_contents(body: &[u8], version: i16) -> Result<Vec<Resource>, WireError> {
+    let mut r = Reader::new(body, version >= 9);
+    r.nullable_str("transactional id")?;
+    r.i16("acks")?;
+    r.i32("timeout")?;
+    let n = r.array_len("topics")?.unwrap_or(0);
+    let mut out = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let mut topic = Resource::topic(r.str("topic name")?);
+        let np = r.array_len("partitions")?.unwrap_or(0);
+        for _ in 0..np {
+            let p = r.i32("partition")?;
+            let records = r.nullable_bytes("records")?.unwrap_or_default();
+            let (count, _) = batch_stats(records);
+            topic = topic.with_partition(p, None, count, records.len() as u64);
+            r.tagged_fields()?;
+        }
+        r.tagged_fields()?;
+        out.push(topic);
+    }
+    Ok(out)
+}
+
+fn storage_error(api: ApiKey, version: i16, body: &[u8]) -> Result<ResponseKind, String> {
+    let t = resources::touches(api, version, body).map_err(|e| e.to_string())?;
+    let name = |n: &str| TopicName(StrBytes::from_string(n.to_string()));
+    Ok(match api {
+        ApiKey::Produce => ResponseKind::Produce(
+            ProduceResponse::default().with_responses(
+                t.topics
+                    .iter()
+                    .map(|x| {
+                        produce_response::TopicProduceResponse::default()
+                            .with_name(name(x.name))
+                            .with_partition_responses(
+                                x.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        produce_response::PartitionProduceResponse::default()
+                                            .with_index(*p)
+                                            .with_error_code(KAFKA_STORAGE_ERROR)
+                                            .with_base_offset(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        _ => ResponseKind::Fetch(
+            FetchResponse::default().with_responses(
+                t.topics
+                    .iter()
+                    .map(|x| {
+                        fetch_response::FetchableTopicResponse::default()
+                            .with_topic(name(x.name))
+                            .with_partitions(
+                                x.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        fetch_response::PartitionData::default()
+                                            .with_partition_index(*p)
+                                            .with_error_code(KAFKA_STORAGE_ERROR)
+                                            .with_high_watermark(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+    })
+}
+
+#[async_trait]
+impl Stage for AuditAccess {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn request_api_keys(&self) -> &[ApiKey] {
+        &self.request_keys
+    }
+
+    fn response_api_keys(&self) -> &[ApiKey] {
+        &[ApiKey::Produce, ApiKey::Fetch]
+    }
+
+    async fn on_request(
+        &self,
+        session: &SessionInfo,
+        request: &mut Request,
+    ) -> Result<Verdict, StageError> {
+        if !request.audit.enabled() {
+            return Ok(Verdict::Forward);
+        }
+        let api = request.api_key;
+        let version = request.version();
+        let client = |message: String| StageError {
+            stage: NAME,
+            blame: Blame::Client,
+            message,
+        };
+        if matches!(api, ApiKey::Produce | ApiKey::Fetch) && !self.auditor.healthy() {
+            // Fail closed: no access without its record.
+            let why = self.auditor.failure().unwrap_or_default();
+            tracing::error!(api = ?api, failure = %why, "audit log unhealthy: data access refused");
+            let answer = storage_error(api, version, request.body_bytes()).map_err(client)?;
+            return Ok(Verdict::Respond(Box::new(answer)));
+        }
+        match api {
+            ApiKey::Produce => {
+                let body = request.body_bytes();
+                let mut record = base(session, request, EventKind::Produce);
+                for r in produce_contents(body, version).map_err(|e| client(e.to_string()))? {
+                    record = record.with_resource(r);
+                }
+                if let Ok(t) = resources::touches(api, version, body) {
+                    if let Some(x) = t.transactional_ids.first() {
+                        record = record.with_resource(Resource::new(
+                            ResourceType::TransactionalId,
+                            x.to_string(),
+                        ));
+                    }
+                }
+                request.audit.push(record);
+            }
+            ApiKey::Fetch => {}
+            _ => {
+                let mut record = base(session, request, EventKind::Admin);
+                // Resource names where the api names them; the decisions
+                // recorded by the authorize stage carry the rest.
+                if let Ok(t) = resources::touches(api, version, request.body_bytes()) {
+                    for x in &t.topics {
+                        record = record.with_resource(Resource::topic(x.name));
+                    }
+                    for g in &t.groups {
+                        record = record.with_resource(Resource::group(*g));
+                    }
+                    for c in &t.configs {
+                        record = record.with_resource(Resource::new(
+                            ResourceType::from_name(&format!("config:{}", c.resource_type)),
+                            c.name,
+                        ));
+                    }
+                }
+                request.audit.push(record);
+            }
+        }
+        Ok(Verdict::Forward)
+    }
+
+    async fn on_response(
+        &self,
+        session: &SessionInfo,
+        response: &mut Response,
+    ) -> Result<(), StageError> {
+        if !response.audit.enabled() {
+            return Ok(());
+        }
+        let notes = response.audit.clone();
+        let upstream = |e| StageError::codec(NAME, Blame::Upstream, e);
+        match response.body().map_err(upstream)? {
+            ResponseKind::Produce(p) => {
+                notes.update(|records| {
+                    let Some(rec) = records.iter_mut().find(|r| r.kind == EventKind::Produce)
+                    else {
+                        return;
+                    };
+                    for topic in &p.responses {
+                        let Some(res) = rec.resources.iter_mut().find(|r| {
+                            r.kind == ResourceType::Topic && r.name == topic.name.0.as_str()
+                        }) else {
+                            continue;
+                        };
+                        for pr in &topic.partition_responses {
+                            if let Some(e) =
+                                res.partitions.iter_mut().find(|e| e.partition == pr.index)
+                            {
+                                if pr.error_code == 0 {
+                                    e.offset = Some(pr.base_offset);
+                                } else {
+                                    rec.details.insert(
+                                        format!("error.{}.{}", res.name, pr.index),
+                                        pr.error_code.to_string(),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+            ResponseKind::Fetch(f) => {
+                let mut resources = Vec::new();
+                for topic in &f.responses {
+                    let name = if topic.topic.0.is_empty() {
+                        topic.topic_id.to_string()
+                    } else {
+                        topic.topic.0.to_string()
+                    };
+                    let mut res = Resource::topic(name);
+                    for p in &topic.partitions {
+                        let records: &Bytes = match &p.records {
+                            Some(r) if !r.is_empty() => r,
+                            _ => continue,
+                        };
+                        let (count, first) = batch_stats(records);
+                        if count > 0 {
+                            res = res.with_partition(
+                                p.partition_index,
+                                first,
+                                count,
+                                records.len() as u64,
+                            );
+                        }
+                    }
+                    if !res.partitions.is_empty() {
+                        resources.push(res);
+                    }
+                }
+                // An empty fetch (a long poll that timed out) accessed nothing.
+                if !resources.is_empty() {
+                    let mut record = AuditRecord::new(EventKind::Fetch, notes.instance())
+                        .at(SystemTime::now())
+                        .with_action("Fetch")
+                        .with_principal(
+                            session.principal_label.to_string(),
+                            session.principal.auth_method.as_str(),
+                        )
+                        .with_client(session.client_label.to_string(), None)
+                        .with_request(
+                            response.api_key as i16,
+                            response.api_version,
+                            response.correlation_id,
+                        );
+                    for r in resources {
+                        record = record.with_resource(r);
+                    }
+                    notes.push(record);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(base_offset: i64, records: i32, payload: usize) -> Vec<u8> {
+        let len = 49 + payload; // bytes after the length field
+        let mut b = Vec::new();
+        b.extend_from_slice(&base_offset.to_be_bytes());
+        b.extend_from_slice(&(len as i32).to_be_bytes());
+        b.resize(57, 0);
+        b.extend_from_slice(&records.to_be_bytes());
+        b.resize(12 + len, 7);
+        b
+    }
+
+    #[test]
+    fn batch_headers_give_counts_and_the_first_offset() {
+        let mut bytes = batch(100, 3, 40);
+        bytes.extend(batch(103, 5, 10));
+        assert_eq!(batch_stats(&bytes), (8, Some(100)));
+        // A partial trailing batch (as fetch responses may end) is not counted.
+        let mut partial = bytes.clone();
+        partial.extend(&batch(108, 9, 30)[..50]);
+        assert_eq!(batch_stats(&partial), (8, Some(100)));
+        assert_eq!(batch_stats(&[]), (0, None));
+    }
+}
