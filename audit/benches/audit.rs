@@ -155,6 +155,7 @@ fn append_bench(c: &mut Criterion) {
     for (name, max_batch, producers) in [
         ("group commit, 2 producers", 8_192, 2u64),
         ("group commit, batches <= 64", 64, 2),
+        ("group commit, batches <= 512", 512, 2),
     ] {
         let records = &records;
         g.bench_function(name, |b| {

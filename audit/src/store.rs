@@ -38,9 +38,11 @@ use crate::record::{unix_ms, AuditRecord};
 ///
 /// One sled tree, [`layout::TREE`], holds everything so that a batch of
 /// records and its checkpoint are written atomically by one `apply_batch`.
-/// Records are stored in chunks of up to [`layout::CHUNK_RECORDS`] consecutive
-/// records under the first one's seq, because sled's cost is per key (about
-/// 15 µs an insert here, against well under 1 µs a record in a 64-record chunk):
+/// Records are stored in chunks of consecutive records (up to
+/// [`layout::CHUNK_RECORDS`] of them and about [`layout::CHUNK_BYTES`]) under
+/// the first one's seq, because sled's cost is per key: about 15 µs an insert
+/// on the development machine, so one key per record caps a store near 65,000
+/// records/s whatever the batching.
 ///
 /// ```text
 /// 'r' || u64 first_seq -> chunk = entry*, entry = u32 len || [32] chain hash || record
@@ -66,6 +68,11 @@ pub mod layout {
     pub const FORMAT: u8 = 2;
     /// Most records in one chunk.
     pub const CHUNK_RECORDS: usize = 64;
+    /// A chunk is sealed before it would pass this many bytes (unless it is
+    /// empty). sled splits a leaf only past 16 keys and writes a leaf larger
+    /// than a quarter of its 512 KiB segment as a separate blob file, which
+    /// costs a file creation per write; 17 chunks of 7 KiB stay under that.
+    pub const CHUNK_BYTES: usize = 7 * 1024;
 
     /// The key of the chunk whose first record is `seq`.
     pub fn record_key(seq: u64) -> [u8; 9] {
@@ -714,7 +721,10 @@ impl<B: Backend> Writer<B> {
                 bytes[SEQ_RANGE].copy_from_slice(&seq.to_be_bytes());
                 let hash = chain_hash(&self.prev, &bytes);
                 self.frontier.push(leaf_hash(&bytes));
-                if self.chunk_len == layout::CHUNK_RECORDS {
+                let entry_len = 4 + 32 + bytes.len();
+                if self.chunk_len == layout::CHUNK_RECORDS
+                    || self.chunk.len() + entry_len > layout::CHUNK_BYTES
+                {
                     self.seal_chunk();
                 }
                 if self.chunk_len == 0 {
