@@ -48,7 +48,7 @@ use crate::codec::{self, FORMAT_VERSION};
 use crate::error::AuditError;
 use crate::hex;
 use crate::merkle::{self, chain_hash, leaf_hash, Frontier, Hash, GENESIS};
-use crate::reader::{AuditReader, RawCheckpoint};
+use crate::reader::{AuditReader, RawCheckpoint, RawRecord};
 use crate::record::AuditRecord;
 
 /// What the verifier should additionally hold the store to.
@@ -222,6 +222,23 @@ pub(crate) struct Engine<'k> {
     last_good: Option<Checkpoint>,
     good: u64,
     problem: Option<Problem>,
+    /// Whether this engine computes the Merkle tree itself; when false another
+    /// thread does, and root comparisons wait in `pending_roots`.
+    inline_merkle: bool,
+    pending_roots: Vec<PendingRoot>,
+}
+
+/// A checkpoint whose signature and chain head checked out, waiting for the
+/// Merkle thread's root at its seq.
+struct PendingRoot {
+    seq: u64,
+    expected: Hash,
+    chain_head: Hash,
+    /// First seq the checkpoint newly covers.
+    from: u64,
+    /// State to roll back to if the root does not match.
+    last_good_before: Option<Checkpoint>,
+    good_before: u64,
 }
 
 impl<'k> Engine<'k> {
@@ -246,6 +263,44 @@ impl<'k> Engine<'k> {
             last_good: None,
             good: 0,
             problem: None,
+            inline_merkle: true,
+            pending_roots: Vec::new(),
+        }
+    }
+
+    /// Leaves the Merkle tree to another thread (see [`AuditReader::verify`]).
+    fn defer_merkle(mut self) -> Self {
+        self.inline_merkle = false;
+        self
+    }
+
+    /// The seqs at which the Merkle thread must report its root.
+    fn checkpoint_seqs(&self) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self.checkpoints.iter().map(|(s, _)| *s).collect();
+        seqs.dedup();
+        seqs
+    }
+
+    /// Compares the Merkle thread's roots with the checkpoints that waited
+    /// for them; a mismatch replaces any later problem, as it comes first.
+    fn resolve_roots(&mut self, roots: &[(u64, Hash)]) {
+        for p in std::mem::take(&mut self.pending_roots) {
+            let root = roots
+                .binary_search_by_key(&p.seq, |(s, _)| *s)
+                .ok()
+                .map(|i| roots[i].1);
+            if root != Some(p.expected) {
+                self.problem = Some(Problem {
+                    seq: p.from,
+                    last: p.seq,
+                    reason: Reason::MerkleRootMismatch { checkpoint: p.seq },
+                });
+                self.last_good = p.last_good_before;
+                self.good = p.good_before;
+                self.next = p.seq + 1;
+                self.prev = p.chain_head;
+                return;
+            }
         }
     }
 
@@ -289,7 +344,9 @@ impl<'k> Engine<'k> {
         if h != *stored {
             return self.fail(seq, seq, Reason::HashMismatch);
         }
-        self.frontier.push(leaf_hash(bytes));
+        if self.inline_merkle {
+            self.frontier.push(leaf_hash(bytes));
+        }
         self.prev = h;
         self.next += 1;
         match self.checkpoints.get(self.cp_idx) {
@@ -319,7 +376,10 @@ impl<'k> Engine<'k> {
                     Ok(()) if cp.checkpoint.chain_head != self.prev => {
                         Some(Reason::ChainHeadMismatch { checkpoint: at })
                     }
-                    Ok(()) if cp.checkpoint.merkle_root != self.frontier.root() => {
+                    Ok(())
+                        if self.inline_merkle
+                            && cp.checkpoint.merkle_root != self.frontier.root() =>
+                    {
                         Some(Reason::MerkleRootMismatch { checkpoint: at })
                     }
                     Ok(()) => None,
@@ -329,6 +389,16 @@ impl<'k> Engine<'k> {
                 return self.fail(from, at, reason);
             }
             if let Some((_, Ok(cp))) = self.checkpoints.get(self.cp_idx) {
+                if !self.inline_merkle {
+                    self.pending_roots.push(PendingRoot {
+                        seq: at,
+                        expected: cp.checkpoint.merkle_root,
+                        chain_head: cp.checkpoint.chain_head,
+                        from,
+                        last_good_before: self.last_good,
+                        good_before: self.good,
+                    });
+                }
                 self.last_good = Some(cp.checkpoint);
             }
             self.good += 1;
@@ -378,7 +448,34 @@ impl AuditReader {
                 checkpoints.push((seq, Ok(anchor)));
             }
         }
-        let mut engine = Engine::new(key, 0, GENESIS, Frontier::new(), checkpoints);
+        // Two threads, because the hashing is the cost and splits in two
+        // independent halves: this one reads the store and walks the chain,
+        // the other hashes Merkle leaves and reports its root at every
+        // checkpoint seq. Records reach it only once the chain accepted them.
+        let mut engine = Engine::new(key, 0, GENESIS, Frontier::new(), checkpoints).defer_merkle();
+        let cp_seqs = engine.checkpoint_seqs();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<RawRecord>>(8);
+        let roots = std::thread::scope(|scope| {
+            let merkle = scope.spawn(move || merkle_roots(rx, &cp_seqs));
+            let walked = self.walk_chain(&mut engine, &tx);
+            drop(tx);
+            let roots = merkle.join();
+            walked.map(|()| roots)
+        })?
+        .map_err(|_| AuditError::Store("the Merkle thread of the verifier panicked".into()))?;
+        engine.resolve_roots(&roots);
+        Ok(engine.finish())
+    }
+
+    /// Feeds every stored record to the chain engine, passing accepted ones on
+    /// to the Merkle thread in batches.
+    fn walk_chain(
+        &self,
+        engine: &mut Engine<'_>,
+        tx: &std::sync::mpsc::SyncSender<Vec<RawRecord>>,
+    ) -> Result<(), AuditError> {
+        const BATCH: usize = 2048;
+        let mut batch = Vec::with_capacity(BATCH);
         for item in self.raw_range(0) {
             let r = match item {
                 Ok(r) => r,
@@ -391,8 +488,20 @@ impl AuditReader {
             if !engine.push(r.seq, &r.hash, r.bytes()) {
                 break;
             }
+            batch.push(r);
+            if batch.len() == BATCH {
+                // A send fails only if the Merkle thread died; join reports it.
+                if tx
+                    .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                    .is_err()
+                {
+                    break;
+                }
+            }
         }
-        Ok(engine.finish())
+        // As above: a dead receiver shows when the thread is joined.
+        let _ = tx.send(batch);
+        Ok(())
     }
 
     /// An inclusion proof of record `seq` against the latest checkpoint. Reads
@@ -430,6 +539,27 @@ impl AuditReader {
             checkpoint,
         })
     }
+}
+
+/// The Merkle half of store verification: leaf hashes into a frontier, and
+/// the root at each of `checkpoint_seqs` (sorted) that the records reach.
+fn merkle_roots(
+    rx: std::sync::mpsc::Receiver<Vec<RawRecord>>,
+    checkpoint_seqs: &[u64],
+) -> Vec<(u64, Hash)> {
+    let mut frontier = Frontier::new();
+    let mut roots = Vec::new();
+    let mut next_cp = checkpoint_seqs.iter().peekable();
+    for batch in rx {
+        for r in batch {
+            frontier.push(leaf_hash(r.bytes()));
+            while next_cp.next_if(|&&s| s < r.seq).is_some() {}
+            if next_cp.next_if(|&&s| s == r.seq).is_some() {
+                roots.push((r.seq, frontier.root()));
+            }
+        }
+    }
+    roots
 }
 
 /// Verifies the store in `dir` against `key`.

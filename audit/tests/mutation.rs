@@ -360,3 +360,33 @@ fn reopening_a_store_with_a_corrupt_tail_is_refused() {
         other => panic!("expected a corrupt tail, got {other:?}"),
     }
 }
+
+#[test]
+fn a_signed_checkpoint_with_a_wrong_merkle_root_is_reported_before_later_problems() {
+    let dir = fresh();
+    {
+        let (db, tree) = raw_tree(dir.path());
+        // What a buggy signer could produce: right chain head, wrong root.
+        let v = tree
+            .get(checkpoint_key(199))
+            .expect("get")
+            .expect("present");
+        let mut cp = SignedCheckpoint::from_bytes(&v[..153])
+            .expect("parse")
+            .checkpoint;
+        cp.merkle_root[0] ^= 1;
+        let mut value = common::key().sign(cp).to_bytes().to_vec();
+        value.extend_from_slice(&v[153..]);
+        tree.insert(checkpoint_key(199), value).expect("insert");
+        // And a later, separate problem, which must not hide the first.
+        remove_record(&tree, 450);
+        db.flush().expect("flush");
+    }
+    let report = verify_store(dir.path(), &public()).expect("verify");
+    let p = report.problem.clone().expect("detected");
+    assert_eq!((p.seq, p.last), (100, 199), "{report}");
+    assert_eq!(p.reason, Reason::MerkleRootMismatch { checkpoint: 199 });
+    assert_eq!(report.checkpoints, 1);
+    assert_eq!(report.last_checkpoint.map(|c| c.seq), Some(99));
+    assert_eq!(report.records, 200);
+}
