@@ -16,6 +16,9 @@ use crate::merkle::{Frontier, Hash};
 use crate::record::AuditRecord;
 use crate::store::layout;
 
+/// Page cache of an open store.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Opens the sled database, waiting briefly for a lock this process held.
 ///
 /// sled frees its file lock through crossbeam-epoch deferred destruction, so
@@ -27,7 +30,13 @@ use crate::store::layout;
 fn open_db(dir: &Path) -> Result<sled::Db, AuditError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
-        match sled::Config::new().path(dir).open() {
+        // sled's default page cache is 1 GiB; an append-mostly log read in
+        // sequential scans needs far less.
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     && std::time::Instant::now() < deadline =>

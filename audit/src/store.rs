@@ -643,6 +643,11 @@ impl<B: Backend> Drop for Writer<B> {
     fn drop(&mut self) {
         // A stopped writer (closed, failed or panicked) takes no records.
         self.shared.healthy.store(false, Ordering::Release);
+        if std::thread::panicking() {
+            if let Ok(mut f) = self.shared.failure.lock() {
+                f.get_or_insert_with(|| "audit writer panicked".into());
+            }
+        }
     }
 }
 

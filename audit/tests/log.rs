@@ -254,3 +254,70 @@ fn key_files_round_trip() {
     // Debug output names the key id, never the secret.
     assert_eq!(format!("{key:?}"), format!("SignerKey({})", key.key_id()));
 }
+
+/// A real full disk: run with `CUSTOS_AUDIT_FULL_DISK_DIR` naming an empty
+/// directory on a small filesystem (e.g. a 3 MiB tmpfs) and `--ignored`.
+#[test]
+#[ignore = "needs a small filesystem; see the doc comment"]
+fn a_full_disk_fails_tickets_and_marks_the_log_unhealthy() {
+    let Some(dir) = std::env::var_os("CUSTOS_AUDIT_FULL_DISK_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir).join("store");
+    let (handle, writer) = open(&dir, AuditOptions::default());
+    let mut durable = 0u64;
+    let mut failure = None;
+    for round in 0..10_000u64 {
+        let tickets: Vec<_> = (0..64)
+            .map(|i| handle.append_blocking(&record(round * 64 + i)))
+            .collect();
+        for t in tickets {
+            match t.and_then(custos_audit::Ticket::wait) {
+                Ok(_) => durable += 1,
+                Err(e) => failure = Some(e),
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    let failure = failure.expect("the disk fills up");
+    eprintln!("after {durable} durable records: {failure}");
+    assert!(!handle.healthy());
+    assert!(handle.health().failure.is_some());
+    assert!(matches!(
+        handle.try_append(&record(0)),
+        Err(TryAppendError::Failed(AppendError::Unhealthy(_)))
+    ));
+    drop(handle);
+    writer.join().expect("writer");
+}
+
+/// After `a_full_disk_fails_tickets_and_marks_the_log_unhealthy`, with space
+/// freed (e.g. `mount -o remount,size=16m`): the store reopens, verifies, and
+/// the chain continues from what reached the disk.
+#[test]
+#[ignore = "runs after the full-disk test; see the doc comment"]
+fn a_store_reopens_after_the_disk_had_filled() {
+    let Some(dir) = std::env::var_os("CUSTOS_AUDIT_FULL_DISK_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir).join("store");
+    let before = verify_store(&dir, &public()).expect("verify");
+    eprintln!("before reopening: {before}");
+    assert!(before.ok());
+    let (handle, writer) = open(&dir, AuditOptions::default());
+    let next = handle
+        .append_blocking(&record(0))
+        .expect("queue")
+        .wait()
+        .expect("durable")
+        .seq;
+    assert_eq!(next, before.records);
+    handle.close_blocking().expect("close");
+    drop(handle);
+    writer.join().expect("writer");
+    let after = verify_store(&dir, &public()).expect("verify");
+    eprintln!("after: {after}");
+    assert!(after.ok());
+}
