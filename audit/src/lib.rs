@@ -10,6 +10,15 @@
 //! [`verify_export`]) and check that one record is in the signed log
 //! ([`verify_proof`]). Records never hold payload bytes, secrets or raw
 //! personal data: only who, what, where, counts, and keyed-hash tokens.
+//!
+//! Wiring, in short: [`AuditLog::open`] once at start-up gives an
+//! [`AuditHandle`] (cheap to clone) and the [`AuditWriter`] thread.
+//! Asynchronous audit hands events to a [`LogSink`], which never waits (a
+//! full queue or an unhealthy log is a `SinkError`). Strict audit awaits the
+//! ticket, `handle.append(&record).await?.await?`, before answering the
+//! client. Queries go through `handle.reader()`; its methods block, so call
+//! them off the async runtime. At shutdown, `handle.close().await` writes the
+//! final checkpoint, then `writer.join()`.
 
 pub mod checkpoint;
 pub mod codec;
