@@ -208,20 +208,59 @@ impl Default for LimitsConfig {
     }
 }
 
-/// The admin HTTP server (`/healthz`, `/readyz`, `/metrics`).
+/// The admin HTTP server (`/healthz`, `/readyz`, `/metrics`, and the audit
+/// API under `/v1/`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to serve on.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// File holding the bearer token every `/v1/` request must present; the
+    /// audit API answers 503 until one is configured.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            token_file: None,
         }
+    }
+}
+
+/// Shortest admin token accepted, in characters.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl AdminConfig {
+    /// The bearer token from `token_file` (`None` when not configured): the
+    /// file's content without surrounding whitespace, at least
+    /// [`MIN_ADMIN_TOKEN_LEN`] visible ASCII characters.
+    pub fn read_token(&self) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let raw = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        );
+        let token = raw.trim();
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(format!(
+                "{} holds a token of {} characters; use at least {MIN_ADMIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)",
+                path.display(),
+                token.len()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{}: the token must be one line of visible ASCII characters (it travels in an HTTP header)",
+                path.display()
+            ));
+        }
+        Ok(Some(zeroize::Zeroizing::new(token.to_string())))
     }
 }
 
@@ -399,6 +438,9 @@ impl Config {
         if let Some(sasl) = &mut self.upstream.sasl {
             sasl.resolve_paths(base);
         }
+        if let Some(t) = &mut self.admin.token_file {
+            fix(t);
+        }
         if let Some(a) = &mut self.audit {
             fix(&mut a.dir);
             fix(&mut a.signing_key);
@@ -493,6 +535,9 @@ impl Config {
                 "admin.listen",
                 "uses the same port as listen.bootstrap_port",
             ));
+        }
+        if let Err(why) = self.admin.read_token() {
+            errors.push(err("admin.token_file", why));
         }
         if let Some(t) = &l.tls {
             check_file(&mut errors, "listen.tls.cert", &t.cert);
@@ -672,6 +717,39 @@ admin:
                 .any(|e| e.key == "upstream.tls.ca" && e.message.contains("missing-ca.pem")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn admin_token_file_is_resolved_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let with_token = GOOD.replace(
+            "  listen: 127.0.0.1:8400\n",
+            "  listen: 127.0.0.1:8400\n  token_file: admin.token\n",
+        );
+        // Missing file: named, with the resolved path.
+        let e = Config::parse(&with_token, dir.path()).unwrap_err();
+        assert_eq!(e[0].key, "admin.token_file");
+        assert!(e[0].message.contains("admin.token"), "{}", e[0].message);
+        // Too short.
+        std::fs::write(dir.path().join("admin.token"), "short\n").expect("write");
+        let e = Config::parse(&with_token, dir.path()).unwrap_err();
+        assert!(e[0].message.contains("at least"), "{}", e[0].message);
+        // Whitespace inside.
+        std::fs::write(dir.path().join("admin.token"), "0123456789 abcdef0123\n").expect("write");
+        let e = Config::parse(&with_token, dir.path()).unwrap_err();
+        assert!(e[0].message.contains("visible ASCII"), "{}", e[0].message);
+        // Good: trailing newline trimmed.
+        std::fs::write(dir.path().join("admin.token"), "0123456789abcdef0123\n").expect("write");
+        let c = Config::parse(&with_token, dir.path()).expect("valid");
+        assert_eq!(
+            c.admin
+                .read_token()
+                .expect("token")
+                .as_deref()
+                .map(String::as_str),
+            Some("0123456789abcdef0123")
+        );
+        assert_eq!(parse(GOOD).expect("valid").admin.read_token(), Ok(None));
     }
 
     #[test]

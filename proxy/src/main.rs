@@ -1,4 +1,5 @@
-//! The `custos` command: run the gateway, or check a configuration file.
+//! The `custos` command: run the gateway, check a configuration file, manage
+//! users and policies, and work with the audit log offline.
 
 // The command line talks to people on stdout; that is its job.
 #![allow(clippy::print_stdout)]
@@ -39,6 +40,15 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// The audit log offline: keys, verification, proofs, export, listing.
+    ///
+    /// These commands open a store directly; a running Custos holds its
+    /// store locked, so use them on a stopped instance's store or on an
+    /// export (the admin API under /v1/audit serves a running one).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Manage the SCRAM credential file clients authenticate against.
     ///
@@ -121,6 +131,108 @@ enum UsersCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Make a new Ed25519 signing key (a 32-byte seed, mode 0600) in FILE and
+    /// its public key (hex) in FILE.pub; prints the public key. Never
+    /// overwrites either file.
+    Keygen {
+        /// Signing key file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a store (--dir) or an export (--export) against the public key:
+    /// every chain hash, every checkpoint signature, chain head and Merkle
+    /// root. Exits 1 on any problem, naming the first bad sequence number.
+    Verify {
+        /// Store directory (`audit.dir`) of a Custos that is not running.
+        #[arg(long, required_unless_present = "export", conflicts_with = "export")]
+        dir: Option<PathBuf>,
+        /// Export directory made by `custos audit export`.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Public key: a file (hex or raw 32 bytes) or 64 hex digits.
+        #[arg(long)]
+        public_key: String,
+        /// A checkpoint kept outside the store (JSON, e.g. saved from
+        /// /v1/audit/checkpoints/latest): the store must reach and match it,
+        /// which catches truncation of records together with their checkpoints.
+        #[arg(long, conflicts_with = "export")]
+        anchor: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an inclusion proof (JSON) of record SEQ against the latest checkpoint.
+    Proof {
+        /// Sequence number of the record.
+        seq: u64,
+        /// Store directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Check an inclusion proof (from `custos audit proof` or
+    /// /v1/audit/proof/{seq}); prints the proven record. `-` reads standard input.
+    VerifyProof {
+        /// Proof file (JSON).
+        file: PathBuf,
+        /// Public key: a file (hex or raw 32 bytes) or 64 hex digits.
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Export a segment (records, checkpoints, manifest) for offline
+    /// verification and archiving. A segment starts at 0 or just after a
+    /// checkpoint and ends at a checkpoint.
+    Export {
+        /// Store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Directory to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// First sequence number (0, or one past a checkpoint's).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Last sequence number (a checkpoint's); default: the latest checkpoint.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Print matching records as JSON lines, oldest first.
+    List {
+        /// Store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Principal, exactly (`User:alice`).
+        #[arg(long)]
+        principal: Option<String>,
+        /// A topic the record touches.
+        #[arg(long)]
+        topic: Option<String>,
+        /// A consumer group the record touches.
+        #[arg(long)]
+        group: Option<String>,
+        /// Kafka api, by key number or name (`Produce`).
+        #[arg(long)]
+        api: Option<String>,
+        /// `allowed` or `denied` (authorization records).
+        #[arg(long)]
+        decision: Option<String>,
+        /// Event kind (repeatable or comma-separated): produce, fetch,
+        /// authorization, admin, audit_query, start, stop, ...
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Earliest time, inclusive: RFC 3339 or unix milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Latest time, exclusive: RFC 3339 or unix milliseconds.
+        #[arg(long)]
+        until: Option<String>,
+        /// Most records to print (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration file and report every error, naming its key.
     Check {
@@ -163,6 +275,13 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("custos policy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Audit { command } => match audit(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("custos audit: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -305,6 +424,237 @@ fn users(file: &std::path::Path, command: UsersCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A public key given as a file (hex or raw bytes) or as 64 hex digits.
+fn public_key(arg: &str) -> anyhow::Result<custos_audit::PublicKey> {
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        return custos_audit::PublicKey::load(path)
+            .with_context(|| format!("public key file {arg}"));
+    }
+    if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return custos_audit::PublicKey::from_hex(arg).context("public key");
+    }
+    anyhow::bail!("--public-key {arg:?} is neither a readable file nor 64 hex digits")
+}
+
+/// Opens a store for offline use, explaining a lock held by a running Custos.
+fn open_store(dir: &std::path::Path) -> anyhow::Result<custos_audit::AuditReader> {
+    match custos_audit::AuditReader::open(dir) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let locked = std::fs::File::open(dir.join("db"))
+                .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+            if locked {
+                anyhow::bail!(
+                    "{}: the audit store is locked by another process (a running Custos keeps \
+                     its store locked): stop it first, query it through the admin API \
+                     (/v1/audit, /v1/audit/verify, /v1/audit/proof/SEQ), or work on an export",
+                    dir.display()
+                );
+            }
+            if dir.join("manifest.json").is_file() {
+                anyhow::bail!(
+                    "{}: this is an audit export, not a store (use --export)",
+                    dir.display()
+                );
+            }
+            Err(anyhow::Error::new(e))
+        }
+    }
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use custos::admin::audit_api::{self, FilterArgs};
+    use std::io::Write;
+    match command {
+        AuditCommand::Keygen { out } => {
+            let mut pub_path = out.clone().into_os_string();
+            pub_path.push(".pub");
+            let pub_path = PathBuf::from(pub_path);
+            anyhow::ensure!(
+                !out.exists(),
+                "{} exists; refusing to overwrite a signing key",
+                out.display()
+            );
+            anyhow::ensure!(
+                !pub_path.exists(),
+                "{} exists; refusing to overwrite it",
+                pub_path.display()
+            );
+            let key = custos_audit::SignerKey::generate_file(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let public = key.public();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&pub_path)
+                .with_context(|| format!("cannot create {}", pub_path.display()))?;
+            writeln!(f, "{}", public.to_hex())
+                .with_context(|| format!("cannot write {}", pub_path.display()))?;
+            println!("{}", public.to_hex());
+            eprintln!(
+                "wrote signing key {} (keep it secret) and public key {} (key id {})",
+                out.display(),
+                pub_path.display(),
+                public.key_id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            dir,
+            export,
+            public_key: key_arg,
+            anchor,
+            json,
+        } => {
+            let key = public_key(&key_arg)?;
+            let report = match (&dir, &export) {
+                (_, Some(e)) => custos_audit::verify_export(e, &key)
+                    .with_context(|| format!("export {}", e.display()))?,
+                (Some(d), None) => {
+                    let anchor = anchor
+                        .map(|p| -> anyhow::Result<_> {
+                            let text = std::fs::read_to_string(&p)
+                                .with_context(|| format!("cannot read {}", p.display()))?;
+                            let j: custos_audit::CheckpointJson = serde_json::from_str(&text)
+                                .with_context(|| format!("{}: not a checkpoint", p.display()))?;
+                            j.to_signed().with_context(|| {
+                                format!("{}: checkpoint fields malformed", p.display())
+                            })
+                        })
+                        .transpose()?;
+                    open_store(d)?
+                        .verify(&key, &custos_audit::VerifyOptions { anchor })
+                        .with_context(|| format!("store {}", d.display()))?
+                }
+                (None, None) => anyhow::bail!("give --dir STORE or --export DIR"),
+            };
+            if json {
+                println!("{}", audit_api::report_json(&report, &key));
+            } else {
+                println!("{report}");
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Proof { seq, dir } => {
+            let proof = open_store(&dir)?
+                .prove(seq)
+                .with_context(|| format!("store {}", dir.display()))?;
+            println!("{}", proof.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::VerifyProof {
+            file,
+            public_key: key_arg,
+        } => {
+            let key = public_key(&key_arg)?;
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let proof = custos_audit::InclusionProof::from_json(&text)
+                .with_context(|| format!("{}", file.display()))?;
+            match custos_audit::verify_proof(&proof, &key) {
+                Ok(record) => {
+                    let cp = proof.checkpoint.checkpoint;
+                    println!(
+                        "OK: record {} is in the log signed by key {} at checkpoint seq {} (tree size {}, time_ms {})",
+                        proof.seq,
+                        cp.key_id,
+                        cp.seq,
+                        cp.tree_size(),
+                        cp.time_ms
+                    );
+                    println!("{}", serde_json::to_string(&record)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Export { dir, out, from, to } => {
+            let s = open_store(&dir)?
+                .export(
+                    &out,
+                    custos_audit::ExportRange {
+                        from_seq: from,
+                        to_seq: to,
+                    },
+                )
+                .with_context(|| format!("store {}", dir.display()))?;
+            println!(
+                "exported seqs {}..={} ({} records, {} checkpoints) to {}",
+                s.from_seq,
+                s.to_seq,
+                s.records,
+                s.checkpoints,
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::List {
+            dir,
+            principal,
+            topic,
+            group,
+            api,
+            decision,
+            kinds,
+            since,
+            until,
+            limit,
+        } => {
+            let filter = FilterArgs {
+                principal,
+                topic,
+                group,
+                api,
+                decision,
+                kinds,
+                since,
+                until,
+            }
+            .to_filter()
+            .map_err(anyhow::Error::msg)?;
+            let reader = open_store(&dir)?;
+            let mut left = limit.unwrap_or(usize::MAX);
+            let mut cursor = None;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            while left > 0 {
+                let page = reader.scan(&filter, cursor, left.min(10_000))?;
+                for r in &page.records {
+                    let line = serde_json::to_string(&audit_api::record_json(r))?;
+                    if let Err(e) = writeln!(out, "{line}") {
+                        // A closed pipe (`| head`) is the reader's choice, not an error.
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        return Err(e.into());
+                    }
+                }
+                left -= page.records.len();
+                match page.next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            match out.flush() {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+}
+
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
@@ -327,13 +677,17 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let proxy = Proxy::new(config, shutdown.clone()).await?;
         tokio::spawn(wait_for_signal(shutdown));
         proxy.run().await?;
         Ok(())
-    })
+    });
+    // The audit log is closed by now. A blocking task still running (an
+    // admin-API verification of a large store) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -261,10 +261,12 @@ impl Proxy {
                 .with_detail("authorization", cfg.authorization.is_some().to_string()),
         );
 
-        let admin_state = Arc::new(admin::AdminState {
-            metrics: s.metrics.clone(),
-            ready: self.ready.clone(),
-        });
+        let admin_state = Arc::new(admin::AdminState::new(
+            s.metrics.clone(),
+            self.ready.clone(),
+            s.session.auditor.clone(),
+            &cfg.admin,
+        ));
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             admin_state,
