@@ -262,7 +262,7 @@ class CustosGateway:
                  name: str = "custos", max_frame_bytes: int = 104857600, extra_yaml: str = "",
                  listen_tls: Optional[dict] = None, upstream_tls: Optional[dict] = None,
                  client_sec: Optional[Sec] = None, listen_extra: str = "",
-                 upstream_sasl: Optional[dict] = None):
+                 upstream_sasl: Optional[dict] = None, admin_extra: str = ""):
         self.binary = binary
         self.kafka = kafka
         self.workdir = Path(workdir)
@@ -277,6 +277,7 @@ class CustosGateway:
         self.extra_yaml = extra_yaml
         self.listen_extra = listen_extra
         self.upstream_sasl = upstream_sasl
+        self.admin_extra = admin_extra   # more `admin:` keys, each line indented two spaces
         self.listen_tls = listen_tls
         self.upstream_tls = upstream_tls
         self.client_sec = client_sec or PLAIN
@@ -334,7 +335,7 @@ class CustosGateway:
             f"  max_frame_bytes: {self.max_frame_bytes}\n"
             "admin:\n"
             f"  listen: {self.host}:{self.admin_port}\n"
-            + self.extra_yaml)
+            + self.admin_extra + self.extra_yaml)
 
     def http_status(self, path: str, timeout: float = 2.0) -> int:
         try:
