@@ -5,10 +5,14 @@
 #
 #   deploy/bench.sh [ROUNDS]    (default 5 rounds; medians are reported)
 #
-# Three paths per round, in rotating order: "direct" (to Kafka), "proxy"
-# (Custos, no authorization) and "authz" (a second Custos with Cedar
-# authorization on: every request decided, the bench topic and group granted
-# among decoy policies for other principals).
+# Paths per round, in rotating order (BENCH_PATHS, default all five):
+#   direct       to Kafka itself
+#   proxy        Custos, no authorization, no audit
+#   authz        Custos with Cedar authorization (the bench topic and group
+#                granted among 200 decoy policies for other principals)
+#   audit        authz plus the audit log in strict mode (a response waits
+#                until its records are durable)
+#   audit-async  authz plus the audit log in async mode
 #
 # Env: BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
 #      BENCH_IDLE_CONNS (1000), CUSTOS_BIN (default: target/release/custos,
@@ -27,15 +31,20 @@ PROXY=127.0.0.1:49500
 ADMIN=127.0.0.1:49400
 AUTHZ=127.0.0.1:49510
 AUTHZ_ADMIN=127.0.0.1:49410
+AUDIT=127.0.0.1:49520
+AUDIT_ADMIN=127.0.0.1:49420
+AUDIT_ASYNC=127.0.0.1:49530
+AUDIT_ASYNC_ADMIN=127.0.0.1:49430
+PATHS="${BENCH_PATHS:-direct proxy authz audit audit-async}"
 CUSTOS_BIN="${CUSTOS_BIN:-$REPO/target/release/custos}"
 [[ -x "$CUSTOS_BIN" ]] || cargo build --release -p custos
 rm -rf "$RUN"; mkdir -p "$RUN"
 
 CUSTOS_PID=""
-AUTHZ_PID=""
+PIDS=()
 cleanup() {
   [[ -n "$CUSTOS_PID" ]] && kill "$CUSTOS_PID" 2>/dev/null || true
-  [[ -n "$AUTHZ_PID" ]] && kill "$AUTHZ_PID" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   deploy/kafka.sh stop --dir "$RUN/kafka" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -68,13 +77,23 @@ CUSTOS_PID=$!
     echo "@id(\"decoy-$i\") permit (principal == User::\"user-$i\", action in Action::\"Read\", resource is Topic) when { resource.name like \"team-$i.*\" };"
   done
 } > "$RUN/bench.cedar"
-sed -e 's/bootstrap_port: 49500/bootstrap_port: 49510/' -e 's/broker_port_base: 49600/broker_port_base: 49700/' \
-  -e "s/listen: $ADMIN/listen: $AUTHZ_ADMIN/" "$RUN/custos.yaml" > "$RUN/custos-authz.yaml"
-printf 'authorization:\n  policies: ["%s"]\n' "$RUN/bench.cedar" >> "$RUN/custos-authz.yaml"
-"$CUSTOS_BIN" run --config "$RUN/custos-authz.yaml" 2>"$RUN/custos-authz.log" &
-AUTHZ_PID=$!
+head -c 32 /dev/urandom > "$RUN/audit.key"
+variant() { # name bootstrap-port broker-base admin-addr [audit-mode]
+  sed -e "s/bootstrap_port: 49500/bootstrap_port: $2/" -e "s/broker_port_base: 49600/broker_port_base: $3/" \
+    -e "s/listen: $ADMIN/listen: $4/" "$RUN/custos.yaml" > "$RUN/custos-$1.yaml"
+  printf 'authorization:\n  policies: ["%s"]\n' "$RUN/bench.cedar" >> "$RUN/custos-$1.yaml"
+  if [[ -n "${5:-}" ]]; then
+    printf 'audit:\n  dir: "%s"\n  signing_key: "%s"\n  mode: %s\n' \
+      "$RUN/audit-$1" "$RUN/audit.key" "$5" >> "$RUN/custos-$1.yaml"
+  fi
+  "$CUSTOS_BIN" run --config "$RUN/custos-$1.yaml" 2>"$RUN/custos-$1.log" &
+  PIDS+=($!)
+  until curl -fsS "http://$4/readyz" >/dev/null 2>&1; do sleep 0.2; done
+}
+variant authz 49510 49700 "$AUTHZ_ADMIN"
+variant audit 49520 49800 "$AUDIT_ADMIN" strict
+variant audit-async 49530 49900 "$AUDIT_ASYNC_ADMIN" async
 until curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
-until curl -fsS "http://$AUTHZ_ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
 
 tool() { deploy/kafka.sh tool "$@"; }
 tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$DIRECT" --create \
@@ -95,11 +114,17 @@ field_rate() { sed -E 's/.* ([0-9.]+) records\/sec.*/\1/'; }
 field_pct() { sed -E "s/.* ([0-9.]+) ms $1.*/\1/"; }
 
 echo "round,path,produce_rec_s,consume_rec_s" > "$RUN/throughput.csv"
-addr() { case "$1" in direct) echo "$DIRECT" ;; proxy) echo "$PROXY" ;; authz) echo "$AUTHZ" ;; esac; }
-for r in $(seq 1 "$ROUNDS"); do
-  case $(( r % 3 )) in
-    1) order="direct proxy authz" ;; 2) order="proxy authz direct" ;; 0) order="authz direct proxy" ;;
+addr() {
+  case "$1" in
+    direct) echo "$DIRECT" ;; proxy) echo "$PROXY" ;; authz) echo "$AUTHZ" ;;
+    audit) echo "$AUDIT" ;; audit-async) echo "$AUDIT_ASYNC" ;;
   esac
+}
+read -r -a ALL <<< "$PATHS"
+for r in $(seq 1 "$ROUNDS"); do
+  # Rotate the order each round so drift hits every path alike.
+  k=$(( (r - 1) % ${#ALL[@]} ))
+  order="${ALL[*]:$k} ${ALL[*]:0:$k}"
   for path in $order; do
     b=$(addr "$path")
     p=$(produce "$b" -1 | field_rate)
@@ -121,6 +146,8 @@ PPR=$(paired 3); PCR=$(paired 4)
 AP=$(col authz 3); AC=$(col authz 4)
 APR=$(paired 3 authz); ACR=$(paired 4 authz)
 APP=$(paired 3 authz proxy); ACP=$(paired 4 authz proxy)
+SP=$(col audit 3); SC=$(col audit 4); SPA=$(paired 3 audit authz); SCA=$(paired 4 audit authz)
+YP=$(col audit-async 3); YC=$(col audit-async 4); YPA=$(paired 3 audit-async authz); YCA=$(paired 4 audit-async authz)
 
 # Latency at a fixed rate: half the direct maximum.
 curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-before.txt"
@@ -198,6 +225,15 @@ consume records/s: direct $DC, through Custos $PC, ratio of medians $(ratio "$PC
 with authorization: produce $AP rec/s, paired ratio to direct $APR, to Custos without authorization $APP
 with authorization: consume $AC rec/s, paired ratio to direct $ACR, to Custos without authorization $ACP
 authorization decisions during the run: $(curl -fsS "http://$AUTHZ_ADMIN/metrics" | awk '/^custos_authz_(allowed|denied)_total/ {printf "%s=%s ", $1, $2}')
+strict audit: produce $SP rec/s, consume $SC rec/s; paired ratio to authz without audit: produce $SPA, consume $SCA
+async audit: produce $YP rec/s, consume $YC rec/s; paired ratio to authz without audit: produce $YPA, consume $YCA
+audit records written (strict, async): $(curl -fsS "http://$AUDIT_ADMIN/metrics" | awk '/^custos_audit_records_total/ {print $2}'), $(curl -fsS "http://$AUDIT_ASYNC_ADMIN/metrics" | awk '/^custos_audit_records_total/ {print $2}')
+strict audit wait per response: $(curl -fsS "http://$AUDIT_ADMIN/metrics" | python3 -c '
+import re, sys
+b = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(r"custos_audit_wait_seconds_bucket\{le=\"([^\"]+)\"\} (\d+)", sys.stdin.read()) if m.group(1) != "+Inf"]
+tot = b[-1][1] if b else 0
+q = lambda x: next((le * 1e6 for le, c in b if tot and c >= x * tot), float("nan"))
+print(f"{tot} waits, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us")')
 produce latency at $RATE rec/s: p50 direct $D50 ms, Custos $P50 ms; p99 direct $D99 ms, Custos $P99 ms
 added latency: p50 $(awk -v a="$P50" -v b="$D50" 'BEGIN {printf "%.2f", a-b}') ms, p99 $(awk -v a="$P99" -v b="$D99" 'BEGIN {printf "%.2f", a-b}') ms
 Custos's own time per Produce exchange: $OWN

@@ -542,7 +542,7 @@ async fn authenticate_client(
             .read()
             .map(|v| v.clone())
             .unwrap_or_default();
-        if s.config.authorization.is_some() {
+        if s.config.authorization.is_some() || s.config.audit.is_some() {
             let mut capped = versions.to_vec();
             crate::stages::api_versions::cap_name_based(&mut capped);
             versions = Arc::new(capped);

@@ -286,8 +286,6 @@ def test_audit_api_and_cli(kafka, tmp_path_factory, topic_name):
         assert f"seq {seq}:" in r.stdout, f"{what}: {r.stdout}"
 
 
-@pytest.mark.xfail(strict=True, reason="proxy: without authorization, clients fetch by topic id (Fetch v13+) "
-                   "and the audit_access stage records the topic's id, not its name, so a topic filter misses them")
 def test_fetch_by_topic_id_is_recorded_under_the_name(kafka, tmp_path_factory, topic_name):
     d = tmp_path_factory.mktemp("audit-topic-id")
     key = d / "audit.key"

@@ -295,6 +295,8 @@ impl Stage for AuditAccess {
                     else {
                         return;
                     };
+                    let mut refused = 0usize;
+                    let mut first_code = 0i16;
                     for topic in &p.responses {
                         let Some(res) = rec.resources.iter_mut().find(|r| {
                             r.kind == ResourceType::Topic && r.name == topic.name.0.as_str()
@@ -308,6 +310,10 @@ impl Stage for AuditAccess {
                                 if pr.error_code == 0 {
                                     e.offset = Some(pr.base_offset);
                                 } else {
+                                    refused += 1;
+                                    if first_code == 0 {
+                                        first_code = pr.error_code;
+                                    }
                                     rec.details.insert(
                                         format!("error.{}.{}", res.name, pr.index),
                                         pr.error_code.to_string(),
@@ -315,6 +321,15 @@ impl Stage for AuditAccess {
                                 }
                             }
                         }
+                    }
+                    // A refused partition wrote nothing: say so, not just in
+                    // the details, so the record never reads as a write.
+                    if refused > 0 {
+                        rec.error = Some(custos_audit::ErrorInfo {
+                            code: Some(first_code),
+                            blame: custos_audit::Blame::Upstream,
+                            message: format!("the broker refused {refused} partition(s)"),
+                        });
                     }
                 });
             }

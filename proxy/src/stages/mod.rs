@@ -41,7 +41,8 @@ pub fn registry(deps: &StageDeps) -> Vec<Arc<dyn Stage>> {
         )));
     }
     stages.push(Arc::new(api_versions::ApiVersionsFilter {
-        name_based: deps.authorizer.is_some(),
+        // Authorization and audit both need topic names, not ids.
+        name_based: deps.authorizer.is_some() || deps.auditor.enabled(),
     }));
     stages.push(Arc::new(rewrite_addresses::RewriteAddresses::new(
         deps.brokers.clone(),
