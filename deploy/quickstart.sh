@@ -28,6 +28,10 @@ trap cleanup EXIT
 
 say "Building Custos"
 cargo build --quiet -p custos
+# The example config's audit signing key and admin API token live here.
+mkdir -p "$RUN_DIR"
+[[ -f "$RUN_DIR/audit.key" ]] || ./target/debug/custos audit keygen --out "$RUN_DIR/audit.key" >/dev/null
+[[ -f "$RUN_DIR/admin.token" ]] || { umask 077; openssl rand -hex 24 > "$RUN_DIR/admin.token"; }
 ./target/debug/custos config check "$CONFIG"
 
 say "Starting Apache Kafka (KRaft, one broker on 127.0.0.1:19092)"
@@ -89,8 +93,26 @@ print("LeaderAndIsr request sent; Custos answered by closing the connection:",
 PY
 grep -m1 "refused request" "$RUN_DIR/custos.log" || true
 
+say "The audit log: the refused produce, as a compliance officer queries it"
+TOKEN="$(cat "$RUN_DIR/admin.token")"
+curl -fsS -H "Authorization: Bearer $TOKEN" \
+  "http://$ADMIN/v1/audit?topic=payroll.salaries&decision=denied&limit=1" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["records"][0]
+print(json.dumps({k: r.get(k) for k in ("seq", "kind", "action", "principal", "client", "resources", "decision")}, indent=1))'
+echo "Without the token the audit API answers $(curl -s -o /dev/null -w '%{http_code}' "http://$ADMIN/v1/audit")."
+echo "Live verification of the hash chain and signed checkpoints:"
+curl -fsS -H "Authorization: Bearer $TOKEN" "http://$ADMIN/v1/audit/verify"; echo
+
 say "Metrics (http://$ADMIN/metrics), requests by api:"
 curl -fsS "http://$ADMIN/metrics" | grep '^custos_requests_total' | head -8
+
+if [[ "$WAIT" == 0 ]]; then
+  say "Stopping Custos, then verifying its audit store offline with only the public key"
+  kill "$CUSTOS_PID" && wait "$CUSTOS_PID" 2>/dev/null || true
+  CUSTOS_PID=""
+  ./target/debug/custos audit verify --dir "$RUN_DIR/audit-store" --public-key "$RUN_DIR/audit.key.pub"
+fi
 
 if [[ "$WAIT" == 1 ]]; then
   say "Custos is running: point any Kafka client at bootstrap.servers=$BOOTSTRAP. Ctrl-C stops it all."
