@@ -403,6 +403,91 @@ mod tests {
         b
     }
 
+    fn produce_request(topics: &[&str]) -> Request {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::protocol::Encodable;
+        let version = 9;
+        let body = ProduceRequest::default().with_acks(-1).with_topic_data(
+            topics
+                .iter()
+                .map(|t| {
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                        .with_partition_data(vec![PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(Bytes::from(batch(0, 2, 20))))])
+                })
+                .collect(),
+        );
+        let mut b = bytes::BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(5)
+            .encode(&mut b, ApiKey::Produce.request_header_version(version))
+            .expect("header");
+        body.encode(&mut b, version).expect("body");
+        Request::parse(b.freeze()).expect("parse")
+    }
+
+    fn session() -> SessionInfo {
+        SessionInfo::new(
+            1,
+            "127.0.0.1:9".parse().expect("addr"),
+            Some(1),
+            false,
+            crate::auth::Identity::anonymous(),
+        )
+    }
+
+    fn auditor(dir: &std::path::Path) -> Auditor {
+        let key = dir.join("audit.key");
+        custos_audit::SignerKey::generate_file(&key).expect("key");
+        let cfg = crate::config::AuditConfig {
+            dir: dir.join("store"),
+            signing_key: key,
+            mode: crate::config::AuditMode::Strict,
+            queue_capacity: 16,
+            checkpoint_interval_ms: 1000,
+            checkpoint_every: 100,
+            instance_id: Some("unit".into()),
+        };
+        Auditor::open(&cfg, std::sync::Arc::new(crate::metrics::Metrics::new())).expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_produce_is_noted_with_counts_and_refused_once_the_log_cannot_write() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let auditor = auditor(dir.path());
+        let stage = AuditAccess::new(auditor.clone());
+        let mut req = produce_request(&["orders"]);
+        req.audit = auditor.notes();
+        assert!(matches!(
+            stage.on_request(&session(), &mut req).await.expect("stage"),
+            Verdict::Forward
+        ));
+        let noted = req.audit.take();
+        assert_eq!(noted.len(), 1);
+        assert_eq!(noted[0].kind, EventKind::Produce);
+        let p = &noted[0].resources[0].partitions[0];
+        assert_eq!((p.partition, p.records, p.offset), (0, 2, None));
+        // The store stops taking records: data access must not go on unrecorded.
+        auditor.close().await;
+        assert!(!auditor.healthy());
+        let mut req = produce_request(&["orders"]);
+        req.audit = auditor.notes();
+        match stage.on_request(&session(), &mut req).await.expect("stage") {
+            Verdict::Respond(r) => match *r {
+                ResponseKind::Produce(p) => assert_eq!(
+                    p.responses[0].partition_responses[0].error_code,
+                    KAFKA_STORAGE_ERROR
+                ),
+                other => panic!("{other:?}"),
+            },
+            Verdict::Forward => panic!("forwarded a produce the audit log cannot record"),
+        }
+    }
+
     #[test]
     fn batch_headers_give_counts_and_the_first_offset() {
         let mut bytes = batch(100, 3, 40);
