@@ -7,7 +7,10 @@
 //! stages (`pipeline.rs`, one file each under `stages/`), and forwards; the
 //! response comes back through the same session and stages. Broker addresses
 //! are mapped in `broker_map.rs`; `admin.rs` and `metrics.rs` serve operators;
-//! `config.rs` reads the one configuration file.
+//! `config.rs` reads the one configuration file. Authorization is the
+//! `authorize` stage (policies loaded by `policy_store.rs`, resource names read
+//! by `resources.rs`); audit records travel with each exchange
+//! (`audit_trail.rs`) and are made durable before the answer is released.
 
 #![forbid(unsafe_code)]
 
