@@ -115,7 +115,14 @@ pub struct PolicyEngine {
     cluster: EntityUid,
     index: PolicyIndex,
     cedar: cedar_policy::Authorizer,
+    // Resource entities already built: a topic's attributes come from the
+    // catalog (prefix and regex matches) and building an entity evaluates
+    // them, so both are done once per resource and engine. Bounded.
+    resources: std::sync::Mutex<HashMap<Resource, (EntityUid, Entity)>>,
 }
+
+/// Resource entities kept per engine.
+const RESOURCE_CACHE_MAX: usize = 16_384;
 
 impl fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -373,6 +380,7 @@ impl PolicyEngine {
             base_entities,
             cluster,
             cedar: cedar_policy::Authorizer::new(),
+            resources: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -604,6 +612,30 @@ impl PolicyEngine {
 
     /// The resource's uid, and its entity unless it is the prebuilt cluster.
     fn resource_entity(&self, r: &Resource) -> Result<(EntityUid, Option<Entity>), String> {
+        if matches!(r, Resource::Cluster) {
+            return Ok((self.cluster.clone(), None));
+        }
+        // A poisoned lock only means a panic mid-insert; the map is still a map.
+        let lock = || {
+            self.resources
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((uid, entity)) = lock().get(r) {
+            return Ok((uid.clone(), Some(entity.clone())));
+        }
+        let (uid, entity) = self.build_resource_entity(r)?;
+        if let Some(e) = &entity {
+            let mut cache = lock();
+            if cache.len() >= RESOURCE_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(r.clone(), (uid.clone(), e.clone()));
+        }
+        Ok((uid, entity))
+    }
+
+    fn build_resource_entity(&self, r: &Resource) -> Result<(EntityUid, Option<Entity>), String> {
         let ty = match r {
             Resource::Topic(_) => &self.types.topic,
             Resource::Group(_) => &self.types.consumer_group,
