@@ -229,6 +229,7 @@ mod tests {
             checkpoint_interval_ms: 50,
             checkpoint_every: 10_000,
             instance_id: Some("unit".into()),
+            kafka_topic: None,
         };
         Auditor::open(&cfg, Arc::new(Metrics::new())).expect("auditor")
     }

@@ -21,6 +21,13 @@ use custos_audit::{
 use crate::config::{AuditConfig, AuditMode};
 use crate::metrics::Metrics;
 
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Why the audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditOpenError {

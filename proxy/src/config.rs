@@ -73,6 +73,11 @@ pub struct AuditConfig {
     /// Name of this instance in every record (default: the host name).
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Also ship every durable record (JSON) to this Kafka topic, with
+    /// Custos's own upstream credentials; created with one partition if
+    /// missing. For collecting several instances' logs in one place.
+    #[serde(default)]
+    pub kafka_topic: Option<String>,
 }
 
 fn default_audit_queue() -> usize {

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit_ship;
 pub mod audit_trail;
 pub mod auth;
 pub mod broker_map;

@@ -273,6 +273,28 @@ impl Proxy {
             s.shutdown.clone(),
         ));
         let discovery = tokio::spawn(discover(s.clone(), self.ready.clone()));
+        if let (Some(a), Some(topic)) = (
+            &cfg.audit,
+            cfg.audit.as_ref().and_then(|a| a.kafka_topic.clone()),
+        ) {
+            let shipper = crate::audit_ship::Shipper {
+                auditor: s.session.auditor.clone(),
+                topic,
+                servers: cfg
+                    .upstream
+                    .bootstrap_servers
+                    .iter()
+                    .filter_map(|b| parse_host_port(b).ok())
+                    .collect(),
+                security: s.upstream.clone(),
+                timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
+                position_file: std::path::PathBuf::from(format!(
+                    "{}.kafka-position",
+                    a.dir.display()
+                )),
+            };
+            tokio::spawn(shipper.run(s.shutdown.clone()));
+        }
         tokio::spawn(accept_loop(
             s.clone(),
             bootstrap,

@@ -451,6 +451,7 @@ mod tests {
             checkpoint_interval_ms: 1000,
             checkpoint_every: 100,
             instance_id: Some("unit".into()),
+            kafka_topic: None,
         };
         Auditor::open(&cfg, std::sync::Arc::new(crate::metrics::Metrics::new())).expect("open")
     }

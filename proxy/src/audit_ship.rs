@@ -1,0 +1,326 @@
+//! Ships durable audit records to a Kafka topic, for deployments with several
+//! Custos instances (one place to collect and watch every instance's log) and
+//! for SIEMs that read Kafka.
+//!
+//! The shipper tails the local store and produces each durable record (JSON,
+//! keyed by `instance/seq`) with Custos's own upstream credentials, so the
+//! topic can be closed to everyone else by the broker's ACLs. Only durable
+//! records are shipped, so a crash never leaves the topic ahead of the store;
+//! the last shipped sequence number is kept in a file beside the store, and a
+//! restart may ship a few records twice (at-least-once: the key tells them
+//! apart). The local store stays the authority that `custos audit verify`
+//! checks; the topic is a copy for collection.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit_trail::Auditor;
+use crate::frame::{read_one, write_frame};
+use crate::stream::Stream;
+use crate::upstream::{self, UpstreamSecurity};
+
+/// Records per Produce request.
+const BATCH: usize = 500;
+/// Largest answer read from the broker.
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Where and how to ship.
+pub struct Shipper {
+    /// The log to tail.
+    pub auditor: Auditor,
+    /// Destination topic (created with one partition if missing).
+    pub topic: String,
+    /// Bootstrap brokers.
+    pub servers: Vec<(String, u16)>,
+    /// Custos's own TLS/SASL towards the brokers.
+    pub security: UpstreamSecurity,
+    /// Connect timeout.
+    pub timeout: Duration,
+    /// File holding the next sequence number to ship.
+    pub position_file: PathBuf,
+}
+
+/// One request/response exchange on a connection.
+struct Conn {
+    stream: Stream,
+    corr: i32,
+}
+
+impl Conn {
+    async fn call(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> Result<ResponseKind, String> {
+        self.corr += 1;
+        let mut frame = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.corr)
+            .with_client_id(Some(StrBytes::from_static_str("custos-audit-shipper")))
+            .encode(&mut frame, key.request_header_version(version))
+            .map_err(|e| e.to_string())?;
+        body.encode(&mut frame, version)
+            .map_err(|e| e.to_string())?;
+        write_frame(&mut self.stream, &frame.freeze())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = read_one(&mut self.stream, MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
+            .map_err(|e| e.to_string())?;
+        if header.correlation_id != self.corr {
+            return Err(format!(
+                "answer to correlation id {}",
+                header.correlation_id
+            ));
+        }
+        ResponseKind::decode(key, &mut answer, version).map_err(|e| e.to_string())
+    }
+}
+
+impl Shipper {
+    /// Ships until `shutdown`; failures are logged and retried.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut next = self.load_position();
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.session(&mut next, &shutdown) => r,
+            };
+            if let Err(e) = result {
+                tracing::warn!(topic = %self.topic, error = %e, next_seq = next, "audit shipping to Kafka failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    fn load_position(&self) -> u64 {
+        std::fs::read_to_string(&self.position_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn save_position(&self, next: u64) -> Result<(), String> {
+        let tmp = self.position_file.with_extension("tmp");
+        std::fs::write(&tmp, next.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &self.position_file))
+            .map_err(|e| format!("{}: {e}", self.position_file.display()))
+    }
+
+    async fn connect(&self, host: &str, port: u16) -> Result<Conn, String> {
+        let stream = upstream::connect(host, port, &self.security, self.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Conn { stream, corr: 0 })
+    }
+
+    /// The leader of partition 0 of the topic, creating the topic if needed.
+    async fn leader(&self) -> Result<(String, u16), String> {
+        let mut last = String::from("no bootstrap server");
+        for (host, port) in &self.servers {
+            let mut conn = match self.connect(host, *port).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            for _ in 0..20 {
+                let md = conn
+                    .call(
+                        ApiKey::Metadata,
+                        12,
+                        RequestKind::Metadata(
+                            MetadataRequest::default()
+                                .with_topics(Some(vec![
+                                    metadata_request::MetadataRequestTopic::default().with_name(
+                                        Some(TopicName(StrBytes::from_string(self.topic.clone()))),
+                                    ),
+                                ]))
+                                .with_allow_auto_topic_creation(false),
+                        ),
+                    )
+                    .await?;
+                let ResponseKind::Metadata(md) = md else {
+                    return Err("not a Metadata answer".into());
+                };
+                let topic = md.topics.first().ok_or("empty Metadata answer")?;
+                match topic.error_code {
+                    0 => {
+                        if let Some(p) = topic.partitions.iter().find(|p| p.partition_index == 0) {
+                            if let Some(b) = md.brokers.iter().find(|b| b.node_id == p.leader_id) {
+                                let port = u16::try_from(b.port).map_err(|e| e.to_string())?;
+                                return Ok((b.host.to_string(), port));
+                            }
+                        }
+                    }
+                    3 => {
+                        let created = conn
+                            .call(
+                                ApiKey::CreateTopics,
+                                7,
+                                RequestKind::CreateTopics(
+                                    CreateTopicsRequest::default().with_topics(vec![
+                                        create_topics_request::CreatableTopic::default()
+                                            .with_name(TopicName(StrBytes::from_string(
+                                                self.topic.clone(),
+                                            )))
+                                            .with_num_partitions(1)
+                                            .with_replication_factor(-1),
+                                    ]),
+                                ),
+                            )
+                            .await?;
+                        if let ResponseKind::CreateTopics(c) = created {
+                            if let Some(t) = c.topics.first() {
+                                // 36: TOPIC_ALREADY_EXISTS (another instance won).
+                                if t.error_code != 0 && t.error_code != 36 {
+                                    return Err(format!(
+                                        "creating {}: error code {}",
+                                        self.topic, t.error_code
+                                    ));
+                                }
+                            }
+                        }
+                        tracing::info!(topic = %self.topic, "audit topic created");
+                    }
+                    e => return Err(format!("Metadata for {}: error code {e}", self.topic)),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            last = format!("no leader for {} yet", self.topic);
+        }
+        Err(last)
+    }
+
+    /// One connection's worth of shipping.
+    async fn session(&self, next: &mut u64, shutdown: &CancellationToken) -> Result<(), String> {
+        let (host, port) = self.leader().await?;
+        let mut conn = self.connect(&host, port).await?;
+        let reader = self.auditor.reader().ok_or("audit log not configured")?;
+        let instance = self.auditor.instance().to_string();
+        loop {
+            let durable = self
+                .auditor
+                .handle()
+                .map(|h| h.health().durable_records)
+                .unwrap_or(0);
+            if *next >= durable {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+            let from = *next;
+            let reader = reader.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                reader.scan(
+                    &custos_audit::ScanFilter::default(),
+                    Some(custos_audit::Cursor(from)),
+                    BATCH,
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            // Only what is durable: a crash must never leave Kafka ahead.
+            let records: Vec<_> = page
+                .records
+                .into_iter()
+                .filter(|r| r.seq < durable)
+                .collect();
+            let Some(last) = records.last().map(|r| r.seq) else {
+                continue;
+            };
+            let now = crate::audit_trail::unix_ms_now();
+            let mut batch = Vec::with_capacity(records.len());
+            for (i, r) in records.iter().enumerate() {
+                let mut json = serde_json::to_value(&r.record).map_err(|e| e.to_string())?;
+                if let Some(o) = json.as_object_mut() {
+                    o.insert("hash".into(), custos_audit::hex::encode(&r.hash).into());
+                }
+                batch.push(Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: -1,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i as i64,
+                    // The encoder keeps records in one batch only while
+                    // offset - sequence stays constant; Kafka takes exactly one
+                    // batch per partition. The batch's base sequence is then the
+                    // first record's, -1: "no idempotence", as it must be.
+                    sequence: i32::try_from(i).unwrap_or(i32::MAX) - 1,
+                    timestamp: now,
+                    key: Some(Bytes::from(format!("{instance}/{}", r.seq))),
+                    value: Some(Bytes::from(json.to_string())),
+                    headers: Default::default(),
+                });
+            }
+            let mut records_bytes = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut records_bytes,
+                &batch,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: Compression::None,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let answer = conn
+                .call(
+                    ApiKey::Produce,
+                    9,
+                    RequestKind::Produce(
+                        ProduceRequest::default()
+                            .with_acks(-1)
+                            .with_timeout_ms(30_000)
+                            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                                .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
+                                .with_partition_data(vec![
+                                    produce_request::PartitionProduceData::default()
+                                        .with_index(0)
+                                        .with_records(Some(records_bytes.freeze())),
+                                ])]),
+                    ),
+                )
+                .await?;
+            let ResponseKind::Produce(p) = answer else {
+                return Err("not a Produce answer".into());
+            };
+            let part = p
+                .responses
+                .first()
+                .and_then(|t| t.partition_responses.first())
+                .ok_or("empty Produce answer")?;
+            if part.error_code != 0 {
+                return Err(format!(
+                    "produce to {}: error code {} ({})",
+                    self.topic,
+                    part.error_code,
+                    part.error_message.as_deref().unwrap_or("no message")
+                ));
+            }
+            *next = last + 1;
+            self.save_position(*next)?;
+        }
+    }
+}
