@@ -639,16 +639,18 @@ fn plan(
             mask_topics(d, Read, t, |denied| {
                 Box::new(move |r| match r {
                     ResponseKind::Fetch(f) => {
-                        for topic in &mut f.responses {
-                            if denied.contains(topic.topic.0.as_str()) {
-                                for p in &mut topic.partitions {
-                                    *p = fetch_response::PartitionData::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(TOPIC_AUTHORIZATION_FAILED)
-                                        .with_high_watermark(-1);
-                                }
-                            }
-                        }
+                        mask(
+                            &mut f.responses,
+                            &denied,
+                            |x| x.topic.0.as_str(),
+                            |x| &mut x.partitions,
+                            |p| {
+                                fetch_response::PartitionData::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                                    .with_high_watermark(-1)
+                            },
+                        );
                         Ok(())
                     }
                     _ => Err(wrong(ApiKey::Fetch)),
@@ -658,15 +660,17 @@ fn plan(
         ApiKey::ListOffsets => mask_topics(d, Describe, t, |denied| {
             Box::new(move |r| match r {
                 ResponseKind::ListOffsets(l) => {
-                    for topic in &mut l.topics {
-                        if denied.contains(topic.name.0.as_str()) {
-                            for p in &mut topic.partitions {
-                                *p = list_offsets_response::ListOffsetsPartitionResponse::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED);
-                            }
-                        }
-                    }
+                    mask(
+                        &mut l.topics,
+                        &denied,
+                        |x| x.name.0.as_str(),
+                        |x| &mut x.partitions,
+                        |p| {
+                            list_offsets_response::ListOffsetsPartitionResponse::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                        },
+                    );
                     Ok(())
                 }
                 _ => Err(wrong(api)),
@@ -675,15 +679,17 @@ fn plan(
         ApiKey::OffsetForLeaderEpoch => mask_topics(d, Describe, t, |denied| {
             Box::new(move |r| match r {
                 ResponseKind::OffsetForLeaderEpoch(l) => {
-                    for topic in &mut l.topics {
-                        if denied.contains(topic.topic.0.as_str()) {
-                            for p in &mut topic.partitions {
-                                *p = offset_for_leader_epoch_response::EpochEndOffset::default()
-                                    .with_partition(p.partition)
-                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED);
-                            }
-                        }
-                    }
+                    mask(
+                        &mut l.topics,
+                        &denied,
+                        |x| x.topic.0.as_str(),
+                        |x| &mut x.partitions,
+                        |p| {
+                            offset_for_leader_epoch_response::EpochEndOffset::default()
+                                .with_partition(p.partition)
+                                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                        },
+                    );
                     Ok(())
                 }
                 _ => Err(wrong(api)),
@@ -692,15 +698,17 @@ fn plan(
         ApiKey::DescribeProducers => mask_topics(d, Read, t, |denied| {
             Box::new(move |r| match r {
                 ResponseKind::DescribeProducers(l) => {
-                    for topic in &mut l.topics {
-                        if denied.contains(topic.name.0.as_str()) {
-                            for p in &mut topic.partitions {
-                                *p = describe_producers_response::PartitionResponse::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED);
-                            }
-                        }
-                    }
+                    mask(
+                        &mut l.topics,
+                        &denied,
+                        |x| x.name.0.as_str(),
+                        |x| &mut x.partitions,
+                        |p| {
+                            describe_producers_response::PartitionResponse::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                        },
+                    );
                     Ok(())
                 }
                 _ => Err(wrong(api)),
@@ -1406,6 +1414,24 @@ fn offset_commit_answer(topics: &[(String, Vec<i32>)], e: i16) -> OffsetCommitRe
             })
             .collect(),
     )
+}
+
+/// Replaces every partition entry of the `denied` topics in a broker's
+/// answer with `denied_entry` (the same partition, carrying the error).
+fn mask<T, P>(
+    topics: &mut [T],
+    denied: &HashSet<String>,
+    name: impl Fn(&T) -> &str,
+    partitions: impl Fn(&mut T) -> &mut Vec<P>,
+    denied_entry: impl Fn(&P) -> P,
+) {
+    for topic in topics {
+        if denied.contains(name(topic)) {
+            for p in partitions(topic).iter_mut() {
+                *p = denied_entry(p);
+            }
+        }
+    }
 }
 
 /// Reads: forward whole, then replace the denied topics' entries in the answer.
