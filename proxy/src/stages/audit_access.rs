@@ -124,15 +124,16 @@ pub fn batch_stats(records: &[u8]) -> (u64, Option<i64>) {
     (count, first)
 }
 
-/// Topics and partitions of a Produce body with each partition's record
-/// count and bytes (bounded reader).
+/// The resources of a Produce body: its transactional id, if any, then each
+/// topic with each partition's record count and bytes (bounded reader, one
+/// walk).
 fn produce_contents(body: &[u8], version: i16) -> Result<Vec<Resource>, WireError> {
     let mut r = Reader::new(body, version >= 9);
-    r.nullable_str("transactional id")?;
+    let txn = r.nullable_str("transactional id")?;
     r.i16("acks")?;
     r.i32("timeout")?;
     let n = r.array_len("topics")?.unwrap_or(0);
-    let mut out = Vec::with_capacity(n.min(64));
+    let mut out = Vec::with_capacity(n.min(64) + 1);
     for _ in 0..n {
         let mut topic = Resource::topic(r.str("topic name")?);
         let np = r.array_len("partitions")?.unwrap_or(0);
@@ -145,6 +146,10 @@ fn produce_contents(body: &[u8], version: i16) -> Result<Vec<Resource>, WireErro
         }
         r.tagged_fields()?;
         out.push(topic);
+    }
+    // Listed after the topics, where the records always had it.
+    if let Some(x) = txn {
+        out.push(Resource::new(ResourceType::TransactionalId, x));
     }
     Ok(out)
 }
@@ -242,14 +247,6 @@ impl Stage for AuditAccess {
                 let mut record = base(session, request, EventKind::Produce);
                 for r in produce_contents(body, version).map_err(|e| client(e.to_string()))? {
                     record = record.with_resource(r);
-                }
-                if let Ok(t) = resources::touches(api, version, body) {
-                    if let Some(x) = t.transactional_ids.first() {
-                        record = record.with_resource(Resource::new(
-                            ResourceType::TransactionalId,
-                            x.to_string(),
-                        ));
-                    }
                 }
                 request.audit.push(record);
             }
