@@ -7,6 +7,9 @@
 //! encryption of protected fields (KMS, DEKs, rotation) is built on this crate
 //! by the field-encryption issue.
 
+pub mod key_ref;
+pub mod kms;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 

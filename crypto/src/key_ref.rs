@@ -1,0 +1,24 @@
+//! Which key protects a ciphertext, as the envelope names it.
+//!
+//! A ciphertext must say how to find its key again without any state local to
+//! one Custos instance: either the DEK itself, wrapped by a KMS key, or the
+//! data subject whose key (in the subject key store) was used.
+
+use crate::kms::WrappedKey;
+
+/// Length of a data-subject token (HMAC-SHA-256 output).
+pub const SUBJECT_TOKEN_LEN: usize = 32;
+
+/// The key a ciphertext was sealed with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyRef {
+    /// A DEK carried in the envelope, wrapped by a KMS KEK.
+    Wrapped(WrappedKey),
+    /// A data subject's own key, found by the subject's keyed-hash token.
+    Subject {
+        /// Keyed-hash token of the subject id (never the raw id).
+        token: [u8; SUBJECT_TOKEN_LEN],
+        /// Which of that subject's keys.
+        version: u32,
+    },
+}
