@@ -7,6 +7,7 @@
 //! encryption of protected fields (KMS, DEKs, rotation) is built on this crate
 //! by the field-encryption issue.
 
+pub mod aws_kms;
 pub mod key_ref;
 pub mod kms;
 
