@@ -8,8 +8,12 @@
 //! by the field-encryption issue.
 
 pub mod aws_kms;
+pub mod guarded;
 pub mod key_ref;
+pub mod keyring;
+pub mod keys;
 pub mod kms;
+pub mod subject_store;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -64,10 +68,17 @@ impl SubjectTokenizer {
 
     /// The token of one subject id, as lowercase hex of the HMAC-SHA-256 tag.
     pub fn token(&self, subject_id: &[u8]) -> String {
+        self.token_bytes(subject_id)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The token of one subject id as the raw 32-byte HMAC-SHA-256 tag.
+    pub fn token_bytes(&self, subject_id: &[u8]) -> [u8; key_ref::SUBJECT_TOKEN_LEN] {
         let mut mac = self.mac.clone();
         mac.update(subject_id);
-        let tag = mac.finalize().into_bytes();
-        tag.iter().map(|b| format!("{b:02x}")).collect()
+        mac.finalize().into_bytes().into()
     }
 }
 
