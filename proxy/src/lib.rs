@@ -26,6 +26,8 @@ pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy_store;
+pub mod produce_records;
+pub mod record_batch;
 pub mod resources;
 pub mod server;
 pub mod session;
