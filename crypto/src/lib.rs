@@ -7,7 +7,9 @@
 //! encryption of protected fields (KMS, DEKs, rotation) is built on this crate
 //! by the field-encryption issue.
 
+pub mod aead;
 pub mod aws_kms;
+pub mod envelope;
 pub mod guarded;
 pub mod key_ref;
 pub mod keyring;
