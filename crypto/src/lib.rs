@@ -11,10 +11,12 @@ pub mod aead;
 pub mod aws_kms;
 pub mod envelope;
 pub mod guarded;
+pub mod json_fields;
 pub mod key_ref;
 pub mod keyring;
 pub mod keys;
 pub mod kms;
+pub mod mask;
 pub mod subject_store;
 
 use hmac::{Hmac, Mac};
