@@ -7,6 +7,7 @@
 //! `admin.token_file`.
 
 pub mod audit_api;
+pub mod keys_api;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub token: audit_api::Token,
     /// One whole-log walk (verify, proof) at a time.
     heavy: tokio::sync::Semaphore,
+    /// Field encryption (its subject keys serve `/v1/keys/*`), when configured.
+    pub protection: Option<Arc<crate::field_rules::Protection>>,
 }
 
 impl AdminState {
@@ -71,6 +74,7 @@ impl AdminState {
             auditor,
             token,
             heavy: tokio::sync::Semaphore::new(1),
+            protection: None,
         }
     }
 }

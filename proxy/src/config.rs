@@ -37,6 +37,9 @@ pub struct Config {
     /// The tamper-evident audit log; without it nothing is recorded.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// Field encryption; without it records pass as they are.
+    #[serde(default)]
+    pub encryption: Option<crate::field_rules::EncryptionConfig>,
 }
 
 /// When a response waits for its audit record.
@@ -407,8 +410,19 @@ impl Config {
         Self::parse(&text, base).map_err(|errors| ConfigErrors { file, errors })
     }
 
-    /// Parses and validates YAML text; relative TLS paths resolve against `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    /// Reads a file that parses but may not validate yet (tools such as
+    /// `custos keys create` make the files that validation looks for).
+    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![err("", format!("cannot read file: {e}"))],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_unvalidated(&text, base).map_err(|errors| ConfigErrors { file, errors })
+    }
+
+    fn parse_unvalidated(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -416,6 +430,12 @@ impl Config {
             vec![err(&key, e.into_inner().to_string())]
         })?;
         cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    /// Parses and validates YAML text; relative TLS paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        let cfg = Self::parse_unvalidated(text, base)?;
         let errors = cfg.validate();
         if errors.is_empty() {
             Ok(cfg)
@@ -450,6 +470,21 @@ impl Config {
             fix(&mut a.dir);
             fix(&mut a.signing_key);
         }
+        if let Some(e) = &mut self.encryption {
+            if let crate::field_rules::KmsConfig::Local(l) = &mut e.kms {
+                fix(&mut l.keyring);
+                if let Some(m) = &mut l.master_key_file {
+                    fix(m);
+                }
+            }
+            if let Some(s) = &mut e.subject_keys {
+                fix(&mut s.dir);
+                fix(&mut s.token_key_file);
+            }
+            if let Some(t) = &mut e.token_key_file {
+                fix(t);
+            }
+        }
         if let Some(a) = &mut self.authorization {
             a.policies.iter_mut().for_each(fix);
             if let Some(c) = &mut a.catalog {
@@ -467,6 +502,12 @@ impl Config {
         }
     }
 
+    /// Whether requests must name topics (not ids): authorization, audit and
+    /// encryption all decide by topic name.
+    pub fn name_based(&self) -> bool {
+        self.authorization.is_some() || self.audit.is_some() || self.encryption.is_some()
+    }
+
     /// Checks every rule that types alone cannot express; returns all violations.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
@@ -479,6 +520,11 @@ impl Config {
             }
             if a.checkpoint_every == 0 {
                 errors.push(err("audit.checkpoint_every", "must be at least 1"));
+            }
+        }
+        if let Some(e) = &self.encryption {
+            for i in e.validate() {
+                errors.push(err(&i.key, i.message));
             }
         }
         if let Some(a) = &self.authorization {

@@ -13,6 +13,8 @@ use custos::config::{Config, LogFormat};
 use custos::server::Proxy;
 use tokio_util::sync::CancellationToken;
 
+mod keys_cli;
+
 /// Custos: a Kafka-protocol security and compliance gateway.
 ///
 /// Clients point bootstrap.servers at Custos and change nothing else.
@@ -49,6 +51,15 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Field-encryption keys: KEKs in the embedded keyring, per-subject keys,
+    /// crypto-shredding.
+    Keys {
+        /// Configuration file (its `encryption` section names the keys).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: keys_cli::KeysCommand,
     },
     /// Manage the SCRAM credential file clients authenticate against.
     ///
@@ -282,6 +293,13 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("custos audit: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keys { config, command } => match keys_cli::run(&config, command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("custos keys: {e:#}");
                 ExitCode::FAILURE
             }
         },

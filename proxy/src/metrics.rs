@@ -69,6 +69,24 @@ fn added_histogram() -> Histogram {
     ))
 }
 
+/// Labels: one KMS call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KmsLabel {
+    /// `local` or `aws`.
+    pub kms: String,
+    /// `generate_data_key`, `decrypt_data_key` or `rewrap`.
+    pub op: String,
+    /// `ok`, `error`, `timeout` or `circuit_open`.
+    pub outcome: String,
+}
+
+/// Label: why something failed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Short reason.
+    pub reason: String,
+}
+
 /// All of Custos's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -106,6 +124,26 @@ pub struct Metrics {
     pub upstream_latency: HistogramFamily,
     /// Time Custos spent on a request and its response.
     pub added_latency: HistogramFamily,
+    /// Records whose protected parts were encrypted on produce.
+    pub encrypted_records_total: Counter,
+    /// Fetched records revealed: plaintext.
+    pub decrypted_plain_total: Counter,
+    /// Fetched records revealed: masked.
+    pub decrypted_masked_total: Counter,
+    /// Produce partitions refused because they could not be protected.
+    pub encrypt_failures: Family<ReasonLabel, Counter>,
+    /// Fetch partitions withheld because their keys could not be had.
+    pub decrypt_failures: Counter,
+    /// KMS calls, by KMS, operation and outcome.
+    pub kms_calls: Family<KmsLabel, Counter>,
+    /// KMS call latency.
+    pub kms_latency: Histogram,
+    /// Data-key cache hits (copied from the key manager at scrape time).
+    pub dek_cache_hits: Gauge,
+    /// Data-key cache misses (copied from the key manager at scrape time).
+    pub dek_cache_misses: Gauge,
+    /// The key manager whose cache counters are exported, once set.
+    pub key_stats: std::sync::OnceLock<std::sync::Arc<custos_crypto::keys::KeyManager>>,
     next_conn_id: AtomicU64,
     /// Labels of every api, built once: the request path must not format strings.
     labels: Vec<ApiLabel>,
@@ -170,6 +208,60 @@ impl Metrics {
             "policy_reload_failures",
             "Policy reloads refused; the previous policies stayed in force",
             policy_reloads_failed.clone(),
+        );
+        let encrypted_records_total = Counter::default();
+        let decrypted_plain_total = Counter::default();
+        let decrypted_masked_total = Counter::default();
+        let encrypt_failures = Family::<ReasonLabel, Counter>::default();
+        let decrypt_failures = Counter::default();
+        let kms_calls = Family::<KmsLabel, Counter>::default();
+        let kms_latency = upstream_histogram();
+        let dek_cache_hits = Gauge::default();
+        let dek_cache_misses = Gauge::default();
+        registry.register(
+            "encrypted_records",
+            "Produced records whose protected parts were encrypted",
+            encrypted_records_total.clone(),
+        );
+        registry.register(
+            "revealed_plaintext_records",
+            "Fetched records of protected topics shown in plaintext (Decrypt allowed)",
+            decrypted_plain_total.clone(),
+        );
+        registry.register(
+            "revealed_masked_records",
+            "Fetched records of protected topics shown masked",
+            decrypted_masked_total.clone(),
+        );
+        registry.register(
+            "encrypt_failures",
+            "Produce partitions refused because they could not be protected, by reason",
+            encrypt_failures.clone(),
+        );
+        registry.register(
+            "decrypt_failures",
+            "Fetch partitions withheld because a key could not be had",
+            decrypt_failures.clone(),
+        );
+        registry.register(
+            "kms_calls",
+            "KMS calls by KMS, operation and outcome",
+            kms_calls.clone(),
+        );
+        registry.register(
+            "kms_latency_seconds",
+            "KMS call latency",
+            kms_latency.clone(),
+        );
+        registry.register(
+            "dek_cache_hits",
+            "Data-key cache hits",
+            dek_cache_hits.clone(),
+        );
+        registry.register(
+            "dek_cache_misses",
+            "Data-key cache misses",
+            dek_cache_misses.clone(),
         );
         let upstream_latency: HistogramFamily = Family::new_with_constructor(upstream_histogram);
         let added_latency: HistogramFamily = Family::new_with_constructor(added_histogram);
@@ -242,6 +334,16 @@ impl Metrics {
             bytes_out,
             upstream_latency,
             added_latency,
+            encrypted_records_total,
+            decrypted_plain_total,
+            decrypted_masked_total,
+            encrypt_failures,
+            decrypt_failures,
+            kms_calls,
+            kms_latency,
+            dek_cache_hits,
+            dek_cache_misses,
+            key_stats: std::sync::OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
             labels: (0..LABEL_SLOTS)
                 .map(|k| ApiLabel {
@@ -321,8 +423,41 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts records encrypted on produce.
+    pub fn encrypted_records(&self, n: u64) {
+        self.encrypted_records_total.inc_by(n);
+    }
+
+    /// Counts a produce partition refused for `reason`.
+    pub fn encrypt_failure(&self, reason: &str) {
+        self.encrypt_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts fetched records revealed, in plaintext or masked.
+    pub fn decrypted_records(&self, n: u64, plaintext: bool) {
+        if plaintext {
+            self.decrypted_plain_total.inc_by(n);
+        } else {
+            self.decrypted_masked_total.inc_by(n);
+        }
+    }
+
+    /// Counts a fetch partition withheld.
+    pub fn decrypt_failure(&self) {
+        self.decrypt_failures.inc();
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        if let Some(k) = self.key_stats.get() {
+            let s = k.stats();
+            self.dek_cache_hits.set(s.cache_hits as i64);
+            self.dek_cache_misses.set(s.cache_misses as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -332,6 +467,19 @@ impl Metrics {
 }
 
 const LABEL_SLOTS: usize = 128;
+
+impl custos_crypto::guarded::KmsObserver for Metrics {
+    fn call(&self, kms: &str, op: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.kms_calls
+            .get_or_create(&KmsLabel {
+                kms: kms.to_string(),
+                op: op.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.kms_latency.observe(elapsed.as_secs_f64());
+    }
+}
 
 #[cfg(test)]
 mod tests {

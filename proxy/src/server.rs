@@ -54,6 +54,9 @@ pub enum StartError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit_trail::AuditOpenError),
+    /// The encryption keys could not be set up.
+    #[error("`encryption`: {0}")]
+    Encryption(#[from] crate::protection::ProtectionError),
     /// A listener could not be bound.
     #[error("`{key}`: cannot listen on {addr}: {cause}")]
     Bind {
@@ -77,6 +80,8 @@ enum Route {
 
 struct Shared {
     config: Config,
+    /// Field encryption, when configured (the admin API shreds through it).
+    protection: Option<Arc<crate::field_rules::Protection>>,
     /// How clients authenticate on the listeners.
     auth: Option<ListenerAuth>,
     /// The api versions the cluster last advertised to Custos itself.
@@ -173,7 +178,17 @@ impl Proxy {
         if let Some(p) = &policies {
             tokio::spawn(p.clone().watch(shutdown.clone()));
         }
+        let protection = match &config.encryption {
+            Some(e) => Some(crate::protection::open(e, metrics.clone()).await?),
+            None => None,
+        };
+        if protection.is_some() && policies.is_none() {
+            tracing::warn!(
+                "`encryption` without `authorization`: nobody may decrypt, every reader sees masks"
+            );
+        }
         let pipeline = Arc::new(Pipeline::new(stages::registry(&StageDeps {
+            protection: protection.clone(),
             brokers: brokers.clone(),
             authorizer: policies.as_ref().map(|p| p.authorizer.clone()),
             auditor: auditor.clone(),
@@ -212,6 +227,7 @@ impl Proxy {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
+                protection,
                 auth,
                 broker_versions: std::sync::RwLock::new(Arc::new(Vec::new())),
                 brokers,
@@ -261,12 +277,14 @@ impl Proxy {
                 .with_detail("authorization", cfg.authorization.is_some().to_string()),
         );
 
-        let admin_state = Arc::new(admin::AdminState::new(
+        let mut admin_state = admin::AdminState::new(
             s.metrics.clone(),
             self.ready.clone(),
             s.session.auditor.clone(),
             &cfg.admin,
-        ));
+        );
+        admin_state.protection = s.protection.clone();
+        let admin_state = Arc::new(admin_state);
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             admin_state,
@@ -564,7 +582,7 @@ async fn authenticate_client(
             .read()
             .map(|v| v.clone())
             .unwrap_or_default();
-        if s.config.authorization.is_some() || s.config.audit.is_some() {
+        if s.config.name_based() {
             let mut capped = versions.to_vec();
             crate::stages::api_versions::cap_name_based(&mut capped);
             versions = Arc::new(capped);

@@ -419,14 +419,19 @@ def _port_block(nbrokers: int) -> int:
     raise RuntimeError("no free port block for Custos")
 
 
-def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, direct_tls: bool = False, **kw):
+def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, direct_tls: bool = False,
+                  defer_start: bool = False, **kw):
     """DirectGateway in DIRECT mode (on the broker's SSL listener if direct_tls),
-    else a started Custos in front of kafka."""
+    else a started Custos in front of kafka. With defer_start, the config is
+    written but the caller starts it (after preparing files it names)."""
     if DIRECT:
         return DirectGateway(kafka, tls=direct_tls)
     gw = CustosGateway(CUSTOS_BIN, kafka, workdir, _port_block(kafka.brokers), name=name, **kw)
     ACTIVE_GATEWAYS.append(gw)
-    gw.start()
+    if defer_start:
+        gw.write_config()
+    else:
+        gw.start()
     return gw
 
 

@@ -558,7 +558,8 @@ impl Route {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+/// An admin API answer.
+pub type Resp = Response<Full<Bytes>>;
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
@@ -576,7 +577,8 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Resp {
+/// `v` as a JSON answer with `status`.
+pub fn json_response(status: StatusCode, v: &Value) -> Resp {
     let mut body = serde_json::to_vec(v).unwrap_or_default();
     body.push(b'\n');
     respond(status, "application/json", body)
@@ -656,6 +658,9 @@ pub async fn handle<B>(req: &Request<B>, state: &AdminState, peer: SocketAddr) -
             );
             return unauthorized(&denied);
         }
+    }
+    if path.starts_with("/v1/keys/") {
+        return super::keys_api::handle(req, state, peer).await;
     }
     let Some(route) = Route::of(path) else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));

@@ -9,6 +9,8 @@ use crate::pipeline::Stage;
 pub mod api_versions;
 pub mod audit_access;
 pub mod authorize;
+pub mod decrypt;
+pub mod encrypt;
 pub mod rewrite_addresses;
 
 /// Everything a stage may need at construction.
@@ -23,6 +25,8 @@ pub struct StageDeps {
     pub auditor: crate::audit_trail::Auditor,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Field encryption rules and keys, when configured.
+    pub protection: Option<Arc<crate::field_rules::Protection>>,
 }
 
 /// The stages of the pipeline, in request order.
@@ -40,9 +44,22 @@ pub fn registry(deps: &StageDeps) -> Vec<Arc<dyn Stage>> {
             deps.auditor.clone(),
         )));
     }
+    if let Some(p) = &deps.protection {
+        stages.push(Arc::new(encrypt::Encrypt::new(
+            p.clone(),
+            deps.metrics.clone(),
+        )));
+        stages.push(Arc::new(decrypt::Decrypt::new(
+            p.clone(),
+            deps.authorizer.clone(),
+            deps.metrics.clone(),
+        )));
+    }
     stages.push(Arc::new(api_versions::ApiVersionsFilter {
-        // Authorization and audit both need topic names, not ids.
-        name_based: deps.authorizer.is_some() || deps.auditor.enabled(),
+        // Authorization, audit and encryption need topic names, not ids.
+        name_based: deps.authorizer.is_some()
+            || deps.auditor.enabled()
+            || deps.protection.is_some(),
     }));
     stages.push(Arc::new(rewrite_addresses::RewriteAddresses::new(
         deps.brokers.clone(),

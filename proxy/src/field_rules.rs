@@ -1,0 +1,972 @@
+//! What to protect in which topic: the `encryption` section of the config,
+//! compiled into rules the encrypt and decrypt stages apply record by record.
+//!
+//! A rule names topics (exact, prefix or regex), the parts of a record it
+//! protects (whole value, key, named headers, JSON fields), the KEK that wraps
+//! its data keys, an optional data-subject source (per-person keys that can be
+//! shredded), and the mask shown to principals that may not decrypt. The
+//! Kafka mechanics (batches, Produce and Fetch bodies) live in the stages; this
+//! file only knows records.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use custos_crypto::envelope::{self, Binding};
+use custos_crypto::json_fields::{self, FieldPath};
+use custos_crypto::key_ref::KeyRef;
+use custos_crypto::keys::Dek;
+use custos_crypto::mask::{self, Mask};
+use custos_crypto::SubjectTokenizer;
+use serde::Deserialize;
+
+use crate::auth::ConfigIssue;
+
+/// Field encryption: where keys come from and what to protect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The KMS holding the key-encryption keys.
+    pub kms: KmsConfig,
+    /// When data keys are replaced.
+    #[serde(default)]
+    pub dek: DekConfig,
+    /// KMS call limits (timeout, retries, circuit breaker).
+    #[serde(default)]
+    pub kms_calls: KmsCallConfig,
+    /// The per-subject key store; needed by rules with a `subject`.
+    #[serde(default)]
+    pub subject_keys: Option<SubjectKeysConfig>,
+    /// Secret for keyed-hash (`token`) masks: a file of at least 32 bytes.
+    #[serde(default)]
+    pub token_key_file: Option<PathBuf>,
+    /// The protection rules; the first rule whose topics match a topic applies.
+    pub rules: Vec<RuleConfig>,
+}
+
+impl EncryptionConfig {
+    /// Every problem with this section, each naming its key.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            out.push(ConfigIssue {
+                key: format!("encryption.{key}"),
+                message,
+            })
+        };
+        match &self.kms {
+            KmsConfig::Local(l) => {
+                match (&l.master_key_file, &l.master_key_env) {
+                    (None, None) => bad(
+                        "kms.local.master_key_file",
+                        "set master_key_file or master_key_env: the keyring is encrypted under a master key".into(),
+                    ),
+                    (Some(_), Some(_)) => bad(
+                        "kms.local.master_key_env",
+                        "set only one of master_key_file and master_key_env".into(),
+                    ),
+                    (Some(f), None) if !f.is_file() => bad(
+                        "kms.local.master_key_file",
+                        format!("{} is not a readable file", f.display()),
+                    ),
+                    (None, Some(v)) if std::env::var_os(v).is_none() => bad(
+                        "kms.local.master_key_env",
+                        format!("environment variable {v} is not set"),
+                    ),
+                    _ => {}
+                }
+                if !l.keyring.is_file() {
+                    bad(
+                        "kms.local.keyring",
+                        format!(
+                            "{} does not exist; create it with `custos keys create NAME --config FILE`",
+                            l.keyring.display()
+                        ),
+                    );
+                }
+            }
+            KmsConfig::Aws(a) => {
+                if a.region.trim().is_empty() {
+                    bad("kms.aws.region", "must not be empty".into());
+                }
+                match (&a.access_key_id_env, &a.secret_access_key_env) {
+                    (Some(_), None) | (None, Some(_)) => bad(
+                        "kms.aws.secret_access_key_env",
+                        "set both access_key_id_env and secret_access_key_env, or neither".into(),
+                    ),
+                    (Some(i), Some(k)) => {
+                        for v in [i, k] {
+                            if std::env::var_os(v).is_none() {
+                                bad(
+                                    "kms.aws.access_key_id_env",
+                                    format!("environment variable {v} is not set"),
+                                );
+                            }
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        if self.dek.max_encryptions == 0 || self.dek.max_encryptions >= 1 << 32 {
+            bad(
+                "dek.max_encryptions",
+                "must be between 1 and 2^32 - 1 (AES-GCM with random nonces must stay far below 2^32 uses of a key)".into(),
+            );
+        }
+        if self.dek.max_age_s == 0 {
+            bad("dek.max_age_s", "must be at least 1".into());
+        }
+        if self.kms_calls.timeout_ms == 0 {
+            bad("kms_calls.timeout_ms", "must be at least 1".into());
+        }
+        if let Some(t) = &self.token_key_file {
+            if !t.is_file() {
+                bad(
+                    "token_key_file",
+                    format!("{} is not a readable file", t.display()),
+                );
+            }
+        }
+        if let Some(s) = &self.subject_keys {
+            if !s.token_key_file.is_file() {
+                bad(
+                    "subject_keys.token_key_file",
+                    format!("{} is not a readable file", s.token_key_file.display()),
+                );
+            }
+        }
+        if self.rules.is_empty() {
+            bad("rules", "list at least one rule".into());
+        }
+        match RuleSet::compile(&self.rules) {
+            Ok(set) => {
+                if set.needs_subject_keys() && self.subject_keys.is_none() {
+                    bad(
+                        "subject_keys",
+                        "a rule names a subject, so encryption.subject_keys {dir, token_key_file} is required".into(),
+                    );
+                }
+                if self.token_key_file.is_none()
+                    && self.rules.iter().any(|r| matches!(r.mask, Mask::Token))
+                {
+                    bad(
+                        "token_key_file",
+                        "a rule masks with `token`, which needs a secret key file".into(),
+                    );
+                }
+            }
+            Err(issues) => out.extend(issues),
+        }
+        out
+    }
+}
+
+/// Which KMS wraps data keys: `{local: {...}}` or `{aws: {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "KmsSpec")]
+pub enum KmsConfig {
+    /// The embedded keyring file (`custos keys create|rotate|list|retire`).
+    Local(LocalKmsConfig),
+    /// AWS KMS.
+    Aws(AwsKmsSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KmsSpec {
+    #[serde(default)]
+    local: Option<LocalKmsConfig>,
+    #[serde(default)]
+    aws: Option<AwsKmsSettings>,
+}
+
+impl TryFrom<KmsSpec> for KmsConfig {
+    type Error = &'static str;
+
+    fn try_from(s: KmsSpec) -> Result<Self, Self::Error> {
+        match (s.local, s.aws) {
+            (Some(l), None) => Ok(KmsConfig::Local(l)),
+            (None, Some(a)) => Ok(KmsConfig::Aws(a)),
+            _ => Err("`kms` needs exactly one of `local` or `aws`"),
+        }
+    }
+}
+
+/// The embedded keyring.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalKmsConfig {
+    /// The keyring file.
+    pub keyring: PathBuf,
+    /// File holding the 32-byte master key (raw or hex).
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+    /// Environment variable holding the master key (hex or base64).
+    #[serde(default)]
+    pub master_key_env: Option<String>,
+}
+
+/// AWS KMS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsKmsSettings {
+    /// Region, e.g. `eu-west-1`.
+    pub region: String,
+    /// Endpoint override (a local KMS-compatible server); default: AWS's.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Environment variable holding the access key id; without it, the
+    /// SDK's default credential chain (environment, profile, instance role).
+    #[serde(default)]
+    pub access_key_id_env: Option<String>,
+    /// Environment variable holding the secret access key.
+    #[serde(default)]
+    pub secret_access_key_env: Option<String>,
+}
+
+/// When a data key stops being used for new encryptions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DekConfig {
+    /// Encryptions per data key (far below GCM's 2^32 random-nonce limit).
+    #[serde(default = "default_max_encryptions")]
+    pub max_encryptions: u64,
+    /// Age of a data key, in seconds.
+    #[serde(default = "default_max_age_s")]
+    pub max_age_s: u64,
+}
+
+impl Default for DekConfig {
+    fn default() -> Self {
+        Self {
+            max_encryptions: default_max_encryptions(),
+            max_age_s: default_max_age_s(),
+        }
+    }
+}
+
+fn default_max_encryptions() -> u64 {
+    1 << 24
+}
+
+fn default_max_age_s() -> u64 {
+    3600
+}
+
+/// Limits on every KMS call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsCallConfig {
+    /// Per-call timeout.
+    #[serde(default = "default_kms_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries of a call that failed for a retryable reason.
+    #[serde(default = "default_kms_retries")]
+    pub max_retries: u32,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// How long an open breaker waits before a trial call.
+    #[serde(default = "default_breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for KmsCallConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: default_kms_timeout_ms(),
+            max_retries: default_kms_retries(),
+            breaker_threshold: default_breaker_threshold(),
+            breaker_cooldown_ms: default_breaker_cooldown_ms(),
+        }
+    }
+}
+
+fn default_kms_timeout_ms() -> u64 {
+    2000
+}
+fn default_kms_retries() -> u32 {
+    2
+}
+fn default_breaker_threshold() -> u32 {
+    5
+}
+fn default_breaker_cooldown_ms() -> u64 {
+    5000
+}
+
+/// The per-subject key store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectKeysConfig {
+    /// Directory of the store (sled; created if missing).
+    pub dir: PathBuf,
+    /// Secret (at least 32 bytes) that turns subject ids into tokens, so the
+    /// store never holds a raw subject id.
+    pub token_key_file: PathBuf,
+}
+
+/// Which topics a rule covers: `{exact: NAME}`, `{prefix: P}` or
+/// `{regex: R}` (whole name), the same form as the topic catalog's `match`.
+pub use custos_policy::TopicMatch;
+
+/// Where a record's data-subject id comes from: `{json_field: PATH}`,
+/// `{record_key: true}` or `{header: NAME}`, exactly one key.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "SubjectSpec")]
+pub enum SubjectSource {
+    /// A JSON field of the value, e.g. `$.customer.id`.
+    JsonField(String),
+    /// The record key.
+    RecordKey(bool),
+    /// A header, by name.
+    Header(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubjectSpec {
+    #[serde(default)]
+    json_field: Option<String>,
+    #[serde(default)]
+    record_key: Option<bool>,
+    #[serde(default)]
+    header: Option<String>,
+}
+
+impl TryFrom<SubjectSpec> for SubjectSource {
+    type Error = &'static str;
+
+    fn try_from(s: SubjectSpec) -> Result<Self, Self::Error> {
+        match (s.json_field, s.record_key, s.header) {
+            (Some(p), None, None) => Ok(SubjectSource::JsonField(p)),
+            (None, Some(k), None) => Ok(SubjectSource::RecordKey(k)),
+            (None, None, Some(h)) => Ok(SubjectSource::Header(h)),
+            _ => Err("`subject` needs exactly one of `json_field`, `record_key` or `header`"),
+        }
+    }
+}
+
+/// One protection rule as written in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique name, used in logs, metrics and audit records.
+    pub name: String,
+    /// The topics it covers.
+    pub topics: TopicMatch,
+    /// The KEK (keyring name, or AWS key id/ARN/alias) that wraps its data keys.
+    pub kek: String,
+    /// Data classification tag of what it protects (e.g. `pii`, `pci`), for audit.
+    #[serde(default)]
+    pub classification: Option<String>,
+    /// Encrypt the whole value.
+    #[serde(default)]
+    pub value: bool,
+    /// Encrypt the record key.
+    #[serde(default)]
+    pub key: bool,
+    /// Encrypt these headers' values.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Encrypt these fields of JSON values.
+    #[serde(default)]
+    pub json_fields: Vec<String>,
+    /// AES-SIV instead of AES-GCM: equal plaintexts give equal ciphertexts
+    /// (joinable, but equality is visible to whoever reads the topic).
+    #[serde(default)]
+    pub deterministic: bool,
+    /// What principals without `Decrypt` see.
+    #[serde(default)]
+    pub mask: Mask,
+    /// Per-subject keys: where the subject id is found.
+    #[serde(default)]
+    pub subject: Option<SubjectSource>,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// The rule as configured.
+    pub config: RuleConfig,
+    matcher: Matcher,
+    /// Parsed JSON paths, in `config.json_fields` order.
+    pub paths: Vec<FieldPath>,
+    /// Binding names of the JSON fields ("json:<path>").
+    pub path_bindings: Vec<String>,
+    /// Parsed subject path, when the subject is a JSON field.
+    pub subject_path: Option<FieldPath>,
+}
+
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+impl Rule {
+    /// Whether this rule covers `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        match &self.matcher {
+            Matcher::Exact(t) => t == topic,
+            Matcher::Prefix(p) => topic.starts_with(p.as_str()),
+            Matcher::Regex(r) => r.is_match(topic),
+        }
+    }
+
+    /// Seals per record this rule makes at most, counting each JSON path
+    /// once (a `[*]` path may seal more; the DEK limit's margin below
+    /// GCM's 2^32 covers that).
+    pub fn parts_per_record(&self) -> u64 {
+        let c = &self.config;
+        (u64::from(c.value)
+            + u64::from(c.key)
+            + c.headers.len() as u64
+            + c.json_fields.len() as u64)
+            .max(1)
+    }
+
+    /// The AEAD this rule seals with.
+    pub fn algorithm(&self) -> custos_crypto::envelope::Algorithm {
+        if self.config.deterministic {
+            custos_crypto::envelope::Algorithm::Aes256Siv
+        } else {
+            custos_crypto::envelope::Algorithm::Aes256Gcm
+        }
+    }
+}
+
+/// The rules of one configuration, in order.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Compiles the configured rules; every problem is reported with its key.
+    pub fn compile(rules: &[RuleConfig]) -> Result<RuleSet, Vec<ConfigIssue>> {
+        let mut out = Vec::new();
+        let mut issues = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let at = format!("encryption.rules[{i}]");
+            let before = issues.len();
+            let bad = |issues: &mut Vec<ConfigIssue>, key: &str, why: String| {
+                issues.push(ConfigIssue {
+                    key: format!("{at}.{key}"),
+                    message: why,
+                });
+            };
+            if r.name.trim().is_empty() {
+                bad(&mut issues, "name", "must not be empty".into());
+            } else if rules[..i].iter().any(|o| o.name == r.name) {
+                bad(
+                    &mut issues,
+                    "name",
+                    format!("{:?} is used by an earlier rule", r.name),
+                );
+            }
+            if r.kek.trim().is_empty() {
+                bad(&mut issues, "kek", "must name a key-encryption key".into());
+            }
+            if !r.value && !r.key && r.headers.is_empty() && r.json_fields.is_empty() {
+                bad(
+                    &mut issues,
+                    "value",
+                    "the rule protects nothing: set value, key, headers or json_fields".into(),
+                );
+            }
+            if r.value && !r.json_fields.is_empty() {
+                bad(
+                    &mut issues,
+                    "json_fields",
+                    "cannot be combined with value: true (the whole value is already encrypted)"
+                        .into(),
+                );
+            }
+            let matcher = match &r.topics {
+                TopicMatch::Exact(t) if t.is_empty() => {
+                    bad(&mut issues, "topics.exact", "must not be empty".into());
+                    None
+                }
+                TopicMatch::Exact(t) => Some(Matcher::Exact(t.clone())),
+                TopicMatch::Prefix(p) => Some(Matcher::Prefix(p.clone())),
+                TopicMatch::Regex(re) => match regex::Regex::new(&format!("^(?:{re})$")) {
+                    Ok(r) => Some(Matcher::Regex(r)),
+                    Err(e) => {
+                        bad(
+                            &mut issues,
+                            "topics.regex",
+                            format!("is not a valid regex: {e}"),
+                        );
+                        None
+                    }
+                },
+            };
+            let mut paths = Vec::new();
+            for (j, p) in r.json_fields.iter().enumerate() {
+                match FieldPath::parse(p) {
+                    Ok(fp) => paths.push(fp),
+                    Err(e) => bad(&mut issues, &format!("json_fields[{j}]"), e.to_string()),
+                }
+            }
+            let subject_path = match &r.subject {
+                Some(SubjectSource::JsonField(p)) => match FieldPath::parse(p) {
+                    Ok(fp) => Some(fp),
+                    Err(e) => {
+                        bad(&mut issues, "subject.json_field", e.to_string());
+                        None
+                    }
+                },
+                Some(SubjectSource::RecordKey(false)) => {
+                    bad(
+                        &mut issues,
+                        "subject.record_key",
+                        "must be true (or leave subject out)".into(),
+                    );
+                    None
+                }
+                Some(SubjectSource::RecordKey(true)) if r.key => {
+                    bad(
+                        &mut issues,
+                        "subject.record_key",
+                        "the subject cannot be the record key while key: true encrypts it".into(),
+                    );
+                    None
+                }
+                _ => None,
+            };
+            if matches!(r.subject, Some(SubjectSource::JsonField(_))) && r.value {
+                bad(
+                    &mut issues,
+                    "subject.json_field",
+                    "cannot be read from a value that value: true encrypts whole".into(),
+                );
+            }
+            if let Some(SubjectSource::Header(h)) = &r.subject {
+                if r.headers.contains(h) {
+                    bad(
+                        &mut issues,
+                        "subject.header",
+                        format!("header {h:?} is also encrypted by this rule"),
+                    );
+                }
+            }
+            if issues.len() == before {
+                if let Some(matcher) = matcher {
+                    out.push(Rule {
+                        path_bindings: r.json_fields.iter().map(|p| format!("json:{p}")).collect(),
+                        config: r.clone(),
+                        matcher,
+                        paths,
+                        subject_path,
+                    });
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(RuleSet { rules: out })
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// The first rule covering `topic`.
+    pub fn for_topic(&self, topic: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(topic))
+    }
+
+    /// Whether any rule needs the subject key store.
+    pub fn needs_subject_keys(&self) -> bool {
+        self.rules.iter().any(|r| r.config.subject.is_some())
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Why one record could not be protected.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The value is not valid JSON (the rule needs JSON fields or the subject from it).
+    #[error("value is not valid JSON: {0}")]
+    Json(String),
+    /// The record has no subject id where the rule says to find it.
+    #[error("no data-subject id in the record ({0})")]
+    NoSubject(&'static str),
+    /// Sealing failed.
+    #[error("encryption failed: {0}")]
+    Seal(String),
+}
+
+/// The subject id of a record, as the rule says to find it (`Ok(None)` when
+/// the rule has no subject).
+pub fn subject_of(
+    rule: &Rule,
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+    headers: &[crate::record_batch::Header],
+) -> Result<Option<Vec<u8>>, RecordError> {
+    match &rule.config.subject {
+        None => Ok(None),
+        Some(SubjectSource::RecordKey(_)) => match key {
+            Some(k) if !k.is_empty() => Ok(Some(k.to_vec())),
+            _ => Err(RecordError::NoSubject("record key is null or empty")),
+        },
+        Some(SubjectSource::Header(h)) => headers
+            .iter()
+            .find(|x| x.key.as_ref() == h.as_bytes())
+            .and_then(|x| x.value.as_ref())
+            .filter(|v| !v.is_empty())
+            .map(|v| Some(v.to_vec()))
+            .ok_or(RecordError::NoSubject("subject header missing or empty")),
+        Some(SubjectSource::JsonField(_)) => {
+            let Some(path) = &rule.subject_path else {
+                return Err(RecordError::NoSubject("subject path not compiled"));
+            };
+            let Some(v) = value else {
+                return Err(RecordError::NoSubject("value is null"));
+            };
+            let found = json_fields::locate(v, std::slice::from_ref(path))
+                .map_err(|e| RecordError::Json(e.to_string()))?;
+            let Some(l) = found.first() else {
+                return Err(RecordError::NoSubject("subject field missing"));
+            };
+            let raw = &v[l.span.clone()];
+            // A JSON string's id is its text without quotes; other values by
+            // their JSON text.
+            let id = if raw.len() >= 2 && raw[0] == b'"' {
+                serde_json::from_slice::<String>(raw)
+                    .map(String::into_bytes)
+                    .unwrap_or_else(|_| raw.to_vec())
+            } else {
+                raw.to_vec()
+            };
+            if id.is_empty() {
+                return Err(RecordError::NoSubject("subject field is empty"));
+            }
+            Ok(Some(id))
+        }
+    }
+}
+
+/// Binding name of the whole value.
+pub const FIELD_VALUE: &str = "value";
+/// Binding name of the record key.
+pub const FIELD_KEY: &str = "key";
+
+/// Binding name of a header.
+pub fn header_field(name: &str) -> String {
+    format!("header:{name}")
+}
+
+/// Shown in place of a protected part whose ciphertext does not authenticate
+/// (tampered, or bound to another topic or field): never the ciphertext itself.
+pub const UNDECRYPTABLE: &[u8] = b"custos:undecryptable";
+
+/// Seals every part of `rec` that `rule` protects, in place, with `dek`.
+pub fn seal_record(
+    rule: &Rule,
+    topic: &str,
+    rec: &mut crate::record_batch::Record,
+    dek: &Dek,
+) -> Result<(), RecordError> {
+    let alg = rule.algorithm();
+    let seal = |field: &str, plain: &[u8]| -> Result<Vec<u8>, RecordError> {
+        let mut out = Vec::with_capacity(plain.len() + 96);
+        envelope::seal(
+            alg,
+            dek.key(),
+            dek.key_ref(),
+            &Binding { topic, field },
+            plain,
+            &mut out,
+        )
+        .map_err(|e| RecordError::Seal(e.to_string()))?;
+        Ok(out)
+    };
+    if rule.config.key {
+        if let Some(k) = &rec.key {
+            rec.key = Some(Bytes::from(seal(FIELD_KEY, k)?));
+        }
+    }
+    for h in rec.headers.iter_mut() {
+        let Ok(name) = std::str::from_utf8(&h.key) else {
+            continue;
+        };
+        if !rule.config.headers.iter().any(|x| x == name) {
+            continue;
+        }
+        if let Some(v) = &h.value {
+            h.value = Some(Bytes::from(seal(&header_field(name), v)?));
+        }
+    }
+    let Some(value) = &rec.value else {
+        // A tombstone stays a tombstone: compaction depends on it.
+        return Ok(());
+    };
+    if rule.config.value {
+        rec.value = Some(Bytes::from(seal(FIELD_VALUE, value)?));
+    } else if !rule.paths.is_empty() {
+        let found = json_fields::locate(value, &rule.paths)
+            .map_err(|e| RecordError::Json(e.to_string()))?;
+        if !found.is_empty() {
+            let mut sealed = Vec::with_capacity(found.len());
+            for l in &found {
+                let env = seal(&rule.path_bindings[l.path], &value[l.span.clone()])?;
+                sealed.push((l.span.clone(), json_fields::encode_ciphertext(&env)));
+            }
+            let reps: Vec<(std::ops::Range<usize>, &[u8])> = sealed
+                .iter()
+                .map(|(r, b)| (r.clone(), b.as_slice()))
+                .collect();
+            rec.value = Some(Bytes::from(json_fields::splice(value, &reps)));
+        }
+    }
+    Ok(())
+}
+
+/// What a principal sees of a protected part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The original bytes.
+    Plaintext,
+    /// The rule's mask of them.
+    Masked,
+}
+
+/// A key lookup's outcome, as the reveal step needs it.
+pub enum KeyLookup {
+    /// The data key.
+    Key(Arc<Dek>),
+    /// The subject's key was shredded.
+    Erased,
+    /// The key could not be had (KMS down): the caller must not answer.
+    Unavailable(String),
+}
+
+/// Adds the key references of every envelope in the parts `rule` protects.
+pub fn key_refs(rule: &Rule, rec: &crate::record_batch::Record, out: &mut HashSet<KeyRef>) {
+    let mut add = |b: &[u8]| {
+        if envelope::is_envelope(b) {
+            if let Ok(e) = envelope::parse(b) {
+                if !out.contains(e.key_ref()) {
+                    out.insert(e.key_ref().clone());
+                }
+            }
+        }
+    };
+    if rule.config.key {
+        if let Some(k) = &rec.key {
+            add(k);
+        }
+    }
+    for h in &rec.headers {
+        if let (Ok(name), Some(v)) = (std::str::from_utf8(&h.key), &h.value) {
+            if rule.config.headers.iter().any(|x| x == name) {
+                add(v);
+            }
+        }
+    }
+    let Some(value) = &rec.value else { return };
+    if rule.config.value {
+        add(value);
+    } else if !rule.paths.is_empty() {
+        if let Ok(found) = json_fields::locate(value, &rule.paths) {
+            for l in found {
+                if let Some(env) = json_fields::decode_ciphertext(&value[l.span]) {
+                    add(&env);
+                }
+            }
+        }
+    }
+}
+
+/// Why a record could not be revealed at all.
+#[derive(Debug, thiserror::Error)]
+#[error("key unavailable: {0}")]
+pub struct RevealError(pub String);
+
+/// Replaces every protected part of `rec` by its plaintext or its mask.
+/// Parts that are not ciphertext (written before the rule, or around
+/// Custos) are left alone for `Plaintext` and masked for `Masked`.
+pub fn reveal_record(
+    rule: &Rule,
+    topic: &str,
+    rec: &mut crate::record_batch::Record,
+    access: Access,
+    keys: &HashMap<KeyRef, KeyLookup>,
+    tokenizer: Option<&SubjectTokenizer>,
+) -> Result<bool, RevealError> {
+    let mut changed = false;
+    // One opaque part: the plaintext, its mask, or a placeholder.
+    let reveal_bytes = |field: &str, b: &Bytes| -> Result<Option<Option<Bytes>>, RevealError> {
+        let plain = if envelope::is_envelope(b) {
+            match open(topic, field, b, keys)? {
+                Opened::Plain(p) => p,
+                Opened::Erased => return Ok(Some(Some(Bytes::from_static(mask::ERASED_BYTES)))),
+                Opened::Bad => return Ok(Some(Some(Bytes::from_static(UNDECRYPTABLE)))),
+            }
+        } else if access == Access::Plaintext {
+            return Ok(None);
+        } else {
+            b.to_vec()
+        };
+        Ok(Some(match access {
+            Access::Plaintext => Some(Bytes::from(plain)),
+            Access::Masked => rule
+                .config
+                .mask
+                .mask_bytes(&plain, tokenizer)
+                .map(Bytes::from),
+        }))
+    };
+    if rule.config.key {
+        if let Some(k) = &rec.key {
+            if let Some(new) = reveal_bytes(FIELD_KEY, k)? {
+                rec.key = new;
+                changed = true;
+            }
+        }
+    }
+    for h in rec.headers.iter_mut() {
+        let Ok(name) = std::str::from_utf8(&h.key) else {
+            continue;
+        };
+        if !rule.config.headers.iter().any(|x| x == name) {
+            continue;
+        }
+        if let Some(v) = &h.value {
+            if let Some(new) = reveal_bytes(&header_field(name), v)? {
+                h.value = new;
+                changed = true;
+            }
+        }
+    }
+    let Some(value) = rec.value.clone() else {
+        return Ok(changed);
+    };
+    if rule.config.value {
+        if let Some(new) = reveal_bytes(FIELD_VALUE, &value)? {
+            rec.value = new;
+            changed = true;
+        }
+        return Ok(changed);
+    }
+    if rule.paths.is_empty() {
+        return Ok(changed);
+    }
+    let found = match json_fields::locate(&value, &rule.paths) {
+        Ok(f) => f,
+        Err(_) if access == Access::Plaintext => return Ok(changed),
+        Err(_) => {
+            // Not JSON, so the fields cannot be found: mask it all rather
+            // than let an unprotected value through.
+            rec.value = rule
+                .config
+                .mask
+                .mask_bytes(&value, tokenizer)
+                .map(Bytes::from);
+            return Ok(true);
+        }
+    };
+    let mut reps: Vec<(std::ops::Range<usize>, Vec<u8>)> = Vec::with_capacity(found.len());
+    for l in found {
+        let raw = &value[l.span.clone()];
+        let field = &rule.path_bindings[l.path];
+        let new = match json_fields::decode_ciphertext(raw) {
+            Some(env) => match open(topic, field, &env, keys)? {
+                Opened::Plain(p) => match access {
+                    Access::Plaintext => p,
+                    Access::Masked => rule.config.mask.mask_json_value(&p, tokenizer),
+                },
+                Opened::Erased => mask::ERASED_JSON.to_vec(),
+                Opened::Bad => json_string(UNDECRYPTABLE),
+            },
+            None if access == Access::Plaintext => continue,
+            None => rule.config.mask.mask_json_value(raw, tokenizer),
+        };
+        reps.push((l.span, new));
+    }
+    if !reps.is_empty() {
+        let r: Vec<(std::ops::Range<usize>, &[u8])> = reps
+            .iter()
+            .map(|(s, b)| (s.clone(), b.as_slice()))
+            .collect();
+        rec.value = Some(Bytes::from(json_fields::splice(&value, &r)));
+        changed = true;
+    }
+    Ok(changed)
+}
+
+fn json_string(b: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(b.len() + 2);
+    v.push(b'"');
+    v.extend_from_slice(b);
+    v.push(b'"');
+    v
+}
+
+enum Opened {
+    Plain(Vec<u8>),
+    Erased,
+    Bad,
+}
+
+fn open(
+    topic: &str,
+    field: &str,
+    b: &[u8],
+    keys: &HashMap<KeyRef, KeyLookup>,
+) -> Result<Opened, RevealError> {
+    let Ok(env) = envelope::parse(b) else {
+        return Ok(Opened::Bad);
+    };
+    match keys.get(env.key_ref()) {
+        Some(KeyLookup::Key(dek)) => {
+            let mut out = Vec::with_capacity(b.len());
+            match env.open(dek.key(), &Binding { topic, field }, &mut out) {
+                Ok(()) => Ok(Opened::Plain(out)),
+                Err(_) => Ok(Opened::Bad),
+            }
+        }
+        Some(KeyLookup::Erased) => Ok(Opened::Erased),
+        Some(KeyLookup::Unavailable(why)) => Err(RevealError(why.clone())),
+        // The caller resolves every reference `key_refs` found.
+        None => Err(RevealError("key reference was not resolved".into())),
+    }
+}
+
+/// Everything the encrypt and decrypt stages share.
+pub struct Protection {
+    /// The compiled rules.
+    pub rules: RuleSet,
+    /// Data keys (cache, rotation, subject keys).
+    pub keys: Arc<custos_crypto::keys::KeyManager>,
+    /// The per-subject key store (shredding goes through it), when configured.
+    pub subjects: Option<Arc<custos_crypto::subject_store::SubjectKeyStore>>,
+    /// Key for `token` masks, when configured.
+    pub tokenizer: Option<SubjectTokenizer>,
+    /// Seals one data key may make (`encryption.dek.max_encryptions`).
+    pub max_encryptions: u64,
+}
+
+impl std::fmt::Debug for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protection")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The encryption context a topic's data keys are wrapped with: unwrapping
+/// one under another topic's context fails, even with the KMS's help.
+pub fn dek_context(topic: &str) -> custos_crypto::kms::EncryptionContext {
+    let mut c = custos_crypto::kms::EncryptionContext::new();
+    c.insert("custos:topic".to_string(), topic.to_string());
+    c
+}

@@ -1,0 +1,224 @@
+//! `custos keys`: the embedded keyring's KEKs (create, rotate, list, retire),
+//! the per-subject key store (rewrap, report) and crypto-shredding.
+//!
+//! Every command reads the `encryption` section of the same configuration
+//! file the gateway runs with, so both always see the same keys. The subject
+//! key store is a sled database that a running Custos holds locked; `shred`
+//! then asks the running instance through its admin API (`POST
+//! /v1/keys/shred`), which also records the shredding in the audit log.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use custos::config::Config;
+use custos::field_rules::{EncryptionConfig, KmsConfig};
+use custos::protection;
+use custos_crypto::keyring::LocalKeyring;
+
+/// What `custos keys` does.
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key-encryption key (the keyring file is created if missing).
+    Create {
+        /// KEK name, as rules name it in `kek:`.
+        name: String,
+    },
+    /// Add a new version of a KEK; new data keys are wrapped by it, old data
+    /// still decrypts with the older versions.
+    Rotate {
+        /// KEK name.
+        name: String,
+    },
+    /// List KEK versions (never key material).
+    List,
+    /// Retire a KEK version: it still unwraps old data keys, wraps no new ones.
+    Retire {
+        /// KEK name.
+        name: String,
+        /// Version to retire.
+        version: u32,
+    },
+    /// Re-wrap every stored per-subject key under its KEK's current version
+    /// (the gateway must be stopped: the store is locked while it runs).
+    Rewrap,
+    /// Stored per-subject keys by KEK and version.
+    Report,
+    /// Destroy a data subject's keys: every copy of their protected fields
+    /// becomes unreadable and reads as "erased".
+    Shred {
+        /// The subject id, as the rule finds it in records.
+        subject: String,
+    },
+}
+
+fn encryption(cfg: &Config) -> anyhow::Result<&EncryptionConfig> {
+    cfg.encryption
+        .as_ref()
+        .context("the configuration has no `encryption` section")
+}
+
+fn keyring(enc: &EncryptionConfig, create: bool) -> anyhow::Result<LocalKeyring> {
+    let KmsConfig::Local(l) = &enc.kms else {
+        bail!("KEKs live in AWS KMS here (encryption.kms.aws): manage them with AWS's tools");
+    };
+    let master = protection::master_key(l)?;
+    let k = if create {
+        LocalKeyring::open_or_init(&l.keyring, master)
+    } else {
+        LocalKeyring::open(&l.keyring, master)
+    };
+    k.with_context(|| format!("keyring {}", l.keyring.display()))
+}
+
+/// Runs one `custos keys` command against the configuration at `config`.
+pub fn run(config: &Path, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    // Not validated: `create` makes the keyring that validation requires.
+    let cfg = Config::load_unvalidated(config)?;
+    let enc = encryption(&cfg)?;
+    match command {
+        KeysCommand::Create { name } => {
+            let info = keyring(enc, true)?.create(&name)?;
+            println!("created KEK {} version {}", info.name, info.version);
+        }
+        KeysCommand::Rotate { name } => {
+            let v = keyring(enc, false)?.rotate(&name)?;
+            println!("rotated KEK {name}: version {v} is now current");
+        }
+        KeysCommand::Retire { name, version } => {
+            keyring(enc, false)?.retire(&name, version)?;
+            println!("retired KEK {name} version {version}");
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<24} {:>7}  {:<8} {:<8} created",
+                "kek", "version", "state", "current"
+            );
+            for k in keyring(enc, false)?.list()? {
+                println!(
+                    "{:<24} {:>7}  {:<8} {:<8} {}",
+                    k.name,
+                    k.version,
+                    k.state.to_string(),
+                    if k.current { "yes" } else { "" },
+                    k.created
+                );
+            }
+        }
+        KeysCommand::Rewrap => {
+            let store = protection::subject_store(enc)?
+                .context("no encryption.subject_keys configured: nothing is stored to rewrap")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let kms = rt.block_on(protection::kms(enc))?.0;
+            let report = rt.block_on(store.rewrap_all(kms.as_ref()))?;
+            println!(
+                "rewrapped {} subject keys ({} skipped, {} failed)",
+                report.rewrapped,
+                report.skipped,
+                report.failed.len()
+            );
+            for f in &report.failed {
+                eprintln!(
+                    "  failed: subject {} version {}: {}",
+                    f.token_hex, f.version, f.error
+                );
+            }
+            if !report.failed.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        KeysCommand::Report => {
+            let store =
+                protection::subject_store(enc)?.context("no encryption.subject_keys configured")?;
+            println!("{:<40} {:>7} {:>10}", "kek", "version", "subject keys");
+            for (kek, version, count) in store.report()? {
+                println!("{kek:<40} {version:>7} {count:>10}");
+            }
+        }
+        KeysCommand::Shred { subject } => return shred(&cfg, enc, &subject),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shred(cfg: &Config, enc: &EncryptionConfig, subject: &str) -> anyhow::Result<ExitCode> {
+    if subject.is_empty() {
+        bail!("the subject id is empty");
+    }
+    let local = protection::subject_store(enc);
+    match local {
+        Ok(Some(store)) => {
+            let r = store.shred(subject.as_bytes())?;
+            println!(
+                "shredded subject {} (key versions {:?}) in {}",
+                r.token_hex,
+                r.versions_destroyed,
+                enc.subject_keys
+                    .as_ref()
+                    .map(|s| s.dir.display().to_string())
+                    .unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(None) => bail!("no encryption.subject_keys configured: there are no subject keys"),
+        Err(open_error) => {
+            // Most likely a running Custos holds the store: ask it.
+            let token = cfg
+                .admin
+                .read_token()
+                .map_err(anyhow::Error::msg)?
+                .with_context(|| {
+                    format!("{open_error}; and admin.token_file is not set, so the running gateway cannot be asked")
+                })?;
+            let body = admin_post(
+                cfg.admin.listen,
+                &format!("/v1/keys/shred?subject={}", percent_encode(subject)),
+                &token,
+            )
+            .with_context(|| format!("{open_error}; asking the running gateway failed"))?;
+            println!("shredded by the running gateway: {body}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One HTTP/1.1 POST to the admin port; the body of a 2xx answer.
+fn admin_post(addr: std::net::SocketAddr, path: &str, token: &str) -> anyhow::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .with_context(|| format!("connecting to the admin port {addr}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
+    if !(200..300).contains(&status) {
+        bail!("admin API answered {status}: {body}");
+    }
+    Ok(body)
+}

@@ -1,0 +1,172 @@
+//! Opens what field encryption needs at start-up: the KMS (behind its
+//! timeout, retry and circuit-breaker guard), the data-key manager, the
+//! per-subject key store and the token key; the CLI's `custos keys` uses the
+//! same constructors so both see the same keys.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_crypto::guarded::{GuardConfig, GuardedKms};
+use custos_crypto::keyring::{LocalKeyring, MasterKey};
+use custos_crypto::keys::{KeyManager, Rotation};
+use custos_crypto::kms::Kms;
+use custos_crypto::subject_store::SubjectKeyStore;
+use custos_crypto::SubjectTokenizer;
+
+use crate::field_rules::{EncryptionConfig, KmsConfig, LocalKmsConfig, Protection, RuleSet};
+use crate::metrics::Metrics;
+
+/// Why field encryption could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtectionError {
+    /// The KMS could not be opened.
+    #[error("kms: {0}")]
+    Kms(String),
+    /// The rules do not compile.
+    #[error("rules: {0}")]
+    Rules(String),
+    /// The subject key store could not be opened.
+    #[error("subject_keys: {0}")]
+    SubjectKeys(String),
+    /// A secret key file is unusable.
+    #[error("{key}: {why}")]
+    KeyFile {
+        /// Config key naming the file.
+        key: &'static str,
+        /// What is wrong (never the key bytes).
+        why: String,
+    },
+}
+
+/// The master key of a local keyring, from its file or variable.
+pub fn master_key(l: &LocalKmsConfig) -> Result<MasterKey, ProtectionError> {
+    match (&l.master_key_file, &l.master_key_env) {
+        (Some(f), _) => MasterKey::from_file(f).map_err(|e| ProtectionError::Kms(e.to_string())),
+        (None, Some(v)) => MasterKey::from_env(v).map_err(|e| ProtectionError::Kms(e.to_string())),
+        (None, None) => Err(ProtectionError::Kms(
+            "local keyring needs master_key_file or master_key_env".into(),
+        )),
+    }
+}
+
+/// The local keyring of `l` (which must exist).
+pub fn local_keyring(l: &LocalKmsConfig) -> Result<LocalKeyring, ProtectionError> {
+    LocalKeyring::open(&l.keyring, master_key(l)?).map_err(|e| ProtectionError::Kms(e.to_string()))
+}
+
+/// The configured KMS, unguarded; for the local keyring also the keyring
+/// itself, whose rotations the key manager follows.
+pub async fn kms(
+    cfg: &EncryptionConfig,
+) -> Result<(Arc<dyn Kms>, Option<Arc<LocalKeyring>>), ProtectionError> {
+    Ok(match &cfg.kms {
+        KmsConfig::Local(l) => {
+            let k = Arc::new(local_keyring(l)?);
+            (k.clone(), Some(k))
+        }
+        KmsConfig::Aws(a) => {
+            let mut c = custos_crypto::aws_kms::AwsKmsConfig::new(a.region.clone());
+            c.endpoint = a.endpoint.clone();
+            c.timeout = Duration::from_millis(cfg.kms_calls.timeout_ms);
+            if let (Some(id), Some(secret)) = (&a.access_key_id_env, &a.secret_access_key_env) {
+                c.credentials = custos_crypto::aws_kms::AwsCredentialSource::FromEnv {
+                    access_key_id_var: id.clone(),
+                    secret_access_key_var: secret.clone(),
+                    session_token_var: None,
+                };
+            }
+            let aws = custos_crypto::aws_kms::AwsKms::connect(c)
+                .await
+                .map_err(|e| ProtectionError::Kms(e.to_string()))?;
+            (Arc::new(aws), None)
+        }
+    })
+}
+
+fn read_secret(
+    key: &'static str,
+    path: &Path,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, ProtectionError> {
+    std::fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| ProtectionError::KeyFile {
+            key,
+            why: format!("cannot read {}: {e}", path.display()),
+        })
+}
+
+/// A secret of at least 32 bytes from a file, as a tokenizer.
+pub fn tokenizer(key: &'static str, path: &Path) -> Result<SubjectTokenizer, ProtectionError> {
+    let bytes = read_secret(key, path)?;
+    SubjectTokenizer::new(&bytes).map_err(|e| ProtectionError::KeyFile {
+        key,
+        why: e.to_string(),
+    })
+}
+
+/// The subject key store of `cfg`, if configured.
+pub fn subject_store(cfg: &EncryptionConfig) -> Result<Option<SubjectKeyStore>, ProtectionError> {
+    let Some(s) = &cfg.subject_keys else {
+        return Ok(None);
+    };
+    let key = read_secret("encryption.subject_keys.token_key_file", &s.token_key_file)?;
+    SubjectKeyStore::open(&s.dir, &key)
+        .map(Some)
+        .map_err(|e| ProtectionError::SubjectKeys(e.to_string()))
+}
+
+/// Everything the encrypt and decrypt stages need.
+pub async fn open(
+    cfg: &EncryptionConfig,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Protection>, ProtectionError> {
+    let rules = RuleSet::compile(&cfg.rules).map_err(|issues| {
+        ProtectionError::Rules(
+            issues
+                .iter()
+                .map(|i| format!("{}: {}", i.key, i.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let (inner, keyring) = kms(cfg).await?;
+    let guard = GuardConfig {
+        timeout: Duration::from_millis(cfg.kms_calls.timeout_ms),
+        max_retries: cfg.kms_calls.max_retries,
+        breaker_threshold: cfg.kms_calls.breaker_threshold,
+        breaker_cooldown: Duration::from_millis(cfg.kms_calls.breaker_cooldown_ms),
+        ..GuardConfig::default()
+    };
+    let guarded: Arc<dyn Kms> =
+        Arc::new(GuardedKms::new(inner, guard).with_observer(metrics.clone()));
+    let subjects = subject_store(cfg)?.map(Arc::new);
+    let mut keys = KeyManager::new(
+        guarded,
+        Rotation {
+            max_encryptions: cfg.dek.max_encryptions,
+            max_age: Duration::from_secs(cfg.dek.max_age_s),
+        },
+        subjects.clone(),
+    )
+    .map_err(|e| ProtectionError::Kms(e.to_string()))?;
+    if let Some(k) = keyring {
+        // New data keys under a rotated KEK at once, not after the DEK ages out.
+        keys = keys.with_kek_versions(k);
+    }
+    let keys = Arc::new(keys);
+    let _ = metrics.key_stats.set(keys.clone());
+    let tokenizer = cfg
+        .token_key_file
+        .as_deref()
+        .map(|p| tokenizer("encryption.token_key_file", p))
+        .transpose()?;
+    Ok(Arc::new(Protection {
+        rules,
+        keys,
+        subjects,
+        tokenizer,
+        max_encryptions: cfg.dek.max_encryptions,
+    }))
+}

@@ -1,0 +1,350 @@
+//! Encrypts protected parts of records on their way to the broker (Produce).
+//!
+//! Only the batches of topics that a rule covers are opened; everything else
+//! in the request is forwarded as it came. A batch is rewritten record by
+//! record and keeps its header (offsets, timestamps, producer fields, codec),
+//! so idempotence and transactions work as before. A topic with a rule never
+//! receives plaintext: when no data key can be had (KMS down, no cached key)
+//! its partitions fail with a retriable error, and a record the rule cannot
+//! parse fails its partition with INVALID_RECORD; neither is forwarded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{ApiKey, ProduceResponse, RequestKind, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::field_rules::{self, Protection, RecordError};
+use crate::message::Request;
+use crate::metrics::Metrics;
+use crate::pipeline::{Blame, SessionInfo, Stage, StageError, Verdict};
+use crate::record_batch::{self, Segment};
+
+const NAME: &str = "encrypt";
+
+/// Kafka's KAFKA_STORAGE_ERROR: retriable, so the client tries again once
+/// the KMS answers; nothing was written.
+const KAFKA_STORAGE_ERROR: i16 = 56;
+/// Kafka's INVALID_RECORD: the batch is refused for one of its records.
+const INVALID_RECORD: i16 = 87;
+
+/// The encrypt stage.
+pub struct Encrypt {
+    protection: Arc<Protection>,
+    metrics: Arc<Metrics>,
+}
+
+impl Encrypt {
+    /// A stage applying `protection`'s rules to produced records.
+    pub fn new(protection: Arc<Protection>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            protection,
+            metrics,
+        }
+    }
+}
+
+/// A partition that could not be protected, and how the client is told.
+struct Failed {
+    topic: String,
+    partition: i32,
+    error: i16,
+    message: String,
+    record_errors: Vec<(i32, String)>,
+}
+
+impl Failed {
+    fn answer(&self) -> PartitionProduceResponse {
+        PartitionProduceResponse::default()
+            .with_index(self.partition)
+            .with_error_code(self.error)
+            .with_base_offset(-1)
+            .with_error_message(Some(StrBytes::from_string(self.message.clone())))
+            .with_record_errors(
+                self.record_errors
+                    .iter()
+                    .map(|(i, m)| {
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(*i)
+                            .with_batch_index_error_message(Some(StrBytes::from_string(m.clone())))
+                    })
+                    .collect(),
+            )
+    }
+}
+
+/// Adds the failed partitions' answers to a Produce response.
+fn merge_failures(p: &mut ProduceResponse, failed: &[Failed]) {
+    for f in failed {
+        let entry = match p
+            .responses
+            .iter_mut()
+            .find(|t| t.name.0.as_str() == f.topic)
+        {
+            Some(t) => t,
+            None => {
+                p.responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(TopicName(StrBytes::from_string(f.topic.clone()))),
+                );
+                let last = p.responses.len() - 1;
+                &mut p.responses[last]
+            }
+        };
+        entry.partition_responses.push(f.answer());
+    }
+}
+
+impl Encrypt {
+    /// Protects one partition's records; `Ok(None)` when nothing changed.
+    async fn protect(
+        &self,
+        rule: &field_rules::Rule,
+        topic: &str,
+        records: &Bytes,
+    ) -> Result<Option<Bytes>, (i16, String, Vec<(i32, String)>)> {
+        let mut segments = record_batch::decode(records).map_err(|e| {
+            (
+                INVALID_RECORD,
+                format!("custos: record batch cannot be read: {e}"),
+                Vec::new(),
+            )
+        })?;
+        // First the keys, which may need the KMS (async), then the sealing.
+        let keys = &self.protection.keys;
+        let mut count = 0u64;
+        let mut subjects: HashSet<Vec<u8>> = HashSet::new();
+        let mut per_record_subject: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut record_errors = Vec::new();
+        for seg in &segments {
+            let Segment::Batch(b) = seg else { continue };
+            for (i, r) in b.records.iter().enumerate() {
+                count += 1;
+                match field_rules::subject_of(rule, r.key.as_ref(), r.value.as_ref(), &r.headers) {
+                    Ok(s) => {
+                        if let Some(s) = &s {
+                            subjects.insert(s.clone());
+                        }
+                        per_record_subject.push(s);
+                    }
+                    Err(e) => {
+                        record_errors.push((i as i32, e.to_string()));
+                        per_record_subject.push(None);
+                    }
+                }
+            }
+        }
+        if !record_errors.is_empty() {
+            return Err((
+                INVALID_RECORD,
+                "custos: a record cannot be protected by its topic's rule".into(),
+                record_errors,
+            ));
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        let unavailable = |e: custos_crypto::keys::KeyError| {
+            self.metrics.encrypt_failure("key");
+            tracing::warn!(topic, rule = %rule.config.name, error = %e, "no data key: produce to a protected topic refused");
+            (
+                KAFKA_STORAGE_ERROR,
+                format!("custos: encryption key unavailable ({e}); retry later"),
+                Vec::new(),
+            )
+        };
+        let kek = rule.config.kek.as_str();
+        let mut subject_keys = HashMap::new();
+        for s in subjects {
+            let k = keys.subject_key(&s, kek).await.map_err(unavailable)?;
+            subject_keys.insert(s, k);
+        }
+        // Each data key serves at most `max_encryptions` seals, so a large
+        // batch takes several keys, each reserved for a run of records.
+        let parts = rule.parts_per_record();
+        let per_key = (self.protection.max_encryptions / parts).max(1);
+        let mut topic_keys = Vec::new();
+        if rule.config.subject.is_none() {
+            let ctx = field_rules::dek_context(topic);
+            let mut left = count;
+            while left > 0 {
+                let n = left.min(per_key);
+                topic_keys.push(
+                    keys.encryption_key(kek, &ctx, n * parts)
+                        .await
+                        .map_err(unavailable)?,
+                );
+                left -= n;
+            }
+        }
+        let mut n = 0usize;
+        let mut record_errors = Vec::new();
+        for seg in segments.iter_mut() {
+            let Segment::Batch(b) = seg else { continue };
+            for (i, r) in b.records_mut().iter_mut().enumerate() {
+                let topic_key = topic_keys.get(n / per_key as usize);
+                let dek = match (topic_key, &per_record_subject[n]) {
+                    (Some(k), _) => k,
+                    (None, Some(s)) => match subject_keys.get(s) {
+                        Some(k) => k,
+                        None => {
+                            record_errors.push((i as i32, "no subject key".to_string()));
+                            n += 1;
+                            continue;
+                        }
+                    },
+                    (None, None) => {
+                        record_errors.push((i as i32, "no subject id".to_string()));
+                        n += 1;
+                        continue;
+                    }
+                };
+                n += 1;
+                if let Err(e) = field_rules::seal_record(rule, topic, r, dek) {
+                    let error = match e {
+                        RecordError::Seal(_) => KAFKA_STORAGE_ERROR,
+                        _ => INVALID_RECORD,
+                    };
+                    if error == KAFKA_STORAGE_ERROR {
+                        return Err((error, format!("custos: {e}"), Vec::new()));
+                    }
+                    record_errors.push((i as i32, e.to_string()));
+                }
+            }
+        }
+        if !record_errors.is_empty() {
+            return Err((
+                INVALID_RECORD,
+                "custos: a record cannot be protected by its topic's rule".into(),
+                record_errors,
+            ));
+        }
+        self.metrics.encrypted_records(count);
+        record_batch::encode(&segments).map(Some).map_err(|e| {
+            (
+                KAFKA_STORAGE_ERROR,
+                format!("custos: re-encoding the batch failed: {e}"),
+                Vec::new(),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl Stage for Encrypt {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn request_api_keys(&self) -> &[ApiKey] {
+        &[ApiKey::Produce]
+    }
+
+    async fn on_request(
+        &self,
+        _session: &SessionInfo,
+        request: &mut Request,
+    ) -> Result<Verdict, StageError> {
+        let version = request.version();
+        // The bounded walk first: names only, no allocation sized by the client.
+        let t = crate::resources::touches(ApiKey::Produce, version, request.body_bytes()).map_err(
+            |e| StageError {
+                stage: NAME,
+                blame: Blame::Client,
+                message: e.to_string(),
+            },
+        )?;
+        if !t
+            .topics
+            .iter()
+            .any(|x| self.protection.rules.for_topic(x.name).is_some())
+        {
+            return Ok(Verdict::Forward);
+        }
+        let acks0 = crate::message::produce_acks(request.body_bytes(), version) == Some(0);
+        // Decoding is safe now that the bounded reader has walked the body.
+        let mut work = Vec::new();
+        if let RequestKind::Produce(p) = request
+            .body()
+            .map_err(|e| StageError::codec(NAME, Blame::Client, e))?
+        {
+            for (ti, topic) in p.topic_data.iter().enumerate() {
+                let name = topic.name.0.as_str();
+                if self.protection.rules.for_topic(name).is_none() {
+                    continue;
+                }
+                for (pi, part) in topic.partition_data.iter().enumerate() {
+                    if let Some(records) = &part.records {
+                        work.push((ti, pi, name.to_string(), part.index, records.clone()));
+                    }
+                }
+            }
+        }
+        let mut replaced = Vec::new();
+        let mut failed = Vec::new();
+        for (ti, pi, topic, partition, records) in work {
+            let Some(rule) = self.protection.rules.for_topic(&topic) else {
+                continue;
+            };
+            match self.protect(rule, &topic, &records).await {
+                Ok(Some(new)) => replaced.push((ti, pi, new)),
+                Ok(None) => {}
+                Err((error, message, record_errors)) => failed.push(Failed {
+                    topic,
+                    partition,
+                    error,
+                    message,
+                    record_errors,
+                }),
+            }
+        }
+        if !failed.is_empty() && acks0 {
+            // An acks=0 client cannot be told; the broker's answer to a
+            // failed acks=0 produce is closing the connection.
+            return Err(StageError {
+                stage: NAME,
+                blame: Blame::Internal,
+                message: "acks=0 produce to a protected topic could not be encrypted".into(),
+            });
+        }
+        let body = request
+            .body_mut()
+            .map_err(|e| StageError::codec(NAME, Blame::Client, e))?;
+        let RequestKind::Produce(p) = body else {
+            return Ok(Verdict::Forward);
+        };
+        for (ti, pi, new) in replaced {
+            p.topic_data[ti].partition_data[pi].records = Some(new);
+        }
+        if failed.is_empty() {
+            return Ok(Verdict::Forward);
+        }
+        for t in p.topic_data.iter_mut() {
+            let name = t.name.0.as_str().to_string();
+            t.partition_data.retain(|x| {
+                !failed
+                    .iter()
+                    .any(|f| f.topic == name && f.partition == x.index)
+            });
+        }
+        p.topic_data.retain(|t| !t.partition_data.is_empty());
+        if p.topic_data.is_empty() {
+            let mut answer = ProduceResponse::default();
+            merge_failures(&mut answer, &failed);
+            return Ok(Verdict::Respond(Box::new(ResponseKind::Produce(answer))));
+        }
+        request.amends.0.push(Box::new(move |r| match r {
+            ResponseKind::Produce(p) => {
+                merge_failures(p, &failed);
+                Ok(())
+            }
+            _ => Err("the broker's answer is not a Produce response".into()),
+        }));
+        Ok(Verdict::Forward)
+    }
+}
