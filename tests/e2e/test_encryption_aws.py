@@ -1,0 +1,135 @@
+"""Field encryption with AWS KMS (a local moto server) as the KMS.
+
+Data keys come from GenerateDataKey under a moto KMS key; the broker stores
+only envelopes; a consumer allowed to Decrypt gets the originals. Then the
+KMS goes silent (moto paused: calls hang until Custos's KMS timeout): a
+produce to a protected topic with no cached data key fails with a retriable
+error and nothing reaches the broker; once the KMS answers again, the same
+produce goes through."""
+import os
+import re
+import time
+import urllib.request
+
+import pytest
+from confluent_kafka import Producer
+
+from harness import DIRECT, rd_common, rd_consume, rd_create_topic, start_gateway, stop_gateway
+from moto_server import MotoServer
+
+pytestmark = pytest.mark.skipif(DIRECT, reason="encryption is Custos's")
+
+ENVELOPE_MAGIC = bytes([0xC5, 0x7D, 0x01])
+POLICIES = r'''
+@id("all-kafka")
+permit (principal, action in Action::"All", resource);
+@id("everyone-decrypts")
+permit (principal, action == Action::"Decrypt", resource is Topic);
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(kafka, tmp_path_factory):
+    d = tmp_path_factory.mktemp("encryption-aws")
+    moto = MotoServer(d / "moto.log").start()
+    arn = moto.create_key(alias="alias/custos-e2e")
+    # Custos reads its AWS credentials from these variables (named in the config).
+    for k, v in moto.env().items():
+        os.environ[k] = v
+    policies = d / "policies.cedar"
+    policies.write_text(POLICIES)
+    g = start_gateway(
+        kafka, d / "custos", "custos-enc-aws",
+        extra_yaml=("authorization:\n"
+                    f"  policies: [\"{policies}\"]\n"
+                    "encryption:\n"
+                    "  kms:\n"
+                    "    aws:\n"
+                    "      region: us-east-1\n"
+                    f"      endpoint: \"{moto.endpoint}\"\n"
+                    "      access_key_id_env: AWS_ACCESS_KEY_ID\n"
+                    "      secret_access_key_env: AWS_SECRET_ACCESS_KEY\n"
+                    "  kms_calls:\n"
+                    "    timeout_ms: 1000\n"
+                    "    max_retries: 1\n"
+                    "    breaker_threshold: 3\n"
+                    "    breaker_cooldown_ms: 1000\n"
+                    "  rules:\n"
+                    "    - name: aws-values\n"
+                    "      topics: {prefix: \"aws.secure.\"}\n"
+                    "      kek: alias/custos-e2e\n"
+                    "      value: true\n"))
+    yield g, moto, arn
+    stop_gateway(g)
+    moto.stop()
+
+
+def produce(gw, topic, values, timeout_ms=20000):
+    ok, errs = [0], {}
+
+    def cb(err, msg):
+        if err is None:
+            ok[0] += 1
+        else:
+            errs[err.name()] = errs.get(err.name(), 0) + 1
+
+    p = Producer({**rd_common(gw.bootstrap), "linger.ms": 10, "acks": "all",
+                  "message.timeout.ms": timeout_ms, "retry.backoff.ms": 200})
+    for v in values:
+        p.produce(topic, value=v, on_delivery=cb)
+    p.flush(timeout_ms / 1000 + 15)
+    return ok[0], errs
+
+
+def metric_total(gw, name, **labels) -> float:
+    with urllib.request.urlopen(f"http://{gw.host}:{gw.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for m in re.finditer(r"^custos_%s(?:_total)?\{([^}]*)\} (\S+)$" % name, text, re.M):
+        if all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def test_aws_kms_round_trip(setup, kafka):
+    gw, _, arn = setup
+    topic = "aws.secure.roundtrip"
+    rd_create_topic(gw.bootstrap, topic, 1)
+    values = [f"secret-{i}-{'x' * 200}".encode() for i in range(300)]
+    assert produce(gw, topic, values) == (300, {})
+    raw = rd_consume(kafka.bootstrap, topic, 300)
+    for r in raw:
+        assert r.v.startswith(ENVELOPE_MAGIC)
+        # The wrapped DEK names the KMS key by the ARN AWS returned.
+        assert arn.encode() in r.v
+        assert b"secret-" not in r.v
+    got = rd_consume(gw.bootstrap, topic, 300)
+    assert [r.v for r in got] == values
+    assert metric_total(gw, "kms_calls", kms="aws", op="generate_data_key", outcome="ok") >= 1
+
+
+def test_kms_outage_refuses_protected_produce_and_recovers(setup, kafka):
+    gw, moto, _ = setup
+    topic = "aws.secure.outage"
+    rd_create_topic(gw.bootstrap, topic, 1)
+    failures_before = metric_total(gw, "encrypt_failures")
+    moto.pause()
+    try:
+        ok, errs = produce(gw, topic, [b"must-not-leak-1", b"must-not-leak-2"], timeout_ms=6000)
+        assert ok == 0, errs
+        assert sum(errs.values()) == 2, errs
+        # A KMS that does not answer is a timeout or an open breaker, never a pass.
+        assert metric_total(gw, "encrypt_failures") > failures_before
+        assert (metric_total(gw, "kms_calls", kms="aws", outcome="timeout")
+                + metric_total(gw, "kms_calls", kms="aws", outcome="circuit_open")) >= 1
+    finally:
+        moto.resume()
+    # Nothing reached the broker while the KMS was away.
+    assert rd_consume(kafka.bootstrap, topic, 0, timeout=3, check=False) == []
+    time.sleep(1.5)  # the breaker's cool-down
+    ok, errs = produce(gw, topic, [b"after-recovery"])
+    assert (ok, errs) == (1, {})
+    got = rd_consume(gw.bootstrap, topic, 1)
+    assert [r.v for r in got] == [b"after-recovery"]
+    raw = rd_consume(kafka.bootstrap, topic, 1)
+    assert len(raw) == 1 and raw[0].v.startswith(ENVELOPE_MAGIC)
