@@ -953,6 +953,8 @@ pub struct Protection {
     pub tokenizer: Option<SubjectTokenizer>,
     /// Seals one data key may make (`encryption.dek.max_encryptions`).
     pub max_encryptions: u64,
+    /// The embedded keyring, when it is the KMS (its rotations are audited).
+    pub keyring: Option<Arc<custos_crypto::keyring::LocalKeyring>>,
 }
 
 impl std::fmt::Debug for Protection {
@@ -970,3 +972,7 @@ pub fn dek_context(topic: &str) -> custos_crypto::kms::EncryptionContext {
     c.insert("custos:topic".to_string(), topic.to_string());
     c
 }
+
+#[cfg(test)]
+#[path = "field_rules_tests.rs"]
+mod tests;

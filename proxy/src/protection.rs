@@ -151,9 +151,9 @@ pub async fn open(
         subjects.clone(),
     )
     .map_err(|e| ProtectionError::Kms(e.to_string()))?;
-    if let Some(k) = keyring {
+    if let Some(k) = &keyring {
         // New data keys under a rotated KEK at once, not after the DEK ages out.
-        keys = keys.with_kek_versions(k);
+        keys = keys.with_kek_versions(k.clone());
     }
     let keys = Arc::new(keys);
     let _ = metrics.key_stats.set(keys.clone());
@@ -168,5 +168,118 @@ pub async fn open(
         subjects,
         tokenizer,
         max_encryptions: cfg.dek.max_encryptions,
+        keyring,
     }))
+}
+
+/// How an audit record names a key: `KEK#vN` for a data key wrapped by
+/// version N of a KEK (`#v0` where the KMS versions keys itself), or
+/// `subject#vN` for a data subject's key (whose token goes alongside).
+pub fn key_label(r: &custos_crypto::key_ref::KeyRef) -> String {
+    match r {
+        custos_crypto::key_ref::KeyRef::Wrapped(w) => format!("{}#v{}", w.kek_id, w.kek_version),
+        custos_crypto::key_ref::KeyRef::Subject { version, .. } => format!("subject#v{version}"),
+    }
+}
+
+/// The audit token of a subject key reference (hex of its keyed hash).
+pub fn subject_token(r: &custos_crypto::key_ref::KeyRef) -> Option<custos_audit::SubjectToken> {
+    match r {
+        custos_crypto::key_ref::KeyRef::Subject { token, .. } => {
+            let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+            custos_audit::SubjectToken::from_hex(&hex).ok()
+        }
+        custos_crypto::key_ref::KeyRef::Wrapped(_) => None,
+    }
+}
+
+/// Records `keys` (and subject tokens) on every noted record of `kind`.
+pub fn note_keys<'a>(
+    notes: &crate::audit_trail::AuditNotes,
+    kind: custos_audit::EventKind,
+    keys: impl IntoIterator<Item = &'a custos_crypto::key_ref::KeyRef>,
+    details: &[(String, String)],
+) {
+    if !notes.enabled() {
+        return;
+    }
+    let mut labels: Vec<String> = Vec::new();
+    let mut tokens = Vec::new();
+    for k in keys {
+        let l = key_label(k);
+        if !labels.contains(&l) {
+            labels.push(l);
+        }
+        if let Some(t) = subject_token(k) {
+            if !tokens.contains(&t) {
+                tokens.push(t);
+            }
+        }
+    }
+    labels.sort();
+    notes.update(|records| {
+        let mut found = false;
+        for r in records.iter_mut().filter(|r| r.kind == kind) {
+            found = true;
+            r.key_ids.extend(labels.iter().cloned());
+            r.subject_tokens.extend(tokens.iter().cloned());
+            r.details.extend(details.iter().cloned());
+        }
+        if !found {
+            // The Fetch record is written after the decrypt stage ran (response
+            // stages run in reverse): leave a partial one for it to complete.
+            let mut r = custos_audit::AuditRecord::new(kind, "");
+            r.key_ids = labels;
+            r.subject_tokens = tokens;
+            r.details.extend(details.iter().cloned());
+            records.push(r);
+        }
+    });
+}
+
+/// Records a `key_rotation` audit event whenever a KEK version appears or
+/// changes state in the embedded keyring (rotated or retired by `custos
+/// keys` in another process), checking every `every`.
+pub async fn watch_keyring(
+    keyring: Arc<LocalKeyring>,
+    auditor: crate::audit_trail::Auditor,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let snapshot = |k: &LocalKeyring| -> Vec<(String, u32, String)> {
+        k.list()
+            .map(|l| {
+                l.into_iter()
+                    .map(|i| (i.name, i.version, i.state.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut known = snapshot(&keyring);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let _ = keyring.reload_now();
+        let now = snapshot(&keyring);
+        for (name, version, state) in &now {
+            let before = known.iter().find(|(n, v, _)| n == name && v == version);
+            let change = match before {
+                None if *version > 1 => "rotated",
+                None => "created",
+                Some((_, _, s)) if s != state => "state_changed",
+                Some(_) => continue,
+            };
+            tracing::info!(kek = %name, version, state = %state, change, "keyring changed");
+            auditor.event(
+                auditor
+                    .record(custos_audit::EventKind::KeyRotation)
+                    .with_key_id(format!("{name}#v{version}"))
+                    .with_detail("change", change)
+                    .with_detail("state", state.clone()),
+            );
+        }
+        known = now;
+    }
 }

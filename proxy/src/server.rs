@@ -182,6 +182,14 @@ impl Proxy {
             Some(e) => Some(crate::protection::open(e, metrics.clone()).await?),
             None => None,
         };
+        if let Some(k) = protection.as_ref().and_then(|p| p.keyring.clone()) {
+            tokio::spawn(crate::protection::watch_keyring(
+                k,
+                auditor.clone(),
+                Duration::from_secs(2),
+                shutdown.clone(),
+            ));
+        }
         if protection.is_some() && policies.is_none() {
             tracing::warn!(
                 "`encryption` without `authorization`: nobody may decrypt, every reader sees masks"

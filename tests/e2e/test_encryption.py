@@ -97,6 +97,9 @@ def setup(kafka, tmp_path_factory):
     (d / "token.key").write_bytes(os.urandom(32))
     policies = d / "policies.cedar"
     policies.write_text(POLICIES)
+    r = subprocess.run([CUSTOS_BIN, "audit", "keygen", "--out", str(d / "audit.key")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     g = start_gateway(
         kafka, d / "custos", "custos-enc",
         listen_extra=("  auth:\n    sasl:\n"
@@ -104,14 +107,30 @@ def setup(kafka, tmp_path_factory):
                       f"      credentials_file: \"{creds}\"\n"),
         admin_extra=f"  token_file: \"{d / 'admin.token'}\"\n",
         extra_yaml=("authorization:\n"
-                    f"  policies: [\"{policies}\"]\n" + rules_yaml(d)),
+                    f"  policies: [\"{policies}\"]\n"
+                    "audit:\n"
+                    f"  dir: \"{d / 'audit'}\"\n"
+                    f"  signing_key: \"{d / 'audit.key'}\"\n"
+                    "  mode: async\n" + rules_yaml(d)),
         defer_start=True)
-    (d / "admin.token").write_text("enc-admin-token-0123456789abcdef\n")
+    (d / "admin.token").write_text(ADMIN_TOKEN + "\n")
     for kek in ("values-kek", "customers-kek"):
         keys_cli(g.config_path, "create", kek)
     g.start()
     yield g, d
     stop_gateway(g)
+
+
+ADMIN_TOKEN = "enc-admin-token-0123456789abcdef"
+
+
+def audit(gw, **params):
+    """Records of the gateway's audit log matching `params` (one page)."""
+    q = "&".join(f"{k}={v}" for k, v in params.items())
+    req = urllib.request.Request(f"http://{gw.host}:{gw.admin_port}/v1/audit?{q}&limit=1000")
+    req.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["records"]
 
 
 def direct_values(kafka, topic, count, partitions=1, timeout=30):
@@ -234,6 +253,15 @@ def test_json_fields_10000_records(setup, kafka):
     assert sorted(r.v for r in got) == sorted(values)
 
     masked = rd_consume(gw.bootstrap, topic, 50, timeout=60, sec=sec("analyst"))
+    # The audit log names the keys used and who saw plaintext, never a value.
+    produced = audit(gw, topic=topic, kind="produce")
+    assert produced and all(any(k.startswith("customers-kek#v") for k in r["key_ids"]) for r in produced)
+    assert all(r["details"].get(f"encrypted.{topic}") == "customer-fields" for r in produced)
+    fetched = audit(gw, topic=topic, kind="fetch")
+    seen = {(r["principal"]["name"], r["details"].get(f"revealed.{topic}")) for r in fetched}
+    assert ("User:reader", "plaintext") in seen and ("User:analyst", "masked") in seen, seen
+    assert all(r["key_ids"] for r in fetched)
+    assert "example.org" not in json.dumps(produced + fetched)
     for r in masked[:50]:
         doc = json.loads(r.v)
         i = doc["id"]
@@ -268,6 +296,8 @@ def test_kek_rotation_mid_stream(setup, kafka):
     assert rd_produce_values(gw, "reader", topic, second) == (1000 - 500, {})
     report = keys_cli(gw.config_path, "list").stdout
     assert re.search(r"customers-kek\s+2\s+active", report), report
+    wait_until(lambda: any("customers-kek#v2" in r["key_ids"] for r in audit(gw, kind="key_rotation")),
+               10, "the rotation in the audit log")
     got = rd_consume(gw.bootstrap, topic, 1000, timeout=60, sec=sec("reader"))
     assert sorted(r.v for r in got) == sorted(first + second)
     raw = direct_values(kafka, topic, 1000)
@@ -300,6 +330,9 @@ def test_shredded_subject_reads_as_erased(setup, kafka):
         assert by_n[n]["user_id"] == "alice-7"
     assert by_n[1]["name"] == "Name of bob-9"
     assert by_n[3]["phone"] == "+32 470 000003"
+    shreds = audit(gw, kind="key_shredding")
+    assert len(shreds) == 1 and len(shreds[0]["details"]["subject_token"]) == 64, shreds
+    assert "alice-7" not in json.dumps(audit(gw, topic=topic) + shreds)
     # The analyst sees keyed-hash tokens, not names.
     masked = rd_consume(gw.bootstrap, topic, 4, sec=sec("analyst"))
     bob = [json.loads(x.v) for x in masked if json.loads(x.v)["n"] == 1][0]

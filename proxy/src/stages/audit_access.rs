@@ -358,6 +358,14 @@ impl Stage for AuditAccess {
                         resources.push(res);
                     }
                 }
+                // What the decrypt stage noted (keys used, plaintext or
+                // masked) waits in a partial record: take it in here.
+                let mut partial = None;
+                notes.update(|records| {
+                    if let Some(i) = records.iter().position(|r| r.kind == EventKind::Fetch) {
+                        partial = Some(records.remove(i));
+                    }
+                });
                 // An empty fetch (a long poll that timed out) accessed nothing.
                 if !resources.is_empty() {
                     let mut record = AuditRecord::new(EventKind::Fetch, notes.instance())
@@ -375,6 +383,11 @@ impl Stage for AuditAccess {
                         );
                     for r in resources {
                         record = record.with_resource(r);
+                    }
+                    if let Some(p) = partial {
+                        record.key_ids = p.key_ids;
+                        record.subject_tokens = p.subject_tokens;
+                        record.details.extend(p.details);
                     }
                     notes.push(record);
                 }

@@ -84,6 +84,7 @@ impl Decrypt {
         topic: &str,
         access: Access,
         records: &Bytes,
+        used: &mut Vec<KeyRef>,
     ) -> Result<Option<Bytes>, String> {
         let Ok(mut segments) = record_batch::decode(records) else {
             // Bytes Custos cannot read may hold anything: nothing leaves.
@@ -98,6 +99,7 @@ impl Decrypt {
             }
         }
         let keys = self.resolve(refs, topic).await;
+        used.extend(keys.keys().cloned());
         let tokenizer = self.protection.tokenizer.as_ref();
         let mut count = 0u64;
         for seg in segments.iter_mut() {
@@ -158,18 +160,28 @@ impl Stage for Decrypt {
         let ResponseKind::Fetch(f) = body else {
             return Ok(());
         };
+        let mut used = Vec::new();
+        let mut details = Vec::new();
         for t in f.responses.iter_mut() {
             let topic = t.topic.0.as_str().to_string();
             let Some(rule) = self.protection.rules.for_topic(&topic) else {
                 continue;
             };
             let access = self.access(session, &topic);
+            details.push((
+                format!("revealed.{topic}"),
+                match access {
+                    Access::Plaintext => "plaintext",
+                    Access::Masked => "masked",
+                }
+                .to_string(),
+            ));
             for p in t.partitions.iter_mut() {
                 let Some(records) = &p.records else { continue };
                 if records.is_empty() {
                     continue;
                 }
-                match self.reveal(rule, &topic, access, records).await {
+                match self.reveal(rule, &topic, access, records, &mut used).await {
                     Ok(Some(new)) => p.records = Some(new),
                     Ok(None) => {}
                     Err(why) => {
@@ -180,6 +192,14 @@ impl Stage for Decrypt {
                     }
                 }
             }
+        }
+        if !details.is_empty() {
+            crate::protection::note_keys(
+                &response.audit,
+                custos_audit::EventKind::Fetch,
+                &used,
+                &details,
+            );
         }
         Ok(())
     }

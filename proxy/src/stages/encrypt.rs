@@ -107,6 +107,7 @@ impl Encrypt {
         rule: &field_rules::Rule,
         topic: &str,
         records: &Bytes,
+        used: &mut Vec<custos_crypto::key_ref::KeyRef>,
     ) -> Result<Option<Bytes>, (i16, String, Vec<(i32, String)>)> {
         let mut segments = record_batch::decode(records).map_err(|e| {
             (
@@ -224,6 +225,11 @@ impl Encrypt {
                 record_errors,
             ));
         }
+        for k in topic_keys.iter().chain(subject_keys.values()) {
+            if !used.contains(k.key_ref()) {
+                used.push(k.key_ref().clone());
+            }
+        }
         self.metrics.encrypted_records(count);
         record_batch::encode(&segments).map(Some).map_err(|e| {
             (
@@ -287,11 +293,17 @@ impl Stage for Encrypt {
         }
         let mut replaced = Vec::new();
         let mut failed = Vec::new();
+        let mut used = Vec::new();
+        let mut rules_applied: Vec<(String, String)> = Vec::new();
         for (ti, pi, topic, partition, records) in work {
             let Some(rule) = self.protection.rules.for_topic(&topic) else {
                 continue;
             };
-            match self.protect(rule, &topic, &records).await {
+            let detail = (format!("encrypted.{topic}"), rule.config.name.clone());
+            if !rules_applied.contains(&detail) {
+                rules_applied.push(detail);
+            }
+            match self.protect(rule, &topic, &records, &mut used).await {
                 Ok(Some(new)) => replaced.push((ti, pi, new)),
                 Ok(None) => {}
                 Err((error, message, record_errors)) => failed.push(Failed {
@@ -303,6 +315,12 @@ impl Stage for Encrypt {
                 }),
             }
         }
+        crate::protection::note_keys(
+            &request.audit,
+            custos_audit::EventKind::Produce,
+            &used,
+            &rules_applied,
+        );
         if !failed.is_empty() && acks0 {
             // An acks=0 client cannot be told; the broker's answer to a
             // failed acks=0 produce is closing the connection.
