@@ -16,21 +16,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::audit_trail::Auditor;
-use crate::frame::{read_one, write_frame};
-use crate::stream::Stream;
-use crate::upstream::{self, UpstreamSecurity};
+use crate::upstream::{Conn, UpstreamSecurity};
 
 /// Records per Produce request.
 const BATCH: usize = 500;
-/// Largest answer read from the broker.
-const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Where and how to ship.
 pub struct Shipper {
@@ -46,48 +42,6 @@ pub struct Shipper {
     pub timeout: Duration,
     /// File holding the next sequence number to ship.
     pub position_file: PathBuf,
-}
-
-/// One request/response exchange on a connection.
-struct Conn {
-    stream: Stream,
-    corr: i32,
-}
-
-impl Conn {
-    async fn call(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        body: RequestKind,
-    ) -> Result<ResponseKind, String> {
-        self.corr += 1;
-        let mut frame = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.corr)
-            .with_client_id(Some(StrBytes::from_static_str("custos-audit-shipper")))
-            .encode(&mut frame, key.request_header_version(version))
-            .map_err(|e| e.to_string())?;
-        body.encode(&mut frame, version)
-            .map_err(|e| e.to_string())?;
-        write_frame(&mut self.stream, &frame.freeze())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = read_one(&mut self.stream, MAX_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
-        let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
-            .map_err(|e| e.to_string())?;
-        if header.correlation_id != self.corr {
-            return Err(format!(
-                "answer to correlation id {}",
-                header.correlation_id
-            ));
-        }
-        ResponseKind::decode(key, &mut answer, version).map_err(|e| e.to_string())
-    }
 }
 
 impl Shipper {
@@ -124,10 +78,14 @@ impl Shipper {
     }
 
     async fn connect(&self, host: &str, port: u16) -> Result<Conn, String> {
-        let stream = upstream::connect(host, port, &self.security, self.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Conn { stream, corr: 0 })
+        Conn::open(
+            host,
+            port,
+            &self.security,
+            self.timeout,
+            "custos-audit-shipper",
+        )
+        .await
     }
 
     /// The leader of partition 0 of the topic, creating the topic if needed.

@@ -44,8 +44,15 @@ pub enum KeysCommand {
     /// Re-wrap every stored per-subject key under its KEK's current version
     /// (the gateway must be stopped: the store is locked while it runs).
     Rewrap,
-    /// Stored per-subject keys by KEK and version.
-    Report,
+    /// How much retained data sits under which key: reads the protected
+    /// topics from the brokers (Custos's own upstream credentials) and counts
+    /// records by key version; also lists stored per-subject keys by KEK
+    /// version when the subject key store can be opened.
+    Report {
+        /// Topics to scan (default: every topic a rule covers).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
     /// Destroy a data subject's keys: every copy of their protected fields
     /// becomes unreadable and reads as "erased".
     Shred {
@@ -131,15 +138,67 @@ pub fn run(config: &Path, command: KeysCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        KeysCommand::Report => {
-            let store =
-                protection::subject_store(enc)?.context("no encryption.subject_keys configured")?;
-            println!("{:<40} {:>7} {:>10}", "kek", "version", "subject keys");
+        KeysCommand::Report { topics } => return report(&cfg, enc, &topics),
+        KeysCommand::Shred { subject } => return shred(&cfg, enc, &subject),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(cfg: &Config, enc: &EncryptionConfig, topics: &[String]) -> anyhow::Result<ExitCode> {
+    match protection::subject_store(enc) {
+        Ok(Some(store)) => {
+            println!("stored subject keys:");
+            println!("  {:<40} {:>7} {:>10}", "kek", "version", "keys");
             for (kek, version, count) in store.report()? {
-                println!("{kek:<40} {version:>7} {count:>10}");
+                println!("  {kek:<40} {version:>7} {count:>10}");
             }
         }
-        KeysCommand::Shred { subject } => return shred(&cfg, enc, &subject),
+        Ok(None) => {}
+        Err(e) => println!(
+            "stored subject keys: not read ({e}); GET /v1/keys/report on a running gateway"
+        ),
+    }
+    let rules = custos::field_rules::RuleSet::compile(&enc.rules).map_err(|issues| {
+        anyhow::anyhow!(
+            "{}",
+            issues
+                .iter()
+                .map(|i| format!("{}: {}", i.key, i.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    let security = custos::upstream::UpstreamSecurity {
+        tls: cfg
+            .upstream
+            .tls
+            .as_ref()
+            .map(custos::tls::UpstreamTls::new)
+            .transpose()?,
+        sasl: cfg.upstream.sasl.clone(),
+    };
+    let servers: Vec<(String, u16)> = cfg
+        .upstream
+        .bootstrap_servers
+        .iter()
+        .filter_map(|b| custos::config::parse_host_port(b).ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let rows = rt
+        .block_on(custos::key_report::scan(
+            &servers,
+            &security,
+            &rules,
+            topics,
+            std::time::Duration::from_millis(cfg.upstream.connect_timeout_ms),
+        ))
+        .map_err(anyhow::Error::msg)?;
+    println!("retained records by key:");
+    println!("  {:<40} {:<40} {:>10}", "topic", "key", "records");
+    for r in rows {
+        println!("  {:<40} {:<40} {:>10}", r.topic, r.key, r.records);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod field_rules;
 pub mod frame;
 pub mod handshake;
+pub mod key_report;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;

@@ -6,8 +6,8 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    RequestHeader, RequestKind, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse,
+    RequestHeader, RequestKind, ResponseHeader, ResponseKind, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::net::TcpStream;
@@ -327,4 +327,70 @@ pub async fn fetch_cluster(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| UpstreamError::Timeout(addr.clone()))?
+}
+
+/// A connection of Custos's own to a broker (not a client's): one request
+/// at a time, for the audit shipper and the key report.
+pub struct Conn {
+    stream: Stream,
+    corr: i32,
+    client_id: &'static str,
+}
+
+/// Largest answer a [`Conn`] reads from the broker.
+const CONN_MAX_FRAME: usize = 64 * 1024 * 1024;
+
+impl Conn {
+    /// Connects (TLS and SASL login as configured) to `host:port`.
+    pub async fn open(
+        host: &str,
+        port: u16,
+        security: &UpstreamSecurity,
+        timeout: Duration,
+        client_id: &'static str,
+    ) -> Result<Conn, String> {
+        let stream = connect(host, port, security, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Conn {
+            stream,
+            corr: 0,
+            client_id,
+        })
+    }
+
+    /// Sends one request and reads its answer.
+    pub async fn call(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> Result<ResponseKind, String> {
+        self.corr += 1;
+        let mut frame = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.corr)
+            .with_client_id(Some(StrBytes::from_static_str(self.client_id)))
+            .encode(&mut frame, key.request_header_version(version))
+            .map_err(|e| e.to_string())?;
+        body.encode(&mut frame, version)
+            .map_err(|e| e.to_string())?;
+        write_frame(&mut self.stream, &frame.freeze())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = read_one(&mut self.stream, CONN_MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))
+            .map_err(|e| e.to_string())?;
+        if header.correlation_id != self.corr {
+            return Err(format!(
+                "answer to correlation id {}",
+                header.correlation_id
+            ));
+        }
+        ResponseKind::decode(key, &mut answer, version).map_err(|e| e.to_string())
+    }
 }

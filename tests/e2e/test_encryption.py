@@ -310,6 +310,11 @@ def test_kek_rotation_mid_stream(setup, kafka):
             klen = env[5]
             versions.add(int.from_bytes(env[6 + klen:10 + klen], "big"))
     assert versions == {1, 2}, versions
+    # The report reads the topic from the broker and counts records per key version.
+    out = keys_cli(gw.config_path, "report", "--topic", topic).stdout
+    per_version = {int(m.group(1)): int(m.group(2))
+                   for m in re.finditer(r"customers-kek#v(\d+)\s+(\d+)", out)}
+    assert set(per_version) == {1, 2} and sum(per_version.values()) == 1000, out
 
 
 def test_shredded_subject_reads_as_erased(setup, kafka):
