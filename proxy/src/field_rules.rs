@@ -629,6 +629,11 @@ pub fn subject_of(
                 return Err(RecordError::NoSubject("subject path not compiled"));
             };
             let Some(v) = value else {
+                // A tombstone has no fields to seal and must reach the
+                // broker for compaction; other protected parts need the id.
+                if !rule.config.key && rule.config.headers.is_empty() {
+                    return Ok(None);
+                }
                 return Err(RecordError::NoSubject("value is null"));
             };
             let found = json_fields::locate(v, std::slice::from_ref(path))
@@ -745,6 +750,10 @@ pub enum KeyLookup {
     Key(Arc<Dek>),
     /// The subject's key was shredded.
     Erased,
+    /// The KMS refused to unwrap the key under this topic's context (the
+    /// ciphertext was copied from another topic, or tampered): retrying
+    /// cannot help, so its parts read as [`UNDECRYPTABLE`].
+    Undecryptable,
     /// The key could not be had (KMS down): the caller must not answer.
     Unavailable(String),
 }
@@ -935,6 +944,7 @@ fn open(
             }
         }
         Some(KeyLookup::Erased) => Ok(Opened::Erased),
+        Some(KeyLookup::Undecryptable) => Ok(Opened::Bad),
         Some(KeyLookup::Unavailable(why)) => Err(RevealError(why.clone())),
         // The caller resolves every reference `key_refs` found.
         None => Err(RevealError("key reference was not resolved".into())),

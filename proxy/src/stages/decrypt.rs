@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use custos_crypto::key_ref::KeyRef;
 use custos_crypto::keys::KeyError;
+use custos_crypto::kms::KmsError;
 use custos_policy::{Action, Authorizer, RequestContext, Resource};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 
@@ -128,6 +129,9 @@ impl Decrypt {
             let found = match self.protection.keys.decryption_key(&r, &ctx).await {
                 Ok(k) => KeyLookup::Key(k),
                 Err(KeyError::Erased { .. }) => KeyLookup::Erased,
+                // Bound to another topic or tampered: a retriable error
+                // would stall the partition for good.
+                Err(KeyError::Kms(KmsError::Rejected(_))) => KeyLookup::Undecryptable,
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "data key unavailable; partition answered with a retriable error");
                     KeyLookup::Unavailable(e.to_string())

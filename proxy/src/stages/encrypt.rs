@@ -199,6 +199,11 @@ impl Encrypt {
                             continue;
                         }
                     },
+                    // A tombstone with nothing to seal (see `subject_of`).
+                    (None, None) if r.value.is_none() => {
+                        n += 1;
+                        continue;
+                    }
                     (None, None) => {
                         record_errors.push((i as i32, "no subject id".to_string()));
                         n += 1;
@@ -366,3 +371,7 @@ impl Stage for Encrypt {
         Ok(Verdict::Forward)
     }
 }
+
+#[cfg(test)]
+#[path = "encrypt_decrypt_tests.rs"]
+mod tests;
