@@ -946,3 +946,33 @@ fn dek_context_binds_the_topic() {
     let k = keys();
     assert!(k.dir.path().join("keyring.json").is_file());
 }
+
+/// The `yaml` code blocks of a markdown text that hold an `encryption:` section.
+fn encryption_blocks(md: &str) -> Vec<String> {
+    md.split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.starts_with("encryption:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_documented_configurations_parse_and_compile() {
+    #[derive(Deserialize)]
+    struct Doc {
+        encryption: EncryptionConfig,
+    }
+    let guide = encryption_blocks(include_str!("../../docs/encryption.md"));
+    let readme = encryption_blocks(include_str!("../../README.md"));
+    assert_eq!((guide.len(), readme.len()), (1, 1));
+    for block in guide.iter().chain(&readme) {
+        let doc: Doc = serde_yaml_ng::from_str(block).expect("documented YAML parses");
+        RuleSet::compile(&doc.encryption.rules).expect("documented rules compile");
+    }
+    let doc: Doc = serde_yaml_ng::from_str(&guide[0]).expect("guide");
+    let e = doc.encryption;
+    assert_eq!(e.dek.max_encryptions, 1 << 24);
+    assert_eq!(e.kms_calls.breaker_cooldown_ms, 5000);
+    assert_eq!(e.rules[0].mask, Mask::KeepLast(4));
+}
