@@ -80,7 +80,7 @@ impl EncryptionConfig {
                     bad(
                         "kms.local.keyring",
                         format!(
-                            "{} does not exist; create it with `custos keys create NAME --config FILE`",
+                            "{} does not exist; create it with `custos keys --config FILE create NAME`",
                             l.keyring.display()
                         ),
                     );
@@ -145,7 +145,7 @@ impl EncryptionConfig {
                 if set.needs_subject_keys() && self.subject_keys.is_none() {
                     bad(
                         "subject_keys",
-                        "a rule names a subject, so encryption.subject_keys {dir, token_key_file} is required".into(),
+                        "a rule names a subject or is deterministic (its stable key is stored), so encryption.subject_keys {dir, token_key_file} is required".into(),
                     );
                 }
                 if self.token_key_file.is_none()
@@ -429,6 +429,13 @@ impl Rule {
             .max(1)
     }
 
+    /// Whether records are sealed with keys from the subject key store (a
+    /// subject's own, or a deterministic rule's stable per-topic key) rather
+    /// than rotating topic data keys.
+    pub fn uses_stored_keys(&self) -> bool {
+        self.config.subject.is_some() || self.config.deterministic
+    }
+
     /// The AEAD this rule seals with.
     pub fn algorithm(&self) -> custos_crypto::envelope::Algorithm {
         if self.config.deterministic {
@@ -580,7 +587,7 @@ impl RuleSet {
 
     /// Whether any rule needs the subject key store.
     pub fn needs_subject_keys(&self) -> bool {
-        self.rules.iter().any(|r| r.config.subject.is_some())
+        self.rules.iter().any(Rule::uses_stored_keys)
     }
 
     /// Whether there are no rules.
@@ -601,6 +608,16 @@ pub enum RecordError {
     /// Sealing failed.
     #[error("encryption failed: {0}")]
     Seal(String),
+}
+
+/// The stored-key id of a deterministic rule without a subject: one key per
+/// topic, kept in the subject key store so it never rotates. (Rotating data
+/// keys would break what deterministic mode is for: equal plaintexts giving
+/// equal ciphertexts, so that they stay joinable.) Shredding this id erases
+/// the topic's deterministic fields.
+pub fn deterministic_key_id(rule: &Rule, topic: &str) -> Option<Vec<u8>> {
+    (rule.config.deterministic && rule.config.subject.is_none())
+        .then(|| format!("custos:deterministic:{topic}").into_bytes())
 }
 
 /// The subject id of a record, as the rule says to find it (`Ok(None)` when

@@ -295,6 +295,11 @@ fn section_errors_name_the_key() {
         "{KMS}  rules:\n{RULE}      json_fields: [\"$.name\"]\n      subject: {{json_field: \"$.id\"}}\n"
     ));
     assert_names(&e, "encryption.subject_keys", "subject");
+    // A deterministic rule keeps its stable key in the subject key store.
+    let e = errors(&format!(
+        "{KMS}  rules:\n{RULE}      json_fields: [\"$.name\"]\n      deterministic: true\n"
+    ));
+    assert_names(&e, "encryption.subject_keys", "deterministic");
     // A token mask without its key.
     let e = errors(&format!(
         "{KMS}  rules:\n{RULE}      value: true\n      mask: token\n"
@@ -323,7 +328,7 @@ fn section_errors_name_the_key() {
     let e = errors(&format!(
         "  kms:\n    local:\n      keyring: nope.json\n      master_key_file: master.key\n  rules:\n{RULE}      value: true\n"
     ));
-    assert_names(&e, "encryption.kms.local.keyring", "custos keys create");
+    assert_names(&e, "encryption.kms.local.keyring", "custos keys --config FILE create");
     // Both or neither master key source.
     let e = errors(&format!(
         "  kms:\n    local:\n      keyring: keyring.json\n      master_key_file: master.key\n      master_key_env: X\n  rules:\n{RULE}      value: true\n"

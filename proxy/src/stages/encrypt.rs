@@ -126,7 +126,10 @@ impl Encrypt {
             let Segment::Batch(b) = seg else { continue };
             for (i, r) in b.records.iter().enumerate() {
                 count += 1;
-                match field_rules::subject_of(rule, r.key.as_ref(), r.value.as_ref(), &r.headers) {
+                let subject =
+                    field_rules::subject_of(rule, r.key.as_ref(), r.value.as_ref(), &r.headers)
+                        .map(|s| s.or_else(|| field_rules::deterministic_key_id(rule, topic)));
+                match subject {
                     Ok(s) => {
                         if let Some(s) = &s {
                             subjects.insert(s.clone());
@@ -170,7 +173,7 @@ impl Encrypt {
         let parts = rule.parts_per_record();
         let per_key = (self.protection.max_encryptions / parts).max(1);
         let mut topic_keys = Vec::new();
-        if rule.config.subject.is_none() {
+        if !rule.uses_stored_keys() {
             let ctx = field_rules::dek_context(topic);
             let mut left = count;
             while left > 0 {
