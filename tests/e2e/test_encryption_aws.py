@@ -133,3 +133,18 @@ def test_kms_outage_refuses_protected_produce_and_recovers(setup, kafka):
     assert [r.v for r in got] == [b"after-recovery"]
     raw = rd_consume(kafka.bootstrap, topic, 1)
     assert len(raw) == 1 and raw[0].v.startswith(ENVELOPE_MAGIC)
+
+
+def test_kms_stopped_refuses_protected_produce(setup, kafka):
+    """The KMS process gone entirely (connection refused): a protected topic
+    with no cached data key gets nothing; unprotected topics still work."""
+    gw, moto, _ = setup
+    topic = "aws.secure.stopped"
+    plain_topic = "aws-plain-while-kms-down"
+    rd_create_topic(gw.bootstrap, topic, 1)
+    rd_create_topic(gw.bootstrap, plain_topic, 1)
+    moto.stop()
+    ok, errs = produce(gw, topic, [b"must-not-leak-3"], timeout_ms=5000)
+    assert ok == 0 and sum(errs.values()) == 1, errs
+    assert rd_consume(kafka.bootstrap, topic, 0, timeout=3, check=False) == []
+    assert produce(gw, plain_topic, [b"not protected"]) == (1, {})
