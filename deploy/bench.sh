@@ -5,7 +5,7 @@
 #
 #   deploy/bench.sh [ROUNDS]    (default 5 rounds; medians are reported)
 #
-# Paths per round, in rotating order (BENCH_PATHS, default all five):
+# Paths per round, in rotating order (BENCH_PATHS, default all eight):
 #   direct       to Kafka itself
 #   proxy        Custos, no authorization, no audit
 #   authz        Custos with Cedar authorization (the bench topic and group
@@ -13,8 +13,20 @@
 #   audit        authz plus the audit log in strict mode (a response waits
 #                until its records are durable)
 #   audit-async  authz plus the audit log in async mode
+#   json         authz, but records are 1 KiB JSON documents (the payload of
+#                enc-json) to a topic without rules: enc-json's baseline
+#   enc-value    authz plus field encryption: whole values encrypted on
+#                produce, decrypted on consume (the principal may Decrypt)
+#   enc-json     the same instance: two string fields of each JSON document
+#                encrypted on produce, decrypted on consume
+# Encryption needs authorization (Decrypt is a Cedar action), so authz is the
+# pass-through baseline of enc-value and json that of enc-json (not authz: with
+# --record-size the perf producer draws fresh random bytes for every record,
+# with --payload-file it does not, so its own CPU use differs). Any subset
+# runs, e.g. BENCH_PATHS="authz json enc-value enc-json"; the latency and
+# own-time measures need direct and proxy, the idle-connection one proxy.
 #
-# Env: BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
+# Env: BENCH_PATHS, BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
 #      BENCH_IDLE_CONNS (1000), CUSTOS_BIN (default: target/release/custos,
 #      built if missing).
 set -euo pipefail
@@ -35,7 +47,16 @@ AUDIT=127.0.0.1:49520
 AUDIT_ADMIN=127.0.0.1:49420
 AUDIT_ASYNC=127.0.0.1:49530
 AUDIT_ASYNC_ADMIN=127.0.0.1:49430
-PATHS="${BENCH_PATHS:-direct proxy authz audit audit-async}"
+ENC=127.0.0.1:49540
+ENC_ADMIN=127.0.0.1:49440
+PATHS="${BENCH_PATHS:-direct proxy authz audit audit-async json enc-value enc-json}"
+for p in $PATHS; do
+  case "$p" in
+    direct|proxy|authz|audit|audit-async|json|enc-value|enc-json) ;;
+    *) echo "bench.sh: unknown path '$p' in BENCH_PATHS" >&2; exit 2 ;;
+  esac
+done
+has() { [[ " $PATHS " == *" $1 "* ]]; }
 CUSTOS_BIN="${CUSTOS_BIN:-$REPO/target/release/custos}"
 [[ -x "$CUSTOS_BIN" ]] || cargo build --release -p custos
 rm -rf "$RUN"; mkdir -p "$RUN"
@@ -66,11 +87,15 @@ log:
 YAML
 "$CUSTOS_BIN" run --config "$RUN/custos.yaml" 2>"$RUN/custos.log" &
 CUSTOS_PID=$!
-# The authorizing instance: the perf tools connect unauthenticated, so the
+# The authorizing instances: the perf tools connect unauthenticated, so the
 # principal is User::"ANONYMOUS"; 200 decoy policies for other users make the
-# policy set look like an imported ACL list rather than one line.
+# policy set look like an imported ACL list rather than one line. Decrypt is
+# granted on the encrypted topics only (only the enc instance has rules).
 {
   echo '@id("bench-topic") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read"], resource == Topic::"bench");'
+  echo '@id("bench-json-topic") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read"], resource == Topic::"bench.json");'
+  echo '@id("bench-enc-value") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read", Action::"Decrypt"], resource == Topic::"bench.enc.value");'
+  echo '@id("bench-enc-json") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read", Action::"Decrypt"], resource == Topic::"bench.enc.json");'
   echo '@id("bench-groups") permit (principal == User::"ANONYMOUS", action in Action::"Read", resource is ConsumerGroup) when { resource.name like "bench-*" };'
   echo '@id("bench-idempotent") permit (principal == User::"ANONYMOUS", action == Action::"IdempotentWrite", resource == Cluster::"kafka-cluster");'
   for i in $(seq 1 200); do
@@ -78,46 +103,108 @@ CUSTOS_PID=$!
   done
 } > "$RUN/bench.cedar"
 head -c 32 /dev/urandom > "$RUN/audit.key"
-variant() { # name bootstrap-port broker-base admin-addr [audit-mode]
+head -c 32 /dev/urandom > "$RUN/master.key"
+variant() { # name bootstrap-port broker-base admin-addr [strict|async|enc]
   sed -e "s/bootstrap_port: 49500/bootstrap_port: $2/" -e "s/broker_port_base: 49600/broker_port_base: $3/" \
     -e "s/listen: $ADMIN/listen: $4/" "$RUN/custos.yaml" > "$RUN/custos-$1.yaml"
   printf 'authorization:\n  policies: ["%s"]\n' "$RUN/bench.cedar" >> "$RUN/custos-$1.yaml"
-  if [[ -n "${5:-}" ]]; then
-    printf 'audit:\n  dir: "%s"\n  signing_key: "%s"\n  mode: %s\n' \
-      "$RUN/audit-$1" "$RUN/audit.key" "$5" >> "$RUN/custos-$1.yaml"
-  fi
+  case "${5:-}" in
+    strict|async)
+      printf 'audit:\n  dir: "%s"\n  signing_key: "%s"\n  mode: %s\n' \
+        "$RUN/audit-$1" "$RUN/audit.key" "$5" >> "$RUN/custos-$1.yaml" ;;
+    enc)
+      # Embedded keyring (the default KMS); one KEK for both rules.
+      cat >> "$RUN/custos-$1.yaml" <<YAML
+encryption:
+  kms:
+    local:
+      keyring: "$RUN/keyring.json"
+      master_key_file: "$RUN/master.key"
+  rules:
+    - name: bench-values
+      topics: {exact: "bench.enc.value"}
+      kek: bench-kek
+      classification: confidential
+      value: true
+    - name: bench-json-fields
+      topics: {exact: "bench.enc.json"}
+      kek: bench-kek
+      classification: pii
+      json_fields: ["\$.email", "\$.card.number"]
+YAML
+      "$CUSTOS_BIN" keys --config "$RUN/custos-$1.yaml" create bench-kek >/dev/null ;;
+  esac
   "$CUSTOS_BIN" run --config "$RUN/custos-$1.yaml" 2>"$RUN/custos-$1.log" &
   PIDS+=($!)
   until curl -fsS "http://$4/readyz" >/dev/null 2>&1; do sleep 0.2; done
 }
-variant authz 49510 49700 "$AUTHZ_ADMIN"
-variant audit 49520 49800 "$AUDIT_ADMIN" strict
-variant audit-async 49530 49900 "$AUDIT_ASYNC_ADMIN" async
+if has authz || has json; then variant authz 49510 49700 "$AUTHZ_ADMIN"; fi
+if has audit; then variant audit 49520 49800 "$AUDIT_ADMIN" strict; fi
+if has audit-async; then variant audit-async 49530 49900 "$AUDIT_ASYNC_ADMIN" async; fi
+if has enc-value || has enc-json; then variant enc 49540 50000 "$ENC_ADMIN" enc; fi
 until curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
 
+# enc-json's records (and json's): 1000 distinct JSON documents of exactly
+# SIZE bytes, one a line, picked at random by the producer. Two string fields
+# are protected ($.email, $.card.number, one nested); the rest stays readable.
+python3 - "$SIZE" > "$RUN/payload.jsonl" <<'PY'
+import json, random, sys
+size = int(sys.argv[1]); rnd = random.Random(5)
+words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+for i in range(1000):
+    doc = {
+        "id": i, "customer_id": f"C{rnd.randrange(10**8):08d}",
+        "name": f"{rnd.choice(words).title()} {rnd.choice(words).title()}",
+        "email": f"person{i}.{rnd.randrange(10**6)}@example.org",
+        "card": {"number": "-".join(f"{rnd.randrange(10**4):04d}" for _ in range(4)),
+                 "brand": rnd.choice(["visa", "mastercard", "amex"]), "expiry": f"{rnd.randint(1, 12):02d}/{rnd.randint(27, 33)}"},
+        "address": {"city": rnd.choice(["Gent", "Brugge", "Leuven", "Namur"]), "zip": f"{rnd.randint(1000, 9999)}"},
+        "items": [{"sku": f"SKU-{rnd.randrange(10**5):05d}", "qty": rnd.randint(1, 9), "price": round(rnd.uniform(1, 500), 2)}
+                  for _ in range(rnd.randint(2, 5))],
+        "created_at": f"2026-11-{rnd.randint(1, 28):02d}T{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:00Z",
+        "notes": "",
+    }
+    line = json.dumps(doc, separators=(",", ":"))
+    pad = size - len(line)
+    if pad < 0:
+        sys.exit(f"a JSON document needs more than {size} bytes; set BENCH_RECORD_SIZE higher")
+    doc["notes"] = " ".join(rnd.choice(words) for _ in range(pad))[:pad]
+    line = json.dumps(doc, separators=(",", ":"))
+    assert len(line) == size
+    print(line)
+PY
+
 tool() { deploy/kafka.sh tool "$@"; }
-tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$DIRECT" --create \
-  --topic bench --partitions 6 --replication-factor 1 >/dev/null
+for t in bench bench.json bench.enc.value bench.enc.json; do
+  tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$DIRECT" --create \
+    --topic "$t" --partitions 6 --replication-factor 1 >/dev/null
+done
 
 # producer: "N records sent, X records/sec (Y MB/sec), A ms avg latency, M ms max latency, p50 ms 50th, p95 ms 95th, p99 ms 99th, ..."
-produce() { # bootstrap throughput-limit
-  tool org.apache.kafka.tools.ProducerPerformance --topic bench --num-records "$RECORDS" \
-    --record-size "$SIZE" --throughput "$2" \
+produce() { # bootstrap throughput-limit [topic [payload-file]]
+  local records=(--record-size "$SIZE")
+  [[ -n "${4:-}" ]] && records=(--payload-file "$4")
+  tool org.apache.kafka.tools.ProducerPerformance --topic "${3:-bench}" --num-records "$RECORDS" \
+    "${records[@]}" --throughput "$2" \
     --producer-props bootstrap.servers="$1" acks=1 linger.ms=5 batch.size=65536 2>/dev/null | tail -1
 }
 # consumer: csv line with MB/sec (col 4) and nMsg/sec (col 6)
-consume() { # bootstrap
-  tool org.apache.kafka.tools.ConsumerPerformance --bootstrap-server "$1" --topic bench \
+consume() { # bootstrap [topic]
+  tool org.apache.kafka.tools.ConsumerPerformance --bootstrap-server "$1" --topic "${2:-bench}" \
     --messages "$RECORDS" --timeout 60000 --group "bench-$RANDOM-$RANDOM" 2>/dev/null | tail -1
 }
 field_rate() { sed -E 's/.* ([0-9.]+) records\/sec.*/\1/'; }
 field_pct() { sed -E "s/.* ([0-9.]+) ms $1.*/\1/"; }
 
 echo "round,path,produce_rec_s,consume_rec_s" > "$RUN/throughput.csv"
-addr() {
+# Where each path goes: bootstrap, topic, payload file (none: random bytes).
+route() {
   case "$1" in
-    direct) echo "$DIRECT" ;; proxy) echo "$PROXY" ;; authz) echo "$AUTHZ" ;;
-    audit) echo "$AUDIT" ;; audit-async) echo "$AUDIT_ASYNC" ;;
+    direct) echo "$DIRECT bench" ;; proxy) echo "$PROXY bench" ;; authz) echo "$AUTHZ bench" ;;
+    audit) echo "$AUDIT bench" ;; audit-async) echo "$AUDIT_ASYNC bench" ;;
+    json) echo "$AUTHZ bench.json $RUN/payload.jsonl" ;;
+    enc-value) echo "$ENC bench.enc.value" ;;
+    enc-json) echo "$ENC bench.enc.json $RUN/payload.jsonl" ;;
   esac
 }
 read -r -a ALL <<< "$PATHS"
@@ -126,46 +213,80 @@ for r in $(seq 1 "$ROUNDS"); do
   k=$(( (r - 1) % ${#ALL[@]} ))
   order="${ALL[*]:$k} ${ALL[*]:0:$k}"
   for path in $order; do
-    b=$(addr "$path")
-    p=$(produce "$b" -1 | field_rate)
-    c=$(consume "$b" | cut -d, -f6 | tr -d ' ')
+    read -r b topic payload <<< "$(route "$path")"
+    p=$(produce "$b" -1 "$topic" "$payload" | field_rate)
+    c=$(consume "$b" "$topic" | cut -d, -f6 | tr -d ' ')
     echo "$r,$path,$p,$c" | tee -a "$RUN/throughput.csv"
   done
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 col() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/throughput.csv" | median; }
-DP=$(col direct 3); PP=$(col proxy 3); DC=$(col direct 4); PC=$(col proxy 4)
-# Paired ratios: each round's proxy run against the direct run just before it,
-# so slow drift of the machine cancels out; their median is the headline.
+# Paired ratios: each round's run of a path against its baseline's run in the
+# same round, so slow drift of the machine cancels out; their median is the
+# headline.
 paired() { # column [path [baseline]]
   awk -F, -v c="$1" -v p="${2:-proxy}" -v base="${3:-direct}" 'NR == FNR { if ($2 == base) d[$1] = $c; next }
     $2 == p && d[$1] > 0 { print $c / d[$1] }' "$RUN/throughput.csv" "$RUN/throughput.csv" | median
 }
-PPR=$(paired 3); PCR=$(paired 4)
-AP=$(col authz 3); AC=$(col authz 4)
-APR=$(paired 3 authz); ACR=$(paired 4 authz)
-APP=$(paired 3 authz proxy); ACP=$(paired 4 authz proxy)
-SP=$(col audit 3); SC=$(col audit 4); SPA=$(paired 3 audit authz); SCA=$(paired 4 audit authz)
-YP=$(col audit-async 3); YC=$(col audit-async 4); YPA=$(paired 3 audit-async authz); YCA=$(paired 4 audit-async authz)
+# "produce P, consume C" paired ratios of a path to a baseline, when both ran.
+pair() { # path baseline
+  if has "$1" && has "$2"; then echo "produce $(paired 3 "$1" "$2"), consume $(paired 4 "$1" "$2")"; else echo "n/a ($2 not run)"; fi
+}
+metric() { # admin-addr name: the sum of its samples
+  curl -fsS "http://$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d", s}'
+}
+DP=$(col direct 3); PP=$(col proxy 3); DC=$(col direct 4); PC=$(col proxy 4)
 
 # Latency at a fixed rate: half the direct maximum.
-curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-before.txt"
-RATE=$(awk -v d="$DP" 'BEGIN {printf "%d", d/2}')
-echo "round,path,p50_ms,p99_ms" > "$RUN/latency.csv"
-for r in $(seq 1 "$ROUNDS"); do
-  for path in direct proxy; do
-    b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
-    line=$(produce "$b" "$RATE")
-    echo "$r,$path,$(echo "$line" | field_pct 50th),$(echo "$line" | field_pct 99th)" | tee -a "$RUN/latency.csv"
+LATENCY=""
+if has direct && has proxy; then
+  curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-before.txt"
+  RATE=$(awk -v d="$DP" 'BEGIN {printf "%d", d/2}')
+  echo "round,path,p50_ms,p99_ms" > "$RUN/latency.csv"
+  for r in $(seq 1 "$ROUNDS"); do
+    for path in direct proxy; do
+      b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
+      line=$(produce "$b" "$RATE")
+      echo "$r,$path,$(echo "$line" | field_pct 50th),$(echo "$line" | field_pct 99th)" | tee -a "$RUN/latency.csv"
+    done
   done
-done
-curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-after.txt"
-lat() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/latency.csv" | median; }
-D50=$(lat direct 3); P50=$(lat proxy 3); D99=$(lat direct 4); P99=$(lat proxy 4)
+  curl -fsS "http://$ADMIN/metrics" > "$RUN/buckets-after.txt"
+  lat() { awk -F, -v p="$1" -v c="$2" '$2==p {print $c}' "$RUN/latency.csv" | median; }
+  D50=$(lat direct 3); P50=$(lat proxy 3); D99=$(lat direct 4); P99=$(lat proxy 4)
+  # Custos's own share of each Produce exchange during the fixed-rate rounds,
+  # from its histogram (bucket upper bounds), diffing snapshots around them.
+  OWN=$(python3 - "$RUN/buckets-before.txt" "$RUN/buckets-after.txt" <<'PY'
+import re, sys
+def load(path):
+    b = {}
+    for line in open(path):
+        m = re.match(r'custos_proxy_added_latency_seconds_bucket\{([^}]*)\} (\d+)', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("api") == "Produce":
+            b[float(labels["le"])] = int(m.group(2))
+    return b
+before, after = load(sys.argv[1]), load(sys.argv[2])
+b = sorted((le, after[le] - before.get(le, 0)) for le in after)
+total = b[-1][1] if b else 0
+def q(x):
+    for le, c in b:
+        if total and c >= x * total:
+            return le * 1e6
+    return float("nan")
+print(f"{total} exchanges, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us, p99.9 <= {q(0.999):.0f} us")
+PY
+)
+  LATENCY="produce latency at $RATE rec/s: p50 direct $D50 ms, Custos $P50 ms; p99 direct $D99 ms, Custos $P99 ms
+added latency: p50 $(awk -v a="$P50" -v b="$D50" 'BEGIN {printf "%.2f", a-b}') ms, p99 $(awk -v a="$P99" -v b="$D99" 'BEGIN {printf "%.2f", a-b}') ms
+Custos's own time per Produce exchange: $OWN"
+fi
 
 # Memory at idle connections: each completes an ApiVersions round trip through
 # Custos (so its upstream connection is open too), then stays idle.
+if has proxy; then
 RSS=$(python3 - "$PROXY" "$IDLE" "$CUSTOS_PID" <<'PY'
 import socket, struct, sys, time
 host, port = sys.argv[1].split(":"); n = int(sys.argv[2]); pid = sys.argv[3]
@@ -189,53 +310,55 @@ time.sleep(1)
 print(f"{before:.1f},{rss():.1f}")
 PY
 )
-
-# Custos's own share of each Produce exchange during the fixed-rate rounds,
-# from its histogram (bucket upper bounds), diffing snapshots around them.
-OWN=$(python3 - "$RUN/buckets-before.txt" "$RUN/buckets-after.txt" <<'PY'
-import re, sys
-def load(path):
-    b = {}
-    for line in open(path):
-        m = re.match(r'custos_proxy_added_latency_seconds_bucket\{([^}]*)\} (\d+)', line)
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        if labels.get("api") == "Produce":
-            b[float(labels["le"])] = int(m.group(2))
-    return b
-before, after = load(sys.argv[1]), load(sys.argv[2])
-b = sorted((le, after[le] - before.get(le, 0)) for le in after)
-total = b[-1][1] if b else 0
-def q(x):
-    for le, c in b:
-        if total and c >= x * total:
-            return le * 1e6
-    return float("nan")
-print(f"{total} exchanges, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us, p99.9 <= {q(0.999):.0f} us")
-PY
-)
+fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
-cat <<REPORT
-
-== results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B) ==
-produce records/s: direct $DP, through Custos $PP, ratio of medians $(ratio "$PP" "$DP"), median paired ratio $PPR
-consume records/s: direct $DC, through Custos $PC, ratio of medians $(ratio "$PC" "$DC"), median paired ratio $PCR
-with authorization: produce $AP rec/s, paired ratio to direct $APR, to Custos without authorization $APP
-with authorization: consume $AC rec/s, paired ratio to direct $ACR, to Custos without authorization $ACP
-authorization decisions during the run: $(curl -fsS "http://$AUTHZ_ADMIN/metrics" | awk '/^custos_authz_(allowed|denied)_total/ {printf "%s=%s ", $1, $2}')
-strict audit: produce $SP rec/s, consume $SC rec/s; paired ratio to authz without audit: produce $SPA, consume $SCA
-async audit: produce $YP rec/s, consume $YC rec/s; paired ratio to authz without audit: produce $YPA, consume $YCA
-audit records written (strict, async): $(curl -fsS "http://$AUDIT_ADMIN/metrics" | awk '/^custos_audit_records_total/ {print $2}'), $(curl -fsS "http://$AUDIT_ASYNC_ADMIN/metrics" | awk '/^custos_audit_records_total/ {print $2}')
-strict audit wait per response: $(curl -fsS "http://$AUDIT_ADMIN/metrics" | python3 -c '
+echo
+echo "== results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B; paths: $PATHS) =="
+if has direct && has proxy; then
+  echo "produce records/s: direct $DP, through Custos $PP, ratio of medians $(ratio "$PP" "$DP"), median paired ratio $(paired 3)"
+  echo "consume records/s: direct $DC, through Custos $PC, ratio of medians $(ratio "$PC" "$DC"), median paired ratio $(paired 4)"
+fi
+if has authz; then
+  echo "with authorization: $(col authz 3) produce rec/s, $(col authz 4) consume rec/s"
+  echo "  paired ratio to direct: $(pair authz direct); to Custos without authorization: $(pair authz proxy)"
+  echo "authorization decisions during the run: $(curl -fsS "http://$AUTHZ_ADMIN/metrics" | awk '/^custos_authz_(allowed|denied)_total/ {printf "%s=%s ", $1, $2}')"
+fi
+if has audit; then
+  echo "strict audit: produce $(col audit 3) rec/s, consume $(col audit 4) rec/s; paired ratio to authz without audit: $(pair audit authz)"
+  echo "audit records written (strict): $(metric "$AUDIT_ADMIN" custos_audit_records_total)"
+  echo "strict audit wait per response: $(curl -fsS "http://$AUDIT_ADMIN/metrics" | python3 -c '
 import re, sys
 b = [(float(m.group(1)), int(m.group(2))) for m in re.finditer(r"custos_audit_wait_seconds_bucket\{le=\"([^\"]+)\"\} (\d+)", sys.stdin.read()) if m.group(1) != "+Inf"]
 tot = b[-1][1] if b else 0
 q = lambda x: next((le * 1e6 for le, c in b if tot and c >= x * tot), float("nan"))
-print(f"{tot} waits, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us")')
-produce latency at $RATE rec/s: p50 direct $D50 ms, Custos $P50 ms; p99 direct $D99 ms, Custos $P99 ms
-added latency: p50 $(awk -v a="$P50" -v b="$D50" 'BEGIN {printf "%.2f", a-b}') ms, p99 $(awk -v a="$P99" -v b="$D99" 'BEGIN {printf "%.2f", a-b}') ms
-Custos's own time per Produce exchange: $OWN
-Custos RSS (MB) before,after $IDLE idle connections: $RSS
-REPORT
+print(f"{tot} waits, p50 <= {q(0.5):.0f} us, p99 <= {q(0.99):.0f} us")')"
+fi
+if has audit-async; then
+  echo "async audit: produce $(col audit-async 3) rec/s, consume $(col audit-async 4) rec/s; paired ratio to authz without audit: $(pair audit-async authz)"
+  echo "audit records written (async): $(metric "$AUDIT_ASYNC_ADMIN" custos_audit_records_total)"
+fi
+if has json; then
+  echo "JSON documents, no rules (json): produce $(col json 3) rec/s, consume $(col json 4) rec/s; paired ratio to authz: $(pair json authz)"
+fi
+if has enc-value; then
+  echo "whole value encrypted (enc-value): produce $(col enc-value 3) rec/s, consume with decryption $(col enc-value 4) rec/s"
+  echo "  paired ratio to authz (target: produce >= 0.90, consume >= 0.80): $(pair enc-value authz)"
+  echo "  paired ratio to Custos without authorization: $(pair enc-value proxy)"
+fi
+if has enc-json; then
+  echo "two JSON fields encrypted (enc-json): produce $(col enc-json 3) rec/s, consume with decryption $(col enc-json 4) rec/s"
+  echo "  paired ratio to json (target: produce >= 0.80, consume >= 0.80): $(pair enc-json json)"
+  echo "  paired ratio to authz (random 1 KiB values): $(pair enc-json authz)"
+fi
+if has enc-value || has enc-json; then
+  # Proof the measured paths did the work: every consumed record revealed in
+  # plaintext (a denied Decrypt would show masks instead), nothing refused.
+  echo "encryption during the run: $(metric "$ENC_ADMIN" custos_encrypted_records_total) records encrypted," \
+    "$(metric "$ENC_ADMIN" custos_revealed_plaintext_records_total) revealed in plaintext," \
+    "$(metric "$ENC_ADMIN" custos_revealed_masked_records_total) masked," \
+    "$(metric "$ENC_ADMIN" custos_encrypt_failures_total) produce partitions refused," \
+    "$(metric "$ENC_ADMIN" custos_decrypt_failures_total) fetch partitions withheld"
+fi
+[[ -n "$LATENCY" ]] && echo "$LATENCY"
+if has proxy; then echo "Custos RSS (MB) before,after $IDLE idle connections: $RSS"; fi
