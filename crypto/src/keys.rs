@@ -83,6 +83,9 @@ pub trait KekVersionSource: Send + Sync {
 pub struct Dek {
     key: Zeroizing<[u8; DEK_LEN]>,
     key_ref: KeyRef,
+    // Expanded on first use and kept with the cached key: expanding costs
+    // more than sealing a small field.
+    prepared: std::sync::OnceLock<Option<crate::envelope::PreparedKey>>,
 }
 
 impl std::fmt::Debug for Dek {
@@ -97,7 +100,19 @@ impl std::fmt::Debug for Dek {
 impl Dek {
     /// Pairs key bytes with their reference.
     pub fn new(key: Zeroizing<[u8; DEK_LEN]>, key_ref: KeyRef) -> Self {
-        Self { key, key_ref }
+        Self {
+            key,
+            key_ref,
+            prepared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The key expanded for sealing and opening, built once per key
+    /// (`None` only if the AEAD library refused the key).
+    pub fn prepared(&self) -> Option<&crate::envelope::PreparedKey> {
+        self.prepared
+            .get_or_init(|| crate::envelope::PreparedKey::new(&self.key).ok())
+            .as_ref()
     }
 
     /// The key bytes (AES-256).

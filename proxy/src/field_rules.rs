@@ -700,9 +700,12 @@ pub fn seal_record(
     let alg = rule.algorithm();
     let seal = |field: &str, plain: &[u8]| -> Result<Vec<u8>, RecordError> {
         let mut out = Vec::with_capacity(plain.len() + 96);
-        envelope::seal(
+        let key = dek
+            .prepared()
+            .ok_or_else(|| RecordError::Seal("the data key was refused by the AEAD".into()))?;
+        envelope::seal_prepared(
             alg,
-            dek.key(),
+            key,
             dek.key_ref(),
             &Binding { topic, field },
             plain,
@@ -814,8 +817,14 @@ pub fn key_refs(rule: &Rule, rec: &crate::record_batch::Record, out: &mut HashSe
 
 /// Why a record could not be revealed at all.
 #[derive(Debug, thiserror::Error)]
-#[error("key unavailable: {0}")]
-pub struct RevealError(pub String);
+pub enum RevealError {
+    /// The key could not be had (KMS down): the partition must not be answered.
+    #[error("key unavailable: {0}")]
+    Unavailable(String),
+    /// A key the caller has not looked up yet; look it up and try again.
+    #[error("key reference not resolved yet")]
+    Unresolved(KeyRef),
+}
 
 /// Replaces every protected part of `rec` by its plaintext or its mask.
 /// Parts that are not ciphertext (written before the rule, or around
@@ -954,17 +963,20 @@ fn open(
     };
     match keys.get(env.key_ref()) {
         Some(KeyLookup::Key(dek)) => {
+            let Some(key) = dek.prepared() else {
+                return Ok(Opened::Bad);
+            };
             let mut out = Vec::with_capacity(b.len());
-            match env.open(dek.key(), &Binding { topic, field }, &mut out) {
+            match env.open_prepared(key, &Binding { topic, field }, &mut out) {
                 Ok(()) => Ok(Opened::Plain(out)),
                 Err(_) => Ok(Opened::Bad),
             }
         }
         Some(KeyLookup::Erased) => Ok(Opened::Erased),
         Some(KeyLookup::Undecryptable) => Ok(Opened::Bad),
-        Some(KeyLookup::Unavailable(why)) => Err(RevealError(why.clone())),
-        // The caller resolves every reference `key_refs` found.
-        None => Err(RevealError("key reference was not resolved".into())),
+        Some(KeyLookup::Unavailable(why)) => Err(RevealError::Unavailable(why.clone())),
+        // The caller resolves it and runs the batch again.
+        None => Err(RevealError::Unresolved(env.key_ref().clone())),
     }
 }
 

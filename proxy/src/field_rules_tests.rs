@@ -328,7 +328,11 @@ fn section_errors_name_the_key() {
     let e = errors(&format!(
         "  kms:\n    local:\n      keyring: nope.json\n      master_key_file: master.key\n  rules:\n{RULE}      value: true\n"
     ));
-    assert_names(&e, "encryption.kms.local.keyring", "custos keys --config FILE create");
+    assert_names(
+        &e,
+        "encryption.kms.local.keyring",
+        "custos keys --config FILE create",
+    );
     // Both or neither master key source.
     let e = errors(&format!(
         "  kms:\n    local:\n      keyring: keyring.json\n      master_key_file: master.key\n      master_key_env: X\n  rules:\n{RULE}      value: true\n"

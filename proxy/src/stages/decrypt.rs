@@ -8,7 +8,7 @@
 //! down) the partition answers KAFKA_STORAGE_ERROR without records, which
 //! clients retry; ciphertext is never handed out in place of plaintext.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use custos_crypto::kms::KmsError;
 use custos_policy::{Action, Authorizer, RequestContext, Resource};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 
-use crate::field_rules::{self, Access, KeyLookup, Protection};
+use crate::field_rules::{self, Access, KeyLookup, Protection, RevealError};
 use crate::message::Response;
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError};
@@ -85,34 +85,45 @@ impl Decrypt {
         topic: &str,
         access: Access,
         records: &Bytes,
-        used: &mut Vec<KeyRef>,
+        keys: &mut HashMap<KeyRef, KeyLookup>,
     ) -> Result<Option<Bytes>, String> {
         let Ok(mut segments) = record_batch::decode(records) else {
             // Bytes Custos cannot read may hold anything: nothing leaves.
             return Err("record batch cannot be read".into());
         };
-        let mut refs = HashSet::new();
-        for seg in &segments {
-            if let Segment::Batch(b) = seg {
-                for r in &b.records {
-                    field_rules::key_refs(rule, r, &mut refs);
-                }
-            }
-        }
-        let keys = self.resolve(refs, topic).await;
-        used.extend(keys.keys().cloned());
         let tokenizer = self.protection.tokenizer.as_ref();
         let mut count = 0u64;
         for seg in segments.iter_mut() {
             let Segment::Batch(b) = seg else { continue };
-            let mut changed = false;
-            for r in b.records.iter_mut() {
-                changed |= field_rules::reveal_record(rule, topic, r, access, &keys, tokenizer)
-                    .map_err(|e| e.to_string())?;
-                count += 1;
-            }
-            if changed {
-                b.dirty = true;
+            // One pass per batch with the keys known so far; a key not
+            // looked up yet is fetched and the batch revealed again from
+            // its original records (clones share the bytes). In steady
+            // state every key is known and the records are read once.
+            loop {
+                let mut attempt = b.records.clone();
+                let mut changed = false;
+                let mut missing = None;
+                for r in attempt.iter_mut() {
+                    match field_rules::reveal_record(rule, topic, r, access, keys, tokenizer) {
+                        Ok(c) => changed |= c,
+                        Err(RevealError::Unresolved(k)) => {
+                            missing = Some(k);
+                            break;
+                        }
+                        Err(e @ RevealError::Unavailable(_)) => return Err(e.to_string()),
+                    }
+                }
+                if let Some(k) = missing {
+                    let found = self.resolve(&k, topic).await;
+                    keys.insert(k, found);
+                    continue;
+                }
+                count += attempt.len() as u64;
+                if changed {
+                    b.records = attempt;
+                    b.dirty = true;
+                }
+                break;
             }
         }
         self.metrics
@@ -122,24 +133,19 @@ impl Decrypt {
             .map_err(|e| format!("re-encoding the batch failed: {e}"))
     }
 
-    async fn resolve(&self, refs: HashSet<KeyRef>, topic: &str) -> HashMap<KeyRef, KeyLookup> {
-        let mut out = HashMap::with_capacity(refs.len());
+    async fn resolve(&self, r: &KeyRef, topic: &str) -> KeyLookup {
         let ctx = field_rules::dek_context(topic);
-        for r in refs {
-            let found = match self.protection.keys.decryption_key(&r, &ctx).await {
-                Ok(k) => KeyLookup::Key(k),
-                Err(KeyError::Erased { .. }) => KeyLookup::Erased,
-                // Bound to another topic or tampered: a retriable error
-                // would stall the partition for good.
-                Err(KeyError::Kms(KmsError::Rejected(_))) => KeyLookup::Undecryptable,
-                Err(e) => {
-                    tracing::warn!(topic, error = %e, "data key unavailable; partition answered with a retriable error");
-                    KeyLookup::Unavailable(e.to_string())
-                }
-            };
-            out.insert(r, found);
+        match self.protection.keys.decryption_key(r, &ctx).await {
+            Ok(k) => KeyLookup::Key(k),
+            Err(KeyError::Erased { .. }) => KeyLookup::Erased,
+            // Bound to another topic or tampered: a retriable error
+            // would stall the partition for good.
+            Err(KeyError::Kms(KmsError::Rejected(_))) => KeyLookup::Undecryptable,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "data key unavailable; partition answered with a retriable error");
+                KeyLookup::Unavailable(e.to_string())
+            }
         }
-        out
     }
 }
 
@@ -158,13 +164,30 @@ impl Stage for Decrypt {
         session: &SessionInfo,
         response: &mut Response,
     ) -> Result<(), StageError> {
+        // Decoded either way (the audit stage reads it too), but re-encoded
+        // only when a topic here has a rule.
+        let protected = match response
+            .body()
+            .map_err(|e| StageError::codec(NAME, Blame::Upstream, e))?
+        {
+            ResponseKind::Fetch(f) => f.responses.iter().any(|t| {
+                self.protection
+                    .rules
+                    .for_topic(t.topic.0.as_str())
+                    .is_some()
+            }),
+            _ => false,
+        };
+        if !protected {
+            return Ok(());
+        }
         let body = response
             .body_mut()
             .map_err(|e| StageError::codec(NAME, Blame::Upstream, e))?;
         let ResponseKind::Fetch(f) = body else {
             return Ok(());
         };
-        let mut used = Vec::new();
+        let mut keys = HashMap::new();
         let mut details = Vec::new();
         for t in f.responses.iter_mut() {
             let topic = t.topic.0.as_str().to_string();
@@ -185,7 +208,7 @@ impl Stage for Decrypt {
                 if records.is_empty() {
                     continue;
                 }
-                match self.reveal(rule, &topic, access, records, &mut used).await {
+                match self.reveal(rule, &topic, access, records, &mut keys).await {
                     Ok(Some(new)) => p.records = Some(new),
                     Ok(None) => {}
                     Err(why) => {
@@ -201,7 +224,7 @@ impl Stage for Decrypt {
             crate::protection::note_keys(
                 &response.audit,
                 custos_audit::EventKind::Fetch,
-                &used,
+                keys.keys(),
                 &details,
             );
         }
