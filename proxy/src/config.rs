@@ -401,13 +401,16 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            file: file.clone(),
-            errors: vec![err("", format!("cannot read file: {e}"))],
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).map_err(|errors| ConfigErrors { file, errors })
+        let cfg = Self::load_unvalidated(path)?;
+        let errors = cfg.validate();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors {
+                file: path.display().to_string(),
+                errors,
+            })
+        }
     }
 
     /// Reads a file that parses but may not validate yet (tools such as

@@ -23,6 +23,7 @@ use crate::field_rules::{self, Protection, RecordError};
 use crate::message::Request;
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError, Verdict};
+use crate::produce_records;
 use crate::record_batch::{self, Segment};
 
 const NAME: &str = "encrypt";
@@ -265,45 +266,38 @@ impl Stage for Encrypt {
         request: &mut Request,
     ) -> Result<Verdict, StageError> {
         let version = request.version();
-        // The bounded walk first: names only, no allocation sized by the client.
-        let t = crate::resources::touches(ApiKey::Produce, version, request.body_bytes()).map_err(
-            |e| StageError {
+        // The bounded walk (no allocation sized by the client) finds each
+        // partition's records; only those of topics with a rule are opened,
+        // and the rest of the body is forwarded as it came.
+        let raw = request.raw().clone();
+        let offset = raw.len() - request.body_bytes().len();
+        let mut work = Vec::new();
+        for (i, p) in produce_records::produce_partitions(request.body_bytes(), version)
+            .map_err(|e| StageError {
                 stage: NAME,
                 blame: Blame::Client,
                 message: e.to_string(),
-            },
-        )?;
-        if !t
-            .topics
+            })?
             .iter()
-            .any(|x| self.protection.rules.for_topic(x.name).is_some())
+            .enumerate()
         {
+            if self.protection.rules.for_topic(p.topic).is_none() {
+                continue;
+            }
+            if let Some(r) = &p.records {
+                let records = raw.slice(offset + r.start..offset + r.end);
+                work.push((i, p.topic.to_string(), p.partition, records));
+            }
+        }
+        if work.is_empty() {
             return Ok(Verdict::Forward);
         }
         let acks0 = crate::message::produce_acks(request.body_bytes(), version) == Some(0);
-        // Decoding is safe now that the bounded reader has walked the body.
-        let mut work = Vec::new();
-        if let RequestKind::Produce(p) = request
-            .body()
-            .map_err(|e| StageError::codec(NAME, Blame::Client, e))?
-        {
-            for (ti, topic) in p.topic_data.iter().enumerate() {
-                let name = topic.name.0.as_str();
-                if self.protection.rules.for_topic(name).is_none() {
-                    continue;
-                }
-                for (pi, part) in topic.partition_data.iter().enumerate() {
-                    if let Some(records) = &part.records {
-                        work.push((ti, pi, name.to_string(), part.index, records.clone()));
-                    }
-                }
-            }
-        }
         let mut replaced = Vec::new();
         let mut failed = Vec::new();
         let mut used = Vec::new();
         let mut rules_applied: Vec<(String, String)> = Vec::new();
-        for (ti, pi, topic, partition, records) in work {
+        for (i, topic, partition, records) in work {
             let Some(rule) = self.protection.rules.for_topic(&topic) else {
                 continue;
             };
@@ -312,7 +306,7 @@ impl Stage for Encrypt {
                 rules_applied.push(detail);
             }
             match self.protect(rule, &topic, &records, &mut used).await {
-                Ok(Some(new)) => replaced.push((ti, pi, new)),
+                Ok(Some(new)) => replaced.push((i, new)),
                 Ok(None) => {}
                 Err((error, message, record_errors)) => failed.push(Failed {
                     topic,
@@ -338,18 +332,24 @@ impl Stage for Encrypt {
                 message: "acks=0 produce to a protected topic could not be encrypted".into(),
             });
         }
+        let spliced = produce_records::splice_records(request.body_bytes(), version, &replaced)
+            .map_err(|e| StageError {
+                stage: NAME,
+                blame: Blame::Internal,
+                message: format!("splicing encrypted records into the request: {e}"),
+            })?;
+        request.replace_body(&spliced);
+        if failed.is_empty() {
+            return Ok(Verdict::Forward);
+        }
+        // Cut out the partitions that could not be protected. Decoding is
+        // safe: the bounded reader walked this body.
         let body = request
             .body_mut()
             .map_err(|e| StageError::codec(NAME, Blame::Client, e))?;
         let RequestKind::Produce(p) = body else {
             return Ok(Verdict::Forward);
         };
-        for (ti, pi, new) in replaced {
-            p.topic_data[ti].partition_data[pi].records = Some(new);
-        }
-        if failed.is_empty() {
-            return Ok(Verdict::Forward);
-        }
         for t in p.topic_data.iter_mut() {
             let name = t.name.0.as_str().to_string();
             t.partition_data.retain(|x| {
