@@ -435,6 +435,15 @@ def start_gateway(kafka: KafkaCluster, workdir: Path, name: str, direct_tls: boo
     return gw
 
 
+def add_scram_users(path, users: dict):
+    """Adds each {user: password} to a Custos SCRAM credential file with
+    `custos users add` (the password through the environment, never argv)."""
+    for user, pw in users.items():
+        r = subprocess.run([CUSTOS_BIN, "users", "--file", str(path), "add", user, "--password-env", "PW"],
+                           env={**os.environ, "PW": pw}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+
 def stop_gateway(gw):
     """Stop Custos with SIGTERM and check it exited cleanly."""
     if gw.direct:

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from harness import (CUSTOS_BIN, DIRECT, Sec, java, java_produce, rd_admin, rd_common,
+from harness import (CUSTOS_BIN, DIRECT, Sec, add_scram_users, java, java_produce, rd_admin, rd_common,
                      start_gateway, stop_gateway, wait_until)
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="authorization is Custos's; the test broker has none")
@@ -64,10 +64,7 @@ def sec(user):
 def setup(kafka, tmp_path_factory):
     d = tmp_path_factory.mktemp("authz")
     creds = d / "users.yaml"
-    for user, pw in USERS.items():
-        r = subprocess.run([CUSTOS_BIN, "users", "--file", str(creds), "add", user, "--password-env", "PW"],
-                           env={**os.environ, "PW": pw}, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+    add_scram_users(creds, USERS)
     policies = d / "policies.cedar"
     policies.write_text(POLICIES)
     catalog = d / "catalog.yaml"
@@ -364,9 +361,7 @@ def identity_env(tmp_path_factory):
     d = tmp_path_factory.mktemp("authz-ids")
     pki = make_pki(d / "pki", "authz-mtls")
     creds = d / "users.yaml"
-    r = subprocess.run([CUSTOS_BIN, "users", "--file", str(creds), "add", "alice", "--password-env", "PW"],
-                       env={**os.environ, "PW": USERS["alice"]}, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    add_scram_users(creds, {"alice": USERS["alice"]})
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pub = key.public_key().public_numbers()
     import json

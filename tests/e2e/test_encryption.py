@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.admin import NewTopic
 
-from harness import (CUSTOS_BIN, DIRECT, PLAIN, Sec, java, java_consume, java_produce, rd_admin,
+from harness import (CUSTOS_BIN, DIRECT, PLAIN, Sec, add_scram_users, java, java_consume, java_produce, rd_admin,
                      rd_common, rd_consume, start_gateway, stop_gateway, wait_until)
 from records import record_headers, record_key, record_value
 
@@ -94,10 +94,7 @@ def keys_cli(cfg, *args, check=True):
 def setup(kafka, tmp_path_factory):
     d = tmp_path_factory.mktemp("encryption")
     creds = d / "users.yaml"
-    for user, pw in USERS.items():
-        r = subprocess.run([CUSTOS_BIN, "users", "--file", str(creds), "add", user, "--password-env", "PW"],
-                           env={**os.environ, "PW": pw}, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+    add_scram_users(creds, USERS)
     (d / "master.key").write_bytes(os.urandom(32))
     (d / "token.key").write_bytes(os.urandom(32))
     policies = d / "policies.cedar"

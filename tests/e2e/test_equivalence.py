@@ -35,7 +35,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType,
                                    NewTopic, OffsetSpec, ResourcePatternType, ResourceType)
 from confluent_kafka import ConsumerGroupTopicPartitions
 
-from harness import (CUSTOS_BIN, DIRECT, HOST, KAFKA_SH, PLAIN, KafkaCluster, Sec, rd_admin,
+from harness import (CUSTOS_BIN, DIRECT, HOST, KAFKA_SH, PLAIN, KafkaCluster, Sec, add_scram_users,
+                     rd_admin,
                      rd_common, start_gateway, stop_gateway, wait_until)
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="compares Custos's authorization with Kafka's")
@@ -728,11 +729,7 @@ def imported_policies(kafka_a, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def credentials(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("eq-users") / "users.yaml"
-    for user in USERS:
-        r = subprocess.run([CUSTOS_BIN, "users", "--file", str(path), "add", user, "--password-env",
-                            "CUSTOS_TEST_PW"], env={**os.environ, "CUSTOS_TEST_PW": password(user)},
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
+    add_scram_users(path, {user: password(user) for user in USERS})
     return path
 
 
