@@ -271,6 +271,18 @@ fn write_header(alg: Algorithm, key_ref: &KeyRef, out: &mut Vec<u8>) -> Result<(
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(alg.id());
+    write_key_ref(key_ref, out)
+}
+
+/// A key reference as envelopes carry it (what
+/// [`Envelope::key_ref_bytes`] returns for an envelope sealed with it).
+pub fn key_ref_bytes(key_ref: &KeyRef) -> Result<Vec<u8>, EnvelopeError> {
+    let mut out = Vec::new();
+    write_key_ref(key_ref, &mut out)?;
+    Ok(out)
+}
+
+fn write_key_ref(key_ref: &KeyRef, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
     match key_ref {
         KeyRef::Wrapped(w) => {
             let id_len = u8::try_from(w.kek_id.len())
@@ -293,20 +305,57 @@ fn write_header(alg: Algorithm, key_ref: &KeyRef, out: &mut Vec<u8>) -> Result<(
     Ok(())
 }
 
+/// Associated data up to this size is built on the stack: a header of about
+/// a hundred bytes plus short topic and field names, the usual case, so
+/// sealing and opening a field allocate nothing for it.
+const AAD_INLINE: usize = 512;
+
+/// Associated data, inline when it fits.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the inline variant is the point: it lives on the stack for one call"
+)]
+enum Aad {
+    Inline([u8; AAD_INLINE], usize),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Aad {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Aad::Inline(buf, len) => &buf[..*len],
+            Aad::Heap(v) => v,
+        }
+    }
+}
+
 /// header ‖ u16 BE len ‖ topic ‖ u16 BE len ‖ field. Length prefixes keep
 /// ("ab", "c") and ("a", "bc") apart.
-fn associated_data(header: &[u8], binding: &Binding) -> Result<Vec<u8>, EnvelopeError> {
+fn associated_data(header: &[u8], binding: &Binding) -> Result<Aad, EnvelopeError> {
     let topic_len =
         u16::try_from(binding.topic.len()).map_err(|_| EnvelopeError::BindingTooLong)?;
     let field_len =
         u16::try_from(binding.field.len()).map_err(|_| EnvelopeError::BindingTooLong)?;
-    let mut aad = Vec::with_capacity(header.len() + 4 + binding.topic.len() + binding.field.len());
-    aad.extend_from_slice(header);
-    aad.extend_from_slice(&topic_len.to_be_bytes());
-    aad.extend_from_slice(binding.topic.as_bytes());
-    aad.extend_from_slice(&field_len.to_be_bytes());
-    aad.extend_from_slice(binding.field.as_bytes());
-    Ok(aad)
+    let parts: [&[u8]; 5] = [
+        header,
+        &topic_len.to_be_bytes(),
+        binding.topic.as_bytes(),
+        &field_len.to_be_bytes(),
+        binding.field.as_bytes(),
+    ];
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total <= AAD_INLINE {
+        let mut buf = [0u8; AAD_INLINE];
+        let mut at = 0;
+        for p in parts {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        return Ok(Aad::Inline(buf, total));
+    }
+    Ok(Aad::Heap(parts.concat()))
 }
 
 /// Whether `bytes` start like an envelope of a version this build reads (magic
@@ -315,11 +364,13 @@ pub fn is_envelope(bytes: &[u8]) -> bool {
     bytes.len() >= 3 && bytes[..2] == MAGIC && bytes[2] == VERSION
 }
 
-/// A parsed envelope: its header fields, borrowing the nonce and ciphertext.
+/// A parsed envelope: its header fields, borrowing the key reference, nonce
+/// and ciphertext. The key reference is checked when parsed but only built
+/// into a [`KeyRef`] on demand: the fetch path looks keys up by its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope<'a> {
     algorithm: Algorithm,
-    key_ref: KeyRef,
+    key_ref: &'a [u8],
     header: &'a [u8],
     nonce: Option<[u8; NONCE_LEN]>,
     sealed: &'a [u8],
@@ -339,29 +390,23 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     }
     let alg_id = r.u8()?;
     let algorithm = Algorithm::from_id(alg_id).ok_or(EnvelopeError::UnknownAlgorithm(alg_id))?;
-    let key_ref = match r.u8()? {
+    let ref_start = r.pos;
+    match r.u8()? {
         KEY_REF_WRAPPED => {
             let id_len = usize::from(r.u8()?);
-            let kek_id = std::str::from_utf8(r.take(id_len)?)
-                .map_err(|_| EnvelopeError::BadKeyRef("KEK id is not UTF-8"))?
-                .to_owned();
-            let kek_version = r.u32()?;
+            std::str::from_utf8(r.take(id_len)?)
+                .map_err(|_| EnvelopeError::BadKeyRef("KEK id is not UTF-8"))?;
+            r.u32()?;
             let blob_len = usize::from(r.u16()?);
-            let blob = r.take(blob_len)?.to_vec();
-            KeyRef::Wrapped(WrappedKey {
-                kek_id,
-                kek_version,
-                blob,
-            })
+            r.take(blob_len)?;
         }
         KEY_REF_SUBJECT => {
-            let mut token = [0u8; SUBJECT_TOKEN_LEN];
-            token.copy_from_slice(r.take(SUBJECT_TOKEN_LEN)?);
-            let version = r.u32()?;
-            KeyRef::Subject { token, version }
+            r.take(SUBJECT_TOKEN_LEN)?;
+            r.u32()?;
         }
         _ => return Err(EnvelopeError::BadKeyRef("unknown key reference kind")),
-    };
+    }
+    let key_ref = &bytes[ref_start..r.pos];
     let header = &bytes[..r.pos];
     let (nonce, min_sealed) = match algorithm {
         Algorithm::Aes256Gcm => {
@@ -384,10 +429,52 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     })
 }
 
+/// Builds the [`KeyRef`] that `parse` checked (kind byte first).
+fn read_key_ref(bytes: &[u8]) -> Result<KeyRef, EnvelopeError> {
+    let mut r = Reader { bytes, pos: 0 };
+    Ok(match r.u8()? {
+        KEY_REF_WRAPPED => {
+            let id_len = usize::from(r.u8()?);
+            let kek_id = std::str::from_utf8(r.take(id_len)?)
+                .map_err(|_| EnvelopeError::BadKeyRef("KEK id is not UTF-8"))?
+                .to_owned();
+            let kek_version = r.u32()?;
+            let blob_len = usize::from(r.u16()?);
+            let blob = r.take(blob_len)?.to_vec();
+            KeyRef::Wrapped(WrappedKey {
+                kek_id,
+                kek_version,
+                blob,
+            })
+        }
+        KEY_REF_SUBJECT => {
+            let mut token = [0u8; SUBJECT_TOKEN_LEN];
+            token.copy_from_slice(r.take(SUBJECT_TOKEN_LEN)?);
+            let version = r.u32()?;
+            KeyRef::Subject { token, version }
+        }
+        _ => return Err(EnvelopeError::BadKeyRef("unknown key reference kind")),
+    })
+}
+
 impl Envelope<'_> {
-    /// The key this envelope was sealed with.
-    pub fn key_ref(&self) -> &KeyRef {
-        &self.key_ref
+    /// The key this envelope was sealed with (built from its bytes).
+    pub fn key_ref(&self) -> KeyRef {
+        // `parse` checked these bytes, so this cannot fail; should it ever,
+        // an empty wrapped reference names no key and opens nothing.
+        read_key_ref(self.key_ref).unwrap_or_else(|_| {
+            KeyRef::Wrapped(WrappedKey {
+                kek_id: String::new(),
+                kek_version: 0,
+                blob: Vec::new(),
+            })
+        })
+    }
+
+    /// The key reference as it sits in the envelope (kind byte first): equal
+    /// bytes name the same key, so lookups need not build a [`KeyRef`].
+    pub fn key_ref_bytes(&self) -> &[u8] {
+        self.key_ref
     }
 
     /// The AEAD algorithm.
@@ -599,7 +686,7 @@ mod tests {
         assert!(is_envelope(&bytes));
         let env = parse(&bytes).expect("parse");
         assert_eq!(env.algorithm(), Algorithm::Aes256Gcm);
-        assert_eq!(env.key_ref(), &wrapped());
+        assert_eq!(env.key_ref(), wrapped());
         assert_eq!(env.plaintext_len(), 17);
         let mut out = b"prefix:".to_vec();
         env.open(&key(), &ORDERS, &mut out).expect("open");
@@ -627,7 +714,7 @@ mod tests {
         assert_eq!(hex(&out), GOLDEN_SIV);
         let env = parse(&out).expect("parse");
         assert_eq!(env.algorithm(), Algorithm::Aes256Siv);
-        assert_eq!(env.key_ref(), &subject());
+        assert_eq!(env.key_ref(), subject());
         let mut pt = Vec::new();
         env.open(&key(), &PEOPLE, &mut pt).expect("open");
         assert_eq!(pt, b"alice");
@@ -886,7 +973,7 @@ mod tests {
         });
         seal(Algorithm::Aes256Gcm, &key(), &edge, &ORDERS, b"", &mut out).expect("seal");
         let env = parse(&out[2..]).expect("parse");
-        assert_eq!(env.key_ref(), &edge);
+        assert_eq!(env.key_ref(), edge);
         let mut pt = vec![];
         env.open(&key(), &ORDERS, &mut pt).expect("open");
         assert!(pt.is_empty());

@@ -564,7 +564,11 @@ impl PolicyEngine {
     ) -> Result<Prepared, String> {
         let (p_uid, p_entity, groups) = cached_principal(principal, |p| self.principal_entity(p))?;
         let (r_uid, r_entity) = self.resource_entity(resource)?;
-        let context = cached_context(ctx)?;
+        let context = if action == Action::Decrypt {
+            decrypt_context(ctx)?
+        } else {
+            cached_context(ctx)?
+        };
         // Only the entities a policy can reach: the principal (its groups are
         // its ancestors, so `in Group::"g"` needs no Group entity), the
         // resource, the cluster, and the requested action (`in` needs only
@@ -746,10 +750,24 @@ fn cached_context(ctx: &RequestContext) -> Result<Context, String> {
     if let Some(c) = hit {
         return Ok(c);
     }
+    let context = Context::from_pairs(context_pairs(ctx, key.time))
+        .map_err(|e| format!("cannot build request context: {e}"))?;
+    LAST_CONTEXT.set(Some((
+        ContextKey {
+            client_id: ctx.client_id.clone(),
+            ..key
+        },
+        context.clone(),
+    )));
+    Ok(context)
+}
+
+/// The attributes of `RequestContext` in the schema.
+fn context_pairs(ctx: &RequestContext, time: i64) -> Vec<(String, RestrictedExpression)> {
     // Java (and so Kafka's ACL host match) presents IPv4-mapped IPv6
     // peers as IPv4; do the same so one address has one spelling.
     let address = ctx.client_address.to_canonical().to_string();
-    let context = Context::from_pairs([
+    vec![
         ("client_ip".to_string(), ip_expression(&address)),
         (
             "client_address".to_string(),
@@ -764,17 +782,25 @@ fn cached_context(ctx: &RequestContext) -> Result<Context, String> {
             "auth_method".to_string(),
             RestrictedExpression::new_string(ctx.auth_method.as_str().to_string()),
         ),
-        ("time".to_string(), RestrictedExpression::new_long(key.time)),
-    ])
-    .map_err(|e| format!("cannot build request context: {e}"))?;
-    LAST_CONTEXT.set(Some((
-        ContextKey {
-            client_id: ctx.client_id.clone(),
-            ..key
-        },
-        context.clone(),
-    )));
-    Ok(context)
+        ("time".to_string(), RestrictedExpression::new_long(time)),
+    ]
+}
+
+/// The `DecryptContext` of a Decrypt decision: the request context plus the
+/// classification of the protected data ("" when the rule names none).
+/// Built fresh each time: Decrypt decisions are few (one per topic per
+/// connection, then cached), so the per-thread cache is left to the others.
+fn decrypt_context(ctx: &RequestContext) -> Result<Context, String> {
+    let time = match ctx.time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    };
+    let mut pairs = context_pairs(ctx, time);
+    pairs.push((
+        "classification".to_string(),
+        RestrictedExpression::new_string(ctx.classification.clone().unwrap_or_default()),
+    ));
+    Context::from_pairs(pairs).map_err(|e| format!("cannot build decrypt context: {e}"))
 }
 
 /// `ip("address")`, cached per thread: building it parses the name `ip`

@@ -153,6 +153,43 @@ fn decrypt_is_its_own_action_on_topics_only() {
 }
 
 #[test]
+fn decrypt_decides_on_the_data_classification_in_its_context() {
+    let e = engine(
+        r#"@id("billing-cards")
+        permit(principal in Group::"billing", action == Action::"Decrypt", resource is Topic)
+        when { context.classification == "pci" };
+        @id("no-pii-from-outside")
+        forbid(principal, action == Action::"Decrypt", resource)
+        when { context.classification == "pii" && !context.tls };"#,
+    );
+    let billing = alice().with_groups(["billing"]);
+    let decide = |p: &Principal, class: Option<&str>, tls: bool| {
+        let mut c = ctx();
+        c.tls = tls;
+        c.classification = class.map(str::to_string);
+        let d = e.authorize(p, Action::Decrypt, &topic("payments"), &c);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        d.allowed
+    };
+    assert!(decide(&billing, Some("pci"), true));
+    assert!(!decide(&billing, Some("pii"), true));
+    // No classification reads as "": neither policy's condition holds.
+    assert!(!decide(&billing, None, true));
+    assert!(!decide(&alice(), Some("pci"), true));
+    // Consecutive decisions on one thread with different classifications
+    // must not share a context.
+    assert!(decide(&billing, Some("pci"), false));
+    assert!(!decide(&billing, Some("pcx"), false));
+    // `context.classification` exists for Decrypt only: using it for a Kafka
+    // operation fails validation at load.
+    let bad = PolicyEngine::load(
+        r#"permit(principal, action == Action::"Read", resource) when { context.classification == "pci" };"#,
+        TopicCatalog::empty(),
+    );
+    assert!(bad.is_err());
+}
+
+#[test]
 fn group_membership_and_service_accounts() {
     let e = engine(
         r#"permit(principal in Group::"etl", action == Action::"Write", resource is Topic);"#,

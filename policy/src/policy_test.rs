@@ -107,6 +107,8 @@ struct CaseContext {
     client_id: Option<String>,
     auth_method: Option<AuthMethod>,
     time: Option<u64>,
+    /// For `Decrypt` cases: the classification of the protected data.
+    classification: Option<String>,
 }
 
 /// The outcome of one case.
@@ -233,6 +235,7 @@ pub fn run_cases(engine: &PolicyEngine, text: &str) -> Result<TestReport, Policy
             client_id: c.client_id.clone(),
             auth_method: c.auth_method.unwrap_or(principal.auth_method),
             time: c.time.map_or(now, |s| UNIX_EPOCH + Duration::from_secs(s)),
+            classification: c.classification.clone(),
         };
         let d = engine.authorize(&principal, action, &resource, &ctx);
         results.push(CaseResult {

@@ -231,6 +231,9 @@ pub struct RequestContext {
     pub auth_method: AuthMethod,
     /// When the decision is made.
     pub time: SystemTime,
+    /// For `Decrypt`: the data classification of the protected parts (the
+    /// encryption rule's tag), `context.classification` in policies.
+    pub classification: Option<String>,
 }
 
 impl RequestContext {
@@ -242,6 +245,7 @@ impl RequestContext {
             client_id: None,
             auth_method,
             time: SystemTime::now(),
+            classification: None,
         }
     }
 }

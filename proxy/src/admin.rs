@@ -228,6 +228,7 @@ mod tests {
         let cfg = AuditConfig {
             dir: dir.join("store"),
             signing_key: key,
+            signing_key_kms: None,
             mode: AuditMode::Strict,
             queue_capacity: 1024,
             checkpoint_interval_ms: 50,

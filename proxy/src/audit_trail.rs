@@ -39,6 +39,9 @@ pub enum AuditOpenError {
         /// Why.
         cause: custos_audit::AuditError,
     },
+    /// The KMS-held signing key could not be unwrapped.
+    #[error("`audit.signing_key` (with `audit.signing_key_kms`): {0}")]
+    KmsKey(String),
     /// The store could not be opened (or its tail does not verify).
     #[error("`audit.dir` {path}: {cause}")]
     Store {
@@ -155,12 +158,23 @@ impl Auditor {
         Self(None)
     }
 
-    /// Opens the store (continuing its chain) and starts the writer.
+    /// Opens the store (continuing its chain) and starts the writer, with
+    /// the signing key read from `audit.signing_key`.
     pub fn open(cfg: &AuditConfig, metrics: Arc<Metrics>) -> Result<Self, AuditOpenError> {
         let key = SignerKey::load(&cfg.signing_key).map_err(|cause| AuditOpenError::Key {
             path: cfg.signing_key.display().to_string(),
             cause,
         })?;
+        Self::open_with_key(cfg, key, metrics)
+    }
+
+    /// As [`open`](Self::open), with a signing key obtained elsewhere (the
+    /// KMS, for `audit.signing_key_kms`).
+    pub fn open_with_key(
+        cfg: &AuditConfig,
+        key: SignerKey,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AuditOpenError> {
         let public_key = key.public();
         let options = AuditOptions {
             checkpoint_interval: Duration::from_millis(cfg.checkpoint_interval_ms),

@@ -59,8 +59,14 @@ pub enum AuditMode {
 pub struct AuditConfig {
     /// Directory of the sled store (created if missing).
     pub dir: PathBuf,
-    /// Ed25519 signing key: a 32-byte seed file made by `custos audit keygen`.
+    /// Ed25519 signing key: a 32-byte seed file made by `custos audit keygen`
+    /// or, with `signing_key_kms`, that key wrapped by the KMS.
     pub signing_key: PathBuf,
+    /// Keep the signing key under the KMS of `encryption.kms`: `signing_key`
+    /// then holds it wrapped by this KEK (`custos audit keygen --config`)
+    /// and the KMS unwraps it at start.
+    #[serde(default)]
+    pub signing_key_kms: Option<SigningKeyKms>,
     /// `strict` (default) or `async`.
     #[serde(default)]
     pub mode: AuditMode,
@@ -81,6 +87,14 @@ pub struct AuditConfig {
     /// missing. For collecting several instances' logs in one place.
     #[serde(default)]
     pub kafka_topic: Option<String>,
+}
+
+/// Where the KMS-held audit signing key is wrapped.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyKms {
+    /// The KEK that wraps the key (keyring name, or AWS key id/ARN/alias).
+    pub kek: String,
 }
 
 fn default_audit_queue() -> usize {
@@ -515,6 +529,17 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         if let Some(a) = &self.audit {
+            if let Some(k) = &a.signing_key_kms {
+                if k.kek.trim().is_empty() {
+                    errors.push(err("audit.signing_key_kms.kek", "must not be empty"));
+                }
+                if self.encryption.is_none() {
+                    errors.push(err(
+                        "audit.signing_key_kms",
+                        "needs `encryption.kms`: the signing key is unwrapped by the KMS configured there (rules may be empty)",
+                    ));
+                }
+            }
             if a.queue_capacity == 0 {
                 errors.push(err("audit.queue_capacity", "must be at least 1"));
             }
@@ -526,6 +551,14 @@ impl Config {
             }
         }
         if let Some(e) = &self.encryption {
+            // Without rules the section only serves the audit signing key.
+            let kms_for_audit = self
+                .audit
+                .as_ref()
+                .is_some_and(|a| a.signing_key_kms.is_some());
+            if e.rules.is_empty() && !kms_for_audit {
+                errors.push(err("encryption.rules", "list at least one rule"));
+            }
             for i in e.validate() {
                 errors.push(err(&i.key, i.message));
             }
@@ -723,6 +756,44 @@ admin:
         assert_eq!(
             parse_host_port(&c.upstream.bootstrap_servers[1]),
             Ok(("::1".to_string(), 9093))
+        );
+    }
+
+    #[test]
+    fn a_kms_held_audit_key_needs_the_encryption_kms_and_lets_rules_be_empty() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("master.key"), [1u8; 32]).expect("master");
+        std::fs::write(dir.path().join("keyring.json"), "{}").expect("keyring");
+        let audit =
+            "audit:\n  dir: store\n  signing_key: audit.key.kms\n  signing_key_kms: {kek: audit}\n";
+        let encryption = "encryption:\n  kms: {local: {keyring: keyring.json, master_key_file: master.key}}\n  rules: []\n";
+        let load = |text: String| Config::parse(&text, dir.path());
+        let keys = |r: Result<Config, Vec<ConfigError>>| -> Vec<String> {
+            r.err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e.key)
+                .collect()
+        };
+        assert_eq!(
+            keys(load(format!("{GOOD}{audit}"))),
+            ["audit.signing_key_kms"]
+        );
+        assert_eq!(
+            keys(load(format!("{GOOD}{encryption}"))),
+            ["encryption.rules"]
+        );
+        let c = load(format!("{GOOD}{audit}{encryption}")).expect("valid");
+        assert_eq!(
+            c.audit.and_then(|a| a.signing_key_kms).map(|k| k.kek),
+            Some("audit".to_string())
+        );
+        assert_eq!(
+            keys(load(format!(
+                "{GOOD}{}{encryption}",
+                audit.replace("{kek: audit}", "{kek: \" \"}")
+            ))),
+            ["audit.signing_key_kms.kek"]
         );
     }
 

@@ -137,9 +137,6 @@ impl EncryptionConfig {
                 );
             }
         }
-        if self.rules.is_empty() {
-            bad("rules", "list at least one rule".into());
-        }
         match RuleSet::compile(&self.rules) {
             Ok(set) => {
                 if set.needs_subject_keys() && self.subject_keys.is_none() {
@@ -765,6 +762,7 @@ pub enum Access {
 }
 
 /// A key lookup's outcome, as the reveal step needs it.
+#[derive(Clone)]
 pub enum KeyLookup {
     /// The data key.
     Key(Arc<Dek>),
@@ -783,9 +781,7 @@ pub fn key_refs(rule: &Rule, rec: &crate::record_batch::Record, out: &mut HashSe
     let mut add = |b: &[u8]| {
         if envelope::is_envelope(b) {
             if let Ok(e) = envelope::parse(b) {
-                if !out.contains(e.key_ref()) {
-                    out.insert(e.key_ref().clone());
-                }
+                out.insert(e.key_ref());
             }
         }
     };
@@ -821,9 +817,83 @@ pub enum RevealError {
     /// The key could not be had (KMS down): the partition must not be answered.
     #[error("key unavailable: {0}")]
     Unavailable(String),
-    /// A key the caller has not looked up yet; look it up and try again.
+    /// A key the caller has not looked up yet: look it up, add it to the
+    /// [`KeyTable`] with [`KeyTable::insert`] and try again.
     #[error("key reference not resolved yet")]
-    Unresolved(KeyRef),
+    Unresolved(Box<Unresolved>),
+}
+
+/// A key reference that was not in the [`KeyTable`].
+#[derive(Debug)]
+pub struct Unresolved {
+    /// The reference.
+    pub key_ref: KeyRef,
+    /// Its bytes as envelopes carry them.
+    pub bytes: Vec<u8>,
+}
+
+/// The keys looked up while revealing one response, found by the
+/// key-reference bytes of an envelope (no [`KeyRef`] is built and nothing is
+/// hashed when a record names the same key as the one before, the usual
+/// case).
+#[derive(Default)]
+pub struct KeyTable {
+    index: HashMap<Box<[u8]>, usize>,
+    entries: Vec<(Box<[u8]>, KeyRef, KeyLookup)>,
+    // Atomic only so the table may be held across an await; one task uses it.
+    last: std::sync::atomic::AtomicUsize,
+}
+
+impl KeyTable {
+    /// The lookup recorded for these key-reference bytes.
+    pub fn get(&self, bytes: &[u8]) -> Option<&KeyLookup> {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some((b, _, found)) = self.entries.get(last) {
+            if **b == *bytes {
+                return Some(found);
+            }
+        }
+        let i = *self.index.get(bytes)?;
+        self.last.store(i, std::sync::atomic::Ordering::Relaxed);
+        Some(&self.entries[i].2)
+    }
+
+    /// Records the outcome of looking a key up.
+    pub fn insert(&mut self, key: Unresolved, found: KeyLookup) {
+        let bytes: Box<[u8]> = key.bytes.into();
+        if let Some(&i) = self.index.get(&bytes) {
+            self.entries[i].2 = found;
+            return;
+        }
+        self.index.insert(bytes.clone(), self.entries.len());
+        self.entries.push((bytes, key.key_ref, found));
+    }
+
+    /// Records the outcome of looking `key_ref` up (for callers that
+    /// collected references with [`key_refs`] rather than from errors).
+    pub fn insert_ref(&mut self, key_ref: KeyRef, found: KeyLookup) {
+        // A reference too long to write cannot be in any envelope either.
+        if let Ok(bytes) = envelope::key_ref_bytes(&key_ref) {
+            self.insert(Unresolved { key_ref, bytes }, found);
+        }
+    }
+
+    /// Every key reference looked up.
+    pub fn key_refs(&self) -> impl Iterator<Item = &KeyRef> {
+        self.entries.iter().map(|(_, k, _)| k)
+    }
+}
+
+impl Clone for KeyTable {
+    fn clone(&self) -> Self {
+        Self {
+            index: self.index.clone(),
+            entries: self.entries.clone(),
+            last: std::sync::atomic::AtomicUsize::new(
+                self.last.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        }
+    }
 }
 
 /// Replaces every protected part of `rec` by its plaintext or its mask.
@@ -834,7 +904,7 @@ pub fn reveal_record(
     topic: &str,
     rec: &mut crate::record_batch::Record,
     access: Access,
-    keys: &HashMap<KeyRef, KeyLookup>,
+    keys: &KeyTable,
     tokenizer: Option<&SubjectTokenizer>,
 ) -> Result<bool, RevealError> {
     let mut changed = false;
@@ -952,16 +1022,11 @@ enum Opened {
     Bad,
 }
 
-fn open(
-    topic: &str,
-    field: &str,
-    b: &[u8],
-    keys: &HashMap<KeyRef, KeyLookup>,
-) -> Result<Opened, RevealError> {
+fn open(topic: &str, field: &str, b: &[u8], keys: &KeyTable) -> Result<Opened, RevealError> {
     let Ok(env) = envelope::parse(b) else {
         return Ok(Opened::Bad);
     };
-    match keys.get(env.key_ref()) {
+    match keys.get(env.key_ref_bytes()) {
         Some(KeyLookup::Key(dek)) => {
             let Some(key) = dek.prepared() else {
                 return Ok(Opened::Bad);
@@ -976,7 +1041,10 @@ fn open(
         Some(KeyLookup::Undecryptable) => Ok(Opened::Bad),
         Some(KeyLookup::Unavailable(why)) => Err(RevealError::Unavailable(why.clone())),
         // The caller resolves it and runs the batch again.
-        None => Err(RevealError::Unresolved(env.key_ref().clone())),
+        None => Err(RevealError::Unresolved(Box::new(Unresolved {
+            key_ref: env.key_ref(),
+            bytes: env.key_ref_bytes().to_vec(),
+        }))),
     }
 }
 

@@ -91,17 +91,17 @@ async fn seal(k: &Keys, rule: &Rule, topic: &str, rec: &mut Record) -> Result<()
 }
 
 /// Resolves a record's key references as the decrypt stage does.
-async fn lookups(k: &Keys, rule: &Rule, topic: &str, rec: &Record) -> HashMap<KeyRef, KeyLookup> {
+async fn lookups(k: &Keys, rule: &Rule, topic: &str, rec: &Record) -> KeyTable {
     let mut refs = HashSet::new();
     key_refs(rule, rec, &mut refs);
-    let mut out = HashMap::new();
+    let mut out = KeyTable::default();
     for r in refs {
         let found = match k.manager.decryption_key(&r, &dek_context(topic)).await {
             Ok(d) => KeyLookup::Key(d),
             Err(KeyError::Erased { .. }) => KeyLookup::Erased,
             Err(e) => KeyLookup::Unavailable(e.to_string()),
         };
-        out.insert(r, found);
+        out.insert_ref(r, found);
     }
     out
 }
@@ -693,7 +693,7 @@ async fn a_ciphertext_moved_to_another_field_or_topic_reads_as_undecryptable() {
     // (its context names the topic); that too reads as the placeholder.
     let mut refs = HashSet::new();
     key_refs(whole, &sealed, &mut refs);
-    let mut refused = HashMap::new();
+    let mut refused = KeyTable::default();
     for r in refs {
         let e = k
             .manager
@@ -704,7 +704,7 @@ async fn a_ciphertext_moved_to_another_field_or_topic_reads_as_undecryptable() {
             matches!(e, KeyError::Kms(custos_crypto::kms::KmsError::Rejected(_))),
             "{e:?}"
         );
-        refused.insert(r, KeyLookup::Undecryptable);
+        refused.insert_ref(r, KeyLookup::Undecryptable);
     }
     let mut moved = sealed.clone();
     let changed =
@@ -746,10 +746,10 @@ async fn a_key_that_cannot_be_had_fails_the_reveal_rather_than_showing_ciphertex
     seal(&k, rule, "t.a", &mut sealed).await.expect("seal");
     let mut refs = HashSet::new();
     key_refs(rule, &sealed, &mut refs);
-    let down: HashMap<KeyRef, KeyLookup> = refs
-        .into_iter()
-        .map(|r| (r, KeyLookup::Unavailable("KMS unavailable".into())))
-        .collect();
+    let mut down = KeyTable::default();
+    for r in refs {
+        down.insert_ref(r, KeyLookup::Unavailable("KMS unavailable".into()));
+    }
     let mut r = sealed.clone();
     let err = reveal_record(rule, "t.a", &mut r, Access::Masked, &down, None).expect_err("no key");
     assert_eq!(err.to_string(), "key unavailable: KMS unavailable");
@@ -760,7 +760,7 @@ async fn a_key_that_cannot_be_had_fails_the_reveal_rather_than_showing_ciphertex
         "t.a",
         &mut r,
         Access::Plaintext,
-        &HashMap::new(),
+        &KeyTable::default(),
         None
     )
     .is_err());

@@ -122,6 +122,77 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &Bytes) -> std:
     w.write_all_buf(&mut buf).await
 }
 
+/// Writes one frame whose body comes in pieces laid end to end (a response
+/// with revealed records spliced between slices of the broker's bytes), with
+/// vectored writes: the pieces are never copied into one buffer.
+pub async fn write_frame_parts<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: &[Bytes],
+) -> std::io::Result<()> {
+    let len: usize = parts.iter().map(Bytes::len).sum();
+    let len = u32::try_from(len)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+    let mut buf = Parts {
+        prefix: len.to_be_bytes(),
+        prefix_at: 0,
+        parts: parts.iter().filter(|p| !p.is_empty()).cloned().collect(),
+    };
+    w.write_all_buf(&mut buf).await
+}
+
+/// A length prefix and pieces, as one [`Buf`].
+struct Parts {
+    prefix: [u8; 4],
+    prefix_at: usize,
+    parts: std::collections::VecDeque<Bytes>,
+}
+
+impl Buf for Parts {
+    fn remaining(&self) -> usize {
+        4 - self.prefix_at + self.parts.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        if self.prefix_at < 4 {
+            return &self.prefix[self.prefix_at..];
+        }
+        self.parts.front().map_or(&[], |b| &b[..])
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        let p = cnt.min(4 - self.prefix_at);
+        self.prefix_at += p;
+        cnt -= p;
+        while cnt > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                return;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        if self.prefix_at < 4 && n < dst.len() {
+            dst[n] = std::io::IoSlice::new(&self.prefix[self.prefix_at..]);
+            n += 1;
+        }
+        for p in &self.parts {
+            if n == dst.len() {
+                break;
+            }
+            dst[n] = std::io::IoSlice::new(p);
+            n += 1;
+        }
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +269,21 @@ mod tests {
             .await
             .expect("write");
         assert_eq!(out, frame(b"abc"));
+    }
+
+    #[tokio::test]
+    async fn a_frame_in_parts_is_written_as_one_frame() {
+        let parts = [
+            Bytes::from_static(b"head"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 70_000]),
+            Bytes::from_static(b"tail"),
+        ];
+        let mut out: Vec<u8> = Vec::new();
+        write_frame_parts(&mut out, &parts).await.expect("write");
+        assert_eq!(out, frame(&parts.concat()));
+        let mut out: Vec<u8> = Vec::new();
+        write_frame_parts(&mut out, &[]).await.expect("write");
+        assert_eq!(out, frame(b""));
     }
 }

@@ -15,11 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit_key;
 pub mod audit_ship;
 pub mod audit_trail;
 pub mod auth;
 pub mod broker_map;
 pub mod config;
+pub mod fetch_records;
 pub mod field_rules;
 pub mod frame;
 pub mod handshake;

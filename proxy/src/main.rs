@@ -145,11 +145,16 @@ enum UsersCommand {
 enum AuditCommand {
     /// Make a new Ed25519 signing key (a 32-byte seed, mode 0600) in FILE and
     /// its public key (hex) in FILE.pub; prints the public key. Never
-    /// overwrites either file.
+    /// overwrites either file. With --config whose `audit.signing_key_kms`
+    /// is set, the KMS of `encryption.kms` generates the key and FILE holds
+    /// it only wrapped by that KEK (FILE defaults to `audit.signing_key`).
     Keygen {
         /// Signing key file to create.
+        #[arg(long, required_unless_present = "config")]
+        out: Option<PathBuf>,
+        /// Configuration whose KMS keeps the key (`audit.signing_key_kms`).
         #[arg(long)]
-        out: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Verify a store (--dir) or an export (--export) against the public key:
     /// every chain hash, every checkpoint signature, chain head and Merkle
@@ -485,7 +490,30 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
     use custos::admin::audit_api::{self, FilterArgs};
     use std::io::Write;
     match command {
-        AuditCommand::Keygen { out } => {
+        AuditCommand::Keygen { out, config } => {
+            let kms_held = match &config {
+                Some(path) => {
+                    let cfg = Config::load(path)?;
+                    let audit = cfg
+                        .audit
+                        .as_ref()
+                        .context("--config: the configuration has no `audit` section")?;
+                    let kek = audit
+                        .signing_key_kms
+                        .as_ref()
+                        .context("--config: `audit.signing_key_kms` is not set (without it, leave out --config)")?
+                        .kek
+                        .clone();
+                    let out = out.clone().unwrap_or_else(|| audit.signing_key.clone());
+                    Some((cfg, kek, out))
+                }
+                None => None,
+            };
+            let out = match (&kms_held, out) {
+                (Some((_, _, o)), _) => o.clone(),
+                (None, Some(o)) => o,
+                (None, None) => anyhow::bail!("--out FILE is required without --config"),
+            };
             let mut pub_path = out.clone().into_os_string();
             pub_path.push(".pub");
             let pub_path = PathBuf::from(pub_path);
@@ -499,8 +527,24 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 "{} exists; refusing to overwrite it",
                 pub_path.display()
             );
-            let key = custos_audit::SignerKey::generate_file(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
+            let key = match &kms_held {
+                Some((cfg, kek, _)) => {
+                    let enc = cfg
+                        .encryption
+                        .as_ref()
+                        .context("`audit.signing_key_kms` needs `encryption.kms`")?;
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async {
+                        let (kms, _) = custos::protection::kms(enc).await?;
+                        anyhow::Ok(custos::audit_key::generate(kms.as_ref(), kek, &out).await?)
+                    })
+                    .with_context(|| format!("cannot create {} with the KMS", out.display()))?
+                }
+                None => custos_audit::SignerKey::generate_file(&out)
+                    .with_context(|| format!("cannot create {}", out.display()))?,
+            };
             let public = key.public();
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -511,8 +555,13 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", pub_path.display()))?;
             println!("{}", public.to_hex());
             eprintln!(
-                "wrote signing key {} (keep it secret) and public key {} (key id {})",
+                "wrote signing key {} ({}) and public key {} (key id {})",
                 out.display(),
+                if kms_held.is_some() {
+                    "wrapped by the KMS; it signs nothing without it"
+                } else {
+                    "keep it secret"
+                },
                 pub_path.display(),
                 public.key_id()
             );

@@ -260,6 +260,9 @@ pub struct Response {
     decode_version: i16,
     body: Option<ResponseKind>,
     dirty: bool,
+    /// The frame in pieces laid end to end, when a stage spliced new bytes
+    /// between slices of `raw` (which is then stale until flattened).
+    parts: Option<Vec<Bytes>>,
 }
 
 impl Response {
@@ -297,6 +300,7 @@ impl Response {
             decode_version,
             body: None,
             dirty: false,
+            parts: None,
         })
     }
 
@@ -304,6 +308,60 @@ impl Response {
     /// for an ApiVersions UNSUPPORTED_VERSION answer).
     pub fn body_version(&self) -> i16 {
         self.decode_version
+    }
+
+    /// The response header bytes as the broker sent them.
+    pub fn head_bytes(&self) -> &[u8] {
+        &self.raw[..self.body_offset]
+    }
+
+    /// The whole frame as it stands (header and body), sharing its bytes.
+    pub fn raw_frame(&mut self) -> Bytes {
+        self.flatten();
+        self.raw.clone()
+    }
+
+    /// The body bytes as they stand (after the header), sharing the frame.
+    pub fn raw_body(&mut self) -> Bytes {
+        self.flatten();
+        self.raw.slice(self.body_offset..)
+    }
+
+    /// Replaces the frame with pieces a stage built from this one, to be
+    /// laid end to end: the same header bytes ([`head_bytes`](Self::head_bytes)),
+    /// then a new body. Untouched stretches can be slices of the old frame,
+    /// so nothing large is copied. Drops any decoded body, so a later stage
+    /// that reads it decodes the new bytes.
+    pub fn replace_frame_parts(&mut self, parts: Vec<Bytes>) -> Result<(), CodecError> {
+        let mut head = self.head_bytes();
+        for p in &parts {
+            let n = head.len().min(p.len());
+            if p[..n] != head[..n] {
+                break;
+            }
+            head = &head[n..];
+            if head.is_empty() {
+                break;
+            }
+        }
+        if !head.is_empty() {
+            return Err(self.codec_err("a replacement frame must keep the response header".into()));
+        }
+        self.parts = Some(parts);
+        self.body = None;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Joins spliced pieces into one frame, for stages that read the body.
+    fn flatten(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                out.extend_from_slice(p);
+            }
+            self.raw = out.freeze();
+        }
     }
 
     /// The decoded body; decoded on first use, not marked as changed.
@@ -323,6 +381,7 @@ impl Response {
 
     fn decode(&mut self) -> Result<(), CodecError> {
         if self.body.is_none() {
+            self.flatten();
             let mut buf = self.raw.slice(self.body_offset..);
             let body = ResponseKind::decode(self.api_key, &mut buf, self.decode_version)
                 .map_err(|e| self.codec_err(e.to_string()))?;
@@ -339,9 +398,21 @@ impl Response {
         }
     }
 
+    /// The frame for the client in pieces to lay end to end: as
+    /// [`into_bytes`](Self::into_bytes), or the spliced pieces as they are.
+    pub fn into_parts(self) -> Result<Vec<Bytes>, CodecError> {
+        if !self.dirty {
+            if let Some(parts) = self.parts {
+                return Ok(parts);
+            }
+        }
+        Ok(vec![self.into_bytes()?])
+    }
+
     /// The frame for the client: the original bytes, or the original header
     /// bytes followed by the re-encoded body when a stage changed it.
-    pub fn into_bytes(self) -> Result<Bytes, CodecError> {
+    pub fn into_bytes(mut self) -> Result<Bytes, CodecError> {
+        self.flatten();
         match (&self.body, self.dirty) {
             (Some(body), true) => {
                 let mut out = BytesMut::with_capacity(self.raw.len() + 64);

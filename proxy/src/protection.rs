@@ -85,6 +85,33 @@ pub async fn kms(
     })
 }
 
+/// The audit signing key of `config`, unwrapped by the KMS of
+/// `encryption.kms` (for `audit.signing_key_kms`).
+pub async fn audit_signing_key(
+    config: &crate::config::Config,
+) -> Result<custos_audit::SignerKey, crate::audit_trail::AuditOpenError> {
+    use crate::audit_trail::AuditOpenError;
+    let (Some(audit), Some(enc)) = (&config.audit, &config.encryption) else {
+        return Err(AuditOpenError::KmsKey(
+            "`audit.signing_key_kms` needs `encryption.kms`".into(),
+        ));
+    };
+    let (kms, _) = kms(enc)
+        .await
+        .map_err(|e| AuditOpenError::KmsKey(e.to_string()))?;
+    let guarded = GuardedKms::new(
+        kms,
+        GuardConfig {
+            timeout: Duration::from_millis(enc.kms_calls.timeout_ms),
+            max_retries: enc.kms_calls.max_retries,
+            ..GuardConfig::default()
+        },
+    );
+    crate::audit_key::load(&guarded, &audit.signing_key)
+        .await
+        .map_err(|e| AuditOpenError::KmsKey(e.to_string()))
+}
+
 fn read_secret(
     key: &'static str,
     path: &Path,

@@ -493,6 +493,19 @@ fn be_i64(b: &[u8]) -> i64 {
 
 /// Decodes one complete v2 batch (`entry.len() >= HEADER_LEN`).
 fn decode_batch(entry: Bytes, budget: &mut usize) -> Result<Batch, BatchError> {
+    let (header, data) = open_batch(&entry, budget)?;
+    let records = read_records(&data, header.record_count as usize)?;
+    Ok(Batch {
+        header,
+        records,
+        original: entry,
+        dirty: false,
+    })
+}
+
+/// Reads a v2 batch's header, checks its CRC and record count, and returns
+/// its records section, decompressed (within `budget`, which it reduces).
+fn open_batch(entry: &Bytes, budget: &mut usize) -> Result<(BatchHeader, Bytes), BatchError> {
     let header = BatchHeader {
         base_offset: be_i64(&entry[0..]),
         batch_length: be_i32(&entry[LENGTH_AT..]),
@@ -533,13 +546,165 @@ fn decode_batch(entry: Bytes, budget: &mut usize) -> Result<Batch, BatchError> {
             d
         }
     };
-    let records = read_records(&data, header.record_count as usize)?;
-    Ok(Batch {
-        header,
-        records,
-        original: entry,
-        dirty: false,
-    })
+    Ok((header, data))
+}
+
+/// Cuts a records blob at batch boundaries into at most `pieces` parts of
+/// roughly equal size, for revealing them in parallel: [`rewrite`] of each
+/// part, laid end to end, is [`rewrite`] of the whole. A truncated tail
+/// stays with the last part; a blob whose batch lengths do not parse is
+/// returned whole (its rewrite reports the error).
+pub fn split_batches(records: &Bytes, pieces: usize) -> Vec<Bytes> {
+    let mut bounds = Vec::new();
+    let mut pos = 0;
+    while records.len() - pos > MAGIC_AT {
+        let size = be_i32(&records[pos + LENGTH_AT..]);
+        let Ok(size) = usize::try_from(size) else {
+            return vec![records.clone()];
+        };
+        let total = LOG_OVERHEAD + size;
+        if total > records.len() - pos {
+            break;
+        }
+        pos += total;
+        bounds.push(pos);
+    }
+    let target = records.len().div_ceil(pieces.max(1));
+    let mut out = Vec::with_capacity(pieces);
+    let mut start = 0;
+    for b in bounds {
+        if b - start >= target && out.len() + 1 < pieces {
+            out.push(records.slice(start..b));
+            start = b;
+        }
+    }
+    if start < records.len() || out.is_empty() {
+        out.push(records.slice(start..));
+    }
+    out
+}
+
+/// Why [`rewrite`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError<E> {
+    /// The records blob could not be read or written.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The edit refused a record.
+    #[error("record edit failed")]
+    Edit(E),
+}
+
+/// Rewrites a records blob into `out` one record at a time: each record of
+/// each v2 data batch is handed to `edit` (which says whether it changed
+/// it) and written back; a batch whose records all come back unchanged is
+/// copied as it arrived, a changed one is rebuilt around its original header
+/// fields with a fresh length and CRC and its own codec. Raw segments (magic
+/// 0/1, control batches, a truncated tail) are copied untouched. Returns the
+/// number of records handed to `edit`.
+///
+/// Unlike [`decode`] and [`encode`], no record list is built: one `Record`
+/// is reused for the whole blob and rebuilt batches are written straight
+/// into `out`, which is what keeps the fetch path cheap. On an error `out`
+/// holds a partial result the caller must discard.
+pub fn rewrite<E>(
+    records: &Bytes,
+    max_decompressed: usize,
+    out: &mut BytesMut,
+    edit: &mut dyn FnMut(&mut Record) -> Result<bool, E>,
+) -> Result<u64, RewriteError<E>> {
+    let mut budget = max_decompressed;
+    let mut pos = 0;
+    let mut count = 0u64;
+    let mut rec = Record {
+        attributes: 0,
+        timestamp_delta: 0,
+        offset_delta: 0,
+        key: None,
+        value: None,
+        headers: Vec::new(),
+    };
+    let mut plain = Vec::new();
+    while pos < records.len() {
+        let rest = records.len() - pos;
+        if rest <= MAGIC_AT {
+            out.put_slice(&records[pos..]);
+            break;
+        }
+        let size = be_i32(&records[pos + LENGTH_AT..]);
+        if size < 0 {
+            return Err(BatchError::Invalid {
+                what: "batch length",
+                at: pos + LENGTH_AT,
+                value: i64::from(size),
+            }
+            .into());
+        }
+        let total = LOG_OVERHEAD + size as usize;
+        if total > rest {
+            out.put_slice(&records[pos..]);
+            break;
+        }
+        let entry = records.slice(pos..pos + total);
+        pos += total;
+        match entry[MAGIC_AT] as i8 {
+            0 | 1 => {
+                out.put_slice(&entry);
+                continue;
+            }
+            2 => {}
+            m => return Err(BatchError::UnknownMagic(m).into()),
+        }
+        if total < HEADER_LEN {
+            return Err(BatchError::Invalid {
+                what: "batch length",
+                at: pos - total + LENGTH_AT,
+                value: i64::from(size),
+            }
+            .into());
+        }
+        if be_i16(&entry[ATTRIBUTES_AT..]) & CONTROL_FLAG != 0 {
+            out.put_slice(&entry);
+            continue;
+        }
+        let (header, data) = open_batch(&entry, &mut budget)?;
+        let codec = Compression::from_attributes(header.attributes)?;
+        let start = out.len();
+        out.put_slice(&entry[..HEADER_LEN]);
+        let mut c = Cursor { buf: &data, pos: 0 };
+        let mut changed = false;
+        plain.clear();
+        for _ in 0..header.record_count {
+            read_record(&mut c, &mut rec)?;
+            count += 1;
+            changed |= edit(&mut rec).map_err(RewriteError::Edit)?;
+            if codec == Compression::None {
+                write_record(out, &rec)?;
+            } else {
+                write_record(&mut plain, &rec)?;
+            }
+        }
+        if c.remaining() != 0 {
+            return Err(BatchError::TrailingBytes {
+                left: c.remaining(),
+            }
+            .into());
+        }
+        if !changed {
+            out.truncate(start);
+            out.put_slice(&entry);
+            continue;
+        }
+        if codec != Compression::None {
+            out.put_slice(&compress(codec, &plain)?);
+        }
+        let length = i32::try_from(out.len() - start - LOG_OVERHEAD)
+            .map_err(|_| BatchError::TooLong { what: "batch" })?;
+        out[start + LENGTH_AT..start + LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&out[start + ATTRIBUTES_AT..]);
+        out[start + CRC_AT..start + CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+    Ok(count)
 }
 
 /// A cursor over decompressed records that hands out zero-copy slices.
@@ -626,58 +791,16 @@ fn read_records(data: &Bytes, count: usize) -> Result<Vec<Record>, BatchError> {
     let mut c = Cursor { buf: data, pos: 0 };
     let mut records = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
     for _ in 0..count {
-        let at = c.pos;
-        let len = c.varint("record length")?;
-        if len < 0 || len as usize > c.remaining() {
-            return Err(BatchError::Invalid {
-                what: "record length",
-                at,
-                value: i64::from(len),
-            });
-        }
-        let end = c.pos + len as usize;
-        let attributes = c.byte("record attributes")? as i8;
-        let timestamp_delta = c.varlong("timestamp delta")?;
-        let offset_delta = c.varint("offset delta")?;
-        let key = c.nullable("record key")?;
-        let value = c.nullable("record value")?;
-        let hat = c.pos;
-        let n = c.varint("header count")?;
-        if n < 0 {
-            return Err(BatchError::Invalid {
-                what: "header count",
-                at: hat,
-                value: i64::from(n),
-            });
-        }
-        let n = n as usize;
-        let mut headers = Vec::with_capacity(n.min(c.remaining() / MIN_HEADER_LEN));
-        for _ in 0..n {
-            let kat = c.pos;
-            let key = c.nullable("header key")?.ok_or(BatchError::Invalid {
-                what: "header key length",
-                at: kat,
-                value: -1,
-            })?;
-            let value = c.nullable("header value")?;
-            headers.push(Header { key, value });
-        }
-        // Java refuses a record whose fields do not fill its declared length.
-        if c.pos != end {
-            return Err(BatchError::Invalid {
-                what: "record length",
-                at,
-                value: i64::from(len),
-            });
-        }
-        records.push(Record {
-            attributes,
-            timestamp_delta,
-            offset_delta,
-            key,
-            value,
-            headers,
-        });
+        let mut rec = Record {
+            attributes: 0,
+            timestamp_delta: 0,
+            offset_delta: 0,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        };
+        read_record(&mut c, &mut rec)?;
+        records.push(rec);
     }
     if c.remaining() != 0 {
         return Err(BatchError::TrailingBytes {
@@ -685,6 +808,56 @@ fn read_records(data: &Bytes, count: usize) -> Result<Vec<Record>, BatchError> {
         });
     }
     Ok(records)
+}
+
+/// Reads the record at the cursor into `rec`, reusing its header list.
+fn read_record(c: &mut Cursor<'_>, rec: &mut Record) -> Result<(), BatchError> {
+    let at = c.pos;
+    let len = c.varint("record length")?;
+    if len < 0 || len as usize > c.remaining() {
+        return Err(BatchError::Invalid {
+            what: "record length",
+            at,
+            value: i64::from(len),
+        });
+    }
+    let end = c.pos + len as usize;
+    rec.attributes = c.byte("record attributes")? as i8;
+    rec.timestamp_delta = c.varlong("timestamp delta")?;
+    rec.offset_delta = c.varint("offset delta")?;
+    rec.key = c.nullable("record key")?;
+    rec.value = c.nullable("record value")?;
+    let hat = c.pos;
+    let n = c.varint("header count")?;
+    if n < 0 {
+        return Err(BatchError::Invalid {
+            what: "header count",
+            at: hat,
+            value: i64::from(n),
+        });
+    }
+    let n = n as usize;
+    rec.headers.clear();
+    rec.headers.reserve(n.min(c.remaining() / MIN_HEADER_LEN));
+    for _ in 0..n {
+        let kat = c.pos;
+        let key = c.nullable("header key")?.ok_or(BatchError::Invalid {
+            what: "header key length",
+            at: kat,
+            value: -1,
+        })?;
+        let value = c.nullable("header value")?;
+        rec.headers.push(Header { key, value });
+    }
+    // Java refuses a record whose fields do not fill its declared length.
+    if c.pos != end {
+        return Err(BatchError::Invalid {
+            what: "record length",
+            at,
+            value: i64::from(len),
+        });
+    }
+    Ok(())
 }
 
 fn zigzag32(n: i32) -> u64 {

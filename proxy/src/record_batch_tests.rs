@@ -697,3 +697,42 @@ fn java_client_batches_decode_and_rebuild() {
         );
     }
 }
+
+#[test]
+fn split_batches_cuts_at_batch_boundaries_and_lays_back_whole() {
+    let mut blob = BytesMut::new();
+    for i in 0..7 {
+        let mut h = header_with(0, 1);
+        h.base_offset = i64::from(i) * 10;
+        blob.extend_from_slice(&build(h, golden_records()));
+    }
+    let whole = blob.clone().freeze();
+    blob.extend_from_slice(&whole[..30]);
+    let blob = blob.freeze();
+    for pieces in 1..=9 {
+        let parts = split_batches(&blob, pieces);
+        assert!(
+            !parts.is_empty() && parts.len() <= pieces.max(1),
+            "{pieces}: {}",
+            parts.len()
+        );
+        let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(joined, blob.to_vec(), "{pieces}");
+        for p in &parts[..parts.len() - 1] {
+            let segs = decode(p).expect("a piece decodes");
+            assert!(
+                segs.iter().all(|s| matches!(s, Segment::Batch(_))),
+                "{pieces}"
+            );
+        }
+    }
+    assert_eq!(split_batches(&blob, 2).len(), 2);
+    // Lengths that do not parse: returned whole.
+    let mut bad = blob.to_vec();
+    bad[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+    assert_eq!(
+        split_batches(&Bytes::from(bad.clone()), 3),
+        vec![Bytes::from(bad)]
+    );
+    assert_eq!(split_batches(&Bytes::new(), 3), vec![Bytes::new()]);
+}

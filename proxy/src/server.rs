@@ -156,6 +156,10 @@ impl Proxy {
         let brokers = Arc::new(brokers);
         let metrics = Arc::new(Metrics::new());
         let auditor = match &config.audit {
+            Some(a) if a.signing_key_kms.is_some() => {
+                let key = crate::protection::audit_signing_key(&config).await?;
+                Auditor::open_with_key(a, key, metrics.clone())?
+            }
             Some(a) => Auditor::open(a, metrics.clone())?,
             None => {
                 tracing::warn!("no `audit` configured: nothing is recorded");

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{write_frame, FrameCodec};
+use crate::frame::{write_frame, write_frame_parts, FrameCodec};
 use crate::message::{Amends, Request, Response};
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, Pipeline, SessionInfo, Verdict};
@@ -264,7 +264,7 @@ where
             };
             match pending {
                 Pending::Local(bytes) => {
-                    write_client(&mut client_w, &bytes, ctx).await?;
+                    write_client(&mut client_w, std::slice::from_ref(&bytes), ctx).await?;
                 }
                 Pending::Forwarded {
                     api_key,
@@ -320,10 +320,10 @@ where
                             }
                         }
                         response
-                            .into_bytes()
+                            .into_parts()
                             .map_err(|e| fail(Blame::Internal, e.to_string()))?
                     } else {
-                        raw
+                        vec![raw]
                     };
                     // Strict audit: the answer waits until its records are durable.
                     submit_audit(ctx, &audit, api_key).await?;
@@ -366,10 +366,14 @@ async fn submit_audit(
 
 async fn write_client<W: AsyncWrite + Unpin>(
     w: &mut W,
-    bytes: &Bytes,
+    parts: &[Bytes],
     ctx: &SessionCtx,
 ) -> Result<(), SessionError> {
-    write_frame(w, bytes).await.map_err(|e| {
+    let written = match parts {
+        [one] => write_frame(w, one).await,
+        _ => write_frame_parts(w, parts).await,
+    };
+    written.map_err(|e| {
         if is_hangup(&e) {
             client_left(format!(
                 "client disconnected before its response was written: {e}"
@@ -378,7 +382,8 @@ async fn write_client<W: AsyncWrite + Unpin>(
             fail(Blame::Client, format!("writing to client: {e}"))
         }
     })?;
-    ctx.metrics.bytes_out.inc_by(bytes.len() as u64 + 4);
+    let len: usize = parts.iter().map(Bytes::len).sum();
+    ctx.metrics.bytes_out.inc_by(len as u64 + 4);
     Ok(())
 }
 

@@ -456,6 +456,7 @@ mod tests {
         let cfg = crate::config::AuditConfig {
             dir: dir.join("store"),
             signing_key: key,
+            signing_key_kms: None,
             mode: crate::config::AuditMode::Strict,
             queue_capacity: 16,
             checkpoint_interval_ms: 1000,

@@ -8,33 +8,38 @@
 //! down) the partition answers KAFKA_STORAGE_ERROR without records, which
 //! clients retry; ciphertext is never handed out in place of plaintext.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use custos_crypto::key_ref::KeyRef;
 use custos_crypto::keys::KeyError;
 use custos_crypto::kms::KmsError;
 use custos_policy::{Action, Authorizer, RequestContext, Resource};
-use kafka_protocol::messages::{ApiKey, ResponseKind};
+use kafka_protocol::messages::ApiKey;
 
-use crate::field_rules::{self, Access, KeyLookup, Protection, RevealError};
+use crate::fetch_records;
+use crate::field_rules::{self, Access, KeyLookup, KeyTable, Protection, RevealError};
 use crate::message::Response;
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError};
-use crate::record_batch::{self, Segment};
+use crate::record_batch::{self, RewriteError};
 
 const NAME: &str = "decrypt";
 
 /// Kafka's KAFKA_STORAGE_ERROR: retriable; the consumer fetches again.
 const KAFKA_STORAGE_ERROR: i16 = 56;
 
+/// Kafka's UNSUPPORTED_VERSION.
+const UNSUPPORTED_VERSION: i16 = 35;
+
 /// The decrypt stage.
 pub struct Decrypt {
     protection: Arc<Protection>,
     authorizer: Option<Arc<Authorizer>>,
     metrics: Arc<Metrics>,
+    /// Pieces a large answer is cut into: the cores available.
+    lanes: usize,
 }
 
 impl Decrypt {
@@ -48,18 +53,25 @@ impl Decrypt {
             protection,
             authorizer,
             metrics,
+            lanes: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         }
     }
 
-    fn access(&self, session: &SessionInfo, topic: &str) -> Access {
+    /// Whether `session`'s principal may see `topic`'s protected parts,
+    /// which `rule` classifies: Cedar's `Decrypt` on the topic, with the
+    /// rule's classification as `context.classification`. The decision is
+    /// cached per connection by (action, topic); one topic has one rule, so
+    /// one classification.
+    fn access(&self, session: &SessionInfo, topic: &str, rule: &field_rules::Rule) -> Access {
         let Some(a) = &self.authorizer else {
             return Access::Masked;
         };
-        let ctx = RequestContext::new(
+        let mut ctx = RequestContext::new(
             session.client_addr.ip(),
             session.tls,
             session.principal.auth_method,
         );
+        ctx.classification = Some(rule.config.classification.clone().unwrap_or_default());
         let decision = session
             .decisions
             .lock()
@@ -76,61 +88,6 @@ impl Decrypt {
         } else {
             Access::Masked
         }
-    }
-
-    /// Reveals one partition's records; `Ok(None)` when nothing changed.
-    async fn reveal(
-        &self,
-        rule: &field_rules::Rule,
-        topic: &str,
-        access: Access,
-        records: &Bytes,
-        keys: &mut HashMap<KeyRef, KeyLookup>,
-    ) -> Result<Option<Bytes>, String> {
-        let Ok(mut segments) = record_batch::decode(records) else {
-            // Bytes Custos cannot read may hold anything: nothing leaves.
-            return Err("record batch cannot be read".into());
-        };
-        let tokenizer = self.protection.tokenizer.as_ref();
-        let mut count = 0u64;
-        for seg in segments.iter_mut() {
-            let Segment::Batch(b) = seg else { continue };
-            // One pass per batch with the keys known so far; a key not
-            // looked up yet is fetched and the batch revealed again from
-            // its original records (clones share the bytes). In steady
-            // state every key is known and the records are read once.
-            loop {
-                let mut attempt = b.records.clone();
-                let mut changed = false;
-                let mut missing = None;
-                for r in attempt.iter_mut() {
-                    match field_rules::reveal_record(rule, topic, r, access, keys, tokenizer) {
-                        Ok(c) => changed |= c,
-                        Err(RevealError::Unresolved(k)) => {
-                            missing = Some(k);
-                            break;
-                        }
-                        Err(e @ RevealError::Unavailable(_)) => return Err(e.to_string()),
-                    }
-                }
-                if let Some(k) = missing {
-                    let found = self.resolve(&k, topic).await;
-                    keys.insert(k, found);
-                    continue;
-                }
-                count += attempt.len() as u64;
-                if changed {
-                    b.records = attempt;
-                    b.dirty = true;
-                }
-                break;
-            }
-        }
-        self.metrics
-            .decrypted_records(count, access == Access::Plaintext);
-        record_batch::encode(&segments)
-            .map(Some)
-            .map_err(|e| format!("re-encoding the batch failed: {e}"))
     }
 
     async fn resolve(&self, r: &KeyRef, topic: &str) -> KeyLookup {
@@ -164,70 +121,323 @@ impl Stage for Decrypt {
         session: &SessionInfo,
         response: &mut Response,
     ) -> Result<(), StageError> {
-        // Decoded either way (the audit stage reads it too), but re-encoded
-        // only when a topic here has a rule.
-        let protected = match response
-            .body()
-            .map_err(|e| StageError::codec(NAME, Blame::Upstream, e))?
-        {
-            ResponseKind::Fetch(f) => f.responses.iter().any(|t| {
-                self.protection
-                    .rules
-                    .for_topic(t.topic.0.as_str())
-                    .is_some()
-            }),
-            _ => false,
-        };
-        if !protected {
-            return Ok(());
-        }
-        let body = response
-            .body_mut()
-            .map_err(|e| StageError::codec(NAME, Blame::Upstream, e))?;
-        let ResponseKind::Fetch(f) = body else {
-            return Ok(());
-        };
-        let mut keys = HashMap::new();
-        let mut details = Vec::new();
-        for t in f.responses.iter_mut() {
-            let topic = t.topic.0.as_str().to_string();
-            let Some(rule) = self.protection.rules.for_topic(&topic) else {
+        // The body is walked, not decoded: only protected partitions'
+        // records are rebuilt and spliced in; everything else is copied as
+        // the broker sent it.
+        let version = response.api_version;
+        let raw_body = response.raw_body();
+        let body = &raw_body[..];
+        let parts = fetch_records::fetch_partitions(body, version).map_err(|e| StageError {
+            stage: NAME,
+            blame: Blame::Upstream,
+            message: e.to_string(),
+        })?;
+        let mut replacements = Vec::new();
+        let mut accesses: Vec<(&str, Access)> = Vec::new();
+        let mut pieces = Vec::new();
+        let mut total = 0;
+        for (index, p) in parts.iter().enumerate() {
+            let Some(range) = p.records.clone().filter(|r| !r.is_empty()) else {
                 continue;
             };
-            let access = self.access(session, &topic);
-            details.push((
-                format!("revealed.{topic}"),
-                match access {
-                    Access::Plaintext => "plaintext",
-                    Access::Masked => "masked",
+            let Some(topic) = p.topic else {
+                // Topics named by id cannot be matched to rules: a client
+                // that ignored the ApiVersions cap gets no records.
+                replacements.push(fetch_records::Replacement {
+                    index,
+                    records: Vec::new(),
+                    error_code: Some(UNSUPPORTED_VERSION),
+                });
+                continue;
+            };
+            let Some(rule) = self.protection.rules.for_topic(topic) else {
+                continue;
+            };
+            let access = match accesses.iter().find(|(t, _)| *t == topic) {
+                Some((_, a)) => *a,
+                None => {
+                    let a = self.access(session, topic, rule);
+                    accesses.push((topic, a));
+                    a
                 }
-                .to_string(),
-            ));
-            for p in t.partitions.iter_mut() {
-                let Some(records) = &p.records else { continue };
-                if records.is_empty() {
-                    continue;
+            };
+            total += range.len();
+            pieces.push(Piece {
+                seq: 0,
+                replacement: replacements.len(),
+                topic: topic.to_string(),
+                access,
+                records: raw_body.slice(range),
+            });
+            replacements.push(fetch_records::Replacement {
+                index,
+                records: Vec::new(),
+                error_code: None,
+            });
+        }
+        if pieces.is_empty() && replacements.is_empty() {
+            return Ok(());
+        }
+        // Large answers are cut at batch boundaries and revealed on the
+        // blocking pool, one piece per core: the consumer waits for this
+        // answer, so its core is free to share the work.
+        let lanes = if total >= PARALLEL_MIN { self.lanes } else { 1 };
+        if lanes > 1 {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|p| {
+                    let share = (p.records.len() * lanes).div_ceil(total).max(1);
+                    record_batch::split_batches(&p.records, share)
+                        .into_iter()
+                        .map(move |records| Piece {
+                            records,
+                            topic: p.topic.clone(),
+                            ..p
+                        })
+                })
+                .collect();
+        }
+        for (seq, p) in pieces.iter_mut().enumerate() {
+            p.seq = seq;
+        }
+        let (outcomes, keys) = self.reveal_all(pieces, lanes > 1).await;
+        let mut count = [0u64; 2];
+        for (piece, outcome) in outcomes {
+            let rep = &mut replacements[piece.replacement];
+            if rep.error_code.is_some() {
+                continue;
+            }
+            match outcome {
+                Ok((records, n)) => {
+                    rep.records.push(records);
+                    count[usize::from(piece.access == Access::Plaintext)] += n;
                 }
-                match self.reveal(rule, &topic, access, records, &mut keys).await {
-                    Ok(Some(new)) => p.records = Some(new),
-                    Ok(None) => {}
-                    Err(why) => {
-                        self.metrics.decrypt_failure();
-                        tracing::warn!(topic = %topic, partition = p.partition_index, why = %why, "fetched records withheld");
-                        p.error_code = KAFKA_STORAGE_ERROR;
-                        p.records = Some(Bytes::new());
-                    }
+                Err(why) => {
+                    self.metrics.decrypt_failure();
+                    tracing::warn!(topic = %piece.topic, partition = parts[rep.index].partition, why = %why, "fetched records withheld");
+                    rep.records.clear();
+                    rep.error_code = Some(KAFKA_STORAGE_ERROR);
                 }
             }
         }
+        self.metrics.decrypted_records(count[1], true);
+        self.metrics.decrypted_records(count[0], false);
+        let details: Vec<(String, String)> = accesses
+            .iter()
+            .map(|(topic, access)| {
+                (
+                    format!("revealed.{topic}"),
+                    match access {
+                        Access::Plaintext => "plaintext",
+                        Access::Masked => "masked",
+                    }
+                    .to_string(),
+                )
+            })
+            .collect();
         if !details.is_empty() {
             crate::protection::note_keys(
                 &response.audit,
                 custos_audit::EventKind::Fetch,
-                keys.keys(),
+                keys.key_refs(),
                 &details,
             );
         }
+        let frame = response.raw_frame();
+        let pieces = fetch_records::splice_records(
+            &frame,
+            frame.len() - body.len(),
+            version,
+            &parts,
+            &replacements,
+        )
+        .map_err(|e| StageError {
+            stage: NAME,
+            blame: Blame::Internal,
+            message: e.to_string(),
+        })?;
+        response
+            .replace_frame_parts(pieces)
+            .map_err(|e| StageError::codec(NAME, Blame::Internal, e))?;
         Ok(())
+    }
+}
+
+/// Protected records at least this large in one answer are revealed in
+/// parallel; below it, spawning costs more than it saves.
+const PARALLEL_MIN: usize = 256 << 10;
+
+/// A run of whole batches of one partition to reveal.
+struct Piece {
+    /// Its place among all pieces: pieces of one partition are laid end to
+    /// end in this order.
+    seq: usize,
+    /// Which replacement its output belongs to.
+    replacement: usize,
+    topic: String,
+    access: Access,
+    records: Bytes,
+}
+
+/// What revealing one piece gave: its records and how many, or why the
+/// partition must be withheld.
+type Outcome = Result<(Bytes, u64), String>;
+
+/// Why one pass over a piece did not finish.
+enum PassError {
+    /// Keys not looked up yet (every one the piece names, deduplicated).
+    Missing(Vec<field_rules::Unresolved>),
+    /// The partition must be withheld.
+    Withhold(String),
+}
+
+/// One pass over a piece with the keys known so far. Keys not looked up yet
+/// are collected (the pass goes on, its output discarded), so one lookup
+/// round and one more pass suffice however many keys a piece names.
+fn reveal_piece(
+    protection: &Protection,
+    piece: &Piece,
+    keys: &KeyTable,
+) -> Result<(Bytes, u64), PassError> {
+    let Some(rule) = protection.rules.for_topic(&piece.topic) else {
+        return Err(PassError::Withhold("no rule".into()));
+    };
+    let tokenizer = protection.tokenizer.as_ref();
+    let mut out = BytesMut::with_capacity(piece.records.len());
+    let mut missing: Vec<field_rules::Unresolved> = Vec::new();
+    let mut edit = |r: &mut record_batch::Record| match field_rules::reveal_record(
+        rule,
+        &piece.topic,
+        r,
+        piece.access,
+        keys,
+        tokenizer,
+    ) {
+        Err(RevealError::Unresolved(k)) => {
+            if !missing.iter().any(|m| m.bytes == k.bytes) {
+                missing.push(*k);
+            }
+            Ok(false)
+        }
+        other => other,
+    };
+    let result = record_batch::rewrite(
+        &piece.records,
+        record_batch::DEFAULT_MAX_DECOMPRESSED,
+        &mut out,
+        &mut edit,
+    );
+    if !missing.is_empty() {
+        return Err(PassError::Missing(missing));
+    }
+    match result {
+        Ok(n) => Ok((out.freeze(), n)),
+        Err(RewriteError::Edit(e)) => Err(PassError::Withhold(e.to_string())),
+        // Bytes Custos cannot read may hold anything: nothing leaves.
+        Err(RewriteError::Batch(e)) => Err(PassError::Withhold(format!(
+            "record batch cannot be read: {e}"
+        ))),
+    }
+}
+
+impl Decrypt {
+    /// Reveals every piece, in parallel on the blocking pool when asked:
+    /// passes with the keys known, then one lookup round for the keys the
+    /// passes found missing, then passes again over the pieces that missed
+    /// some. Returns each piece with its outcome, and the keys used.
+    async fn reveal_all(
+        &self,
+        pieces: Vec<Piece>,
+        parallel: bool,
+    ) -> (Vec<(Piece, Outcome)>, KeyTable) {
+        let mut keys = Arc::new(KeyTable::default());
+        let mut pending = pieces;
+        let mut done = Vec::with_capacity(pending.len());
+        // A pass that misses keys is followed by one that has them all (or
+        // their failure); the bound only guards against a key that the
+        // table somehow never answers.
+        for round in 0..3 {
+            let passes = self.run_passes(pending, &keys, parallel).await;
+            let mut retry = Vec::new();
+            let mut lookups = Vec::new();
+            for (piece, pass) in passes {
+                match pass {
+                    Ok(v) => done.push((piece, Ok(v))),
+                    Err(PassError::Withhold(why)) => done.push((piece, Err(why))),
+                    Err(PassError::Missing(_)) if round == 2 => {
+                        done.push((piece, Err("data keys could not be resolved".into())));
+                    }
+                    Err(PassError::Missing(m)) => {
+                        lookups.extend(m.into_iter().map(|k| (k, piece.topic.clone())));
+                        retry.push(piece);
+                    }
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            let table = Arc::make_mut(&mut keys);
+            for (k, topic) in lookups {
+                if table.get(&k.bytes).is_none() {
+                    let found = self.resolve(&k.key_ref, &topic).await;
+                    table.insert(k, found);
+                }
+            }
+            pending = retry;
+        }
+        // Pieces of one partition must stay in order.
+        done.sort_by_key(|(p, _)| p.seq);
+        let keys = Arc::try_unwrap(keys).unwrap_or_else(|shared| (*shared).clone());
+        (done, keys)
+    }
+
+    /// One pass over each piece.
+    async fn run_passes(
+        &self,
+        pieces: Vec<Piece>,
+        keys: &Arc<KeyTable>,
+        parallel: bool,
+    ) -> Vec<(Piece, Result<(Bytes, u64), PassError>)> {
+        if !parallel || pieces.len() < 2 {
+            return pieces
+                .into_iter()
+                .map(|p| {
+                    let r = reveal_piece(&self.protection, &p, keys);
+                    (p, r)
+                })
+                .collect();
+        }
+        let tasks: Vec<_> = pieces
+            .into_iter()
+            .map(|p| {
+                let shell = Piece {
+                    records: Bytes::new(),
+                    topic: p.topic.clone(),
+                    ..p
+                };
+                let protection = self.protection.clone();
+                let keys = keys.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    let r = reveal_piece(&protection, &p, &keys);
+                    (p, r)
+                });
+                (shell, task)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for (shell, task) in tasks {
+            match task.await {
+                Ok(v) => out.push(v),
+                // The piece is lost, so its whole partition is withheld.
+                Err(e) => {
+                    tracing::error!(error = %e, "a decrypt task failed");
+                    out.push((
+                        shell,
+                        Err(PassError::Withhold("decrypt task failed".into())),
+                    ));
+                }
+            }
+        }
+        out
     }
 }

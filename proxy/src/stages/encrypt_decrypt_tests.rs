@@ -29,11 +29,15 @@ const RULES: &str = "
 - {name: values, topics: {prefix: \"enc.\"}, kek: kek, value: true, headers: [pii]}
 - {name: customers, topics: {prefix: \"cust.\"}, kek: kek, json_fields: [\"$.email\"], mask: {keep_last: 4}}
 - {name: profiles, topics: {prefix: \"prof.\"}, kek: kek, json_fields: [\"$.name\"], subject: {json_field: \"$.id\"}}
+- {name: cards, topics: {prefix: \"card.\"}, kek: kek, classification: pci, value: true}
 ";
 
 const POLICIES: &str = r#"
     @id("alice-decrypts")
     permit (principal == User::"alice", action == Action::"Decrypt", resource is Topic);
+    @id("carol-sees-cards")
+    permit (principal == User::"carol", action == Action::"Decrypt", resource is Topic)
+    when { context.classification == "pci" };
 "#;
 
 // ---------------------------------------------------------------- fixtures
@@ -773,4 +777,109 @@ async fn a_tombstone_in_a_per_subject_topic_reaches_the_broker_as_a_tombstone() 
     assert!(!String::from_utf8_lossy(value_of(&sent.records[1])).contains("Bob"));
     let got = fetched(&f.decrypt(true), "alice", &[("prof.a", &stored)]).await;
     assert_eq!(got[0].2, batch);
+}
+
+/// Many batches of 1 KiB values under one topic: (plaintext blob, blob as
+/// the broker holds it).
+async fn large_partition(f: &Fixture, topic: &str, batches: usize) -> (Bytes, Bytes) {
+    let mut plain = BytesMut::new();
+    let mut stored = BytesMut::new();
+    for b in 0..batches {
+        let records: Vec<Record> = (0..8)
+            .map(|i| {
+                let v = format!("{topic}-{b}-{i}-{}", "x".repeat(1000));
+                record(i, Some("k"), Some(&v), &[("pii", "secret"), ("t", "t")])
+            })
+            .collect();
+        let batch = batch_bytes(Compression::None, records);
+        plain.extend_from_slice(&batch);
+        stored.extend_from_slice(&encrypt_one(f, topic, &batch).await);
+    }
+    (plain.freeze(), stored.freeze())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_is_revealed_in_pieces_laid_back_in_order() {
+    let f = fixture();
+    // 2 x 40 batches of 8 KiB: above the size revealed in parallel.
+    let (plain_a, stored_a) = large_partition(&f, "enc.a", 40).await;
+    let (plain_b, stored_b) = large_partition(&f, "enc.b", 40).await;
+    let logs = batch_bytes(Compression::None, vec![record(0, None, Some("log"), &[])]);
+    assert!(stored_a.len() + stored_b.len() >= 2 * (256 << 10) / 2);
+    assert!(record_batch::split_batches(&stored_a, 2).len() == 2);
+    let parts = [("enc.a", &stored_a), ("logs", &logs), ("enc.b", &stored_b)];
+    let got = fetched(&f.decrypt(true), "alice", &parts).await;
+    assert_eq!(got[0], ("enc.a".to_string(), 0, plain_a));
+    assert_eq!(got[1], ("logs".to_string(), 0, logs.clone()));
+    assert_eq!(got[2], ("enc.b".to_string(), 0, plain_b));
+    // Masked, every record of every piece is masked.
+    let got = fetched(&f.decrypt(true), "bob", &parts).await;
+    let mut n = 0;
+    for seg in record_batch::decode(&got[0].2).expect("decode") {
+        let record_batch::Segment::Batch(b) = seg else {
+            panic!("raw segment")
+        };
+        for r in &b.records {
+            assert_eq!(value_of(r), b"***");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 320);
+    // No key: both partitions withheld whole, none answered in part.
+    let stage = Decrypt::new(f.down.clone(), None, f.metrics.clone());
+    let got = fetched(&stage, "alice", &parts).await;
+    assert_eq!(
+        got[0],
+        ("enc.a".to_string(), KAFKA_STORAGE_ERROR, Bytes::new())
+    );
+    assert_eq!(got[1], ("logs".to_string(), 0, logs));
+    assert_eq!(
+        got[2],
+        ("enc.b".to_string(), KAFKA_STORAGE_ERROR, Bytes::new())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subjects_in_one_answer_are_looked_up_in_one_round() {
+    let f = fixture();
+    let mut plain = BytesMut::new();
+    let mut stored = BytesMut::new();
+    for b in 0..40 {
+        let records: Vec<Record> = (0..8)
+            .map(|i| {
+                let v = format!(
+                    "{{\"id\":\"user-{b}-{i}\",\"name\":\"Name {b} {i}\",\"pad\":\"{}\"}}",
+                    "p".repeat(1000)
+                );
+                record(i, None, Some(&v), &[])
+            })
+            .collect();
+        let batch = batch_bytes(Compression::None, records);
+        plain.extend_from_slice(&batch);
+        stored.extend_from_slice(&encrypt_one(&f, "prof.a", &batch).await);
+    }
+    let (plain, stored) = (plain.freeze(), stored.freeze());
+    let got = fetched(&f.decrypt(true), "alice", &[("prof.a", &stored)]).await;
+    assert_eq!(got[0], ("prof.a".to_string(), 0, plain));
+}
+
+#[tokio::test]
+async fn decrypt_policies_see_the_rule_classification() {
+    let f = fixture();
+    let values = batch_bytes(Compression::None, value_records());
+    let cards = batch_bytes(
+        Compression::None,
+        vec![record(0, None, Some("4111-1111-1111-1111"), &[])],
+    );
+    let stored_values = encrypt_one(&f, "enc.a", &values).await;
+    let stored_cards = encrypt_one(&f, "card.a", &cards).await;
+    let parts = [("enc.a", &stored_values), ("card.a", &stored_cards)];
+    // carol may Decrypt data classified pci only.
+    let got = fetched(&f.decrypt(true), "carol", &parts).await;
+    assert_eq!(got[1], ("card.a".to_string(), 0, cards.clone()));
+    let v = only_batch(&got[0].2);
+    assert!(v.records.iter().all(|r| value_of(r) == b"***"));
+    // bob may not Decrypt at all.
+    let got = fetched(&f.decrypt(true), "bob", &parts).await;
+    assert_eq!(value_of(&only_batch(&got[1].2).records[0]), b"***");
 }
