@@ -57,6 +57,13 @@ impl Decrypt {
         }
     }
 
+    /// Cuts large answers into `lanes` pieces revealed in parallel (default:
+    /// the cores available; 1 reveals everything on the session's task).
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
+    }
+
     /// Whether `session`'s principal may see `topic`'s protected parts,
     /// which `rule` classifies: Cedar's `Decrypt` on the topic, with the
     /// rule's classification as `context.classification`. The decision is
