@@ -208,7 +208,8 @@ impl Stage for Decrypt {
             p.seq = seq;
         }
         let (outcomes, keys) = self.reveal_all(pieces, lanes > 1).await;
-        let mut count = [0u64; 2];
+        // Records revealed per replacement, and whether in plaintext.
+        let mut revealed = vec![(0u64, false); replacements.len()];
         for (piece, outcome) in outcomes {
             let rep = &mut replacements[piece.replacement];
             if rep.error_code.is_some() {
@@ -217,7 +218,8 @@ impl Stage for Decrypt {
             match outcome {
                 Ok((records, n)) => {
                     rep.records.push(records);
-                    count[usize::from(piece.access == Access::Plaintext)] += n;
+                    revealed[piece.replacement].0 += n;
+                    revealed[piece.replacement].1 = piece.access == Access::Plaintext;
                 }
                 Err(why) => {
                     self.metrics.decrypt_failure();
@@ -225,6 +227,13 @@ impl Stage for Decrypt {
                     rep.records.clear();
                     rep.error_code = Some(KAFKA_STORAGE_ERROR);
                 }
+            }
+        }
+        // Only partitions answered whole count as revealed.
+        let mut count = [0u64; 2];
+        for (rep, (n, plaintext)) in replacements.iter().zip(&revealed) {
+            if rep.error_code.is_none() {
+                count[usize::from(*plaintext)] += n;
             }
         }
         self.metrics.decrypted_records(count[1], true);

@@ -308,13 +308,18 @@ impl Stage for Encrypt {
             match self.protect(rule, &topic, &records, &mut used).await {
                 Ok(Some(new)) => replaced.push((i, new)),
                 Ok(None) => {}
-                Err((error, message, record_errors)) => failed.push(Failed {
-                    topic,
-                    partition,
-                    error,
-                    message,
-                    record_errors,
-                }),
+                Err((error, message, record_errors)) => {
+                    if error == INVALID_RECORD {
+                        self.metrics.encrypt_failure("invalid_record");
+                    }
+                    failed.push(Failed {
+                        topic,
+                        partition,
+                        error,
+                        message,
+                        record_errors,
+                    });
+                }
             }
         }
         crate::protection::note_keys(

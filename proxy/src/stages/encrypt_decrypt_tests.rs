@@ -442,6 +442,10 @@ async fn invalid_json_fails_the_partition_with_invalid_record_and_nothing_is_for
         !msg.as_str().contains("oops"),
         "no payload in errors: {msg}"
     );
+    assert!(f
+        .metrics
+        .encode()
+        .contains("custos_encrypt_failures_total{reason=\"invalid_record\"} 1"));
 
     // Beside an unprotected topic: that one is forwarded, the failed
     // partition is cut out and its answer merged into the broker's.
