@@ -14,9 +14,9 @@
 
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-use crate::wire::{Reader, WireError};
+use crate::wire::{put_bytes_len, Reader, WireError};
 
 /// Fetch versions this module reads.
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 4..=18;
@@ -124,16 +124,14 @@ pub fn fetch_partitions(
             if version >= 11 {
                 r.i32("preferred read replica")?;
             }
-            let start = r.position();
-            let records = r.nullable_bytes("records")?;
-            let end = r.position();
+            let (records, field) = r.records_field("records")?;
             out.push(PartitionRecords {
                 topic,
                 partition,
                 error_code,
                 error_at,
-                records: records.map(|b| end - b.len()..end),
-                field: start..end,
+                records,
+                field,
             });
             r.tagged_fields()?;
         }
@@ -186,15 +184,7 @@ pub fn splice_records(
         }
         let n: usize = rep.records.iter().map(Bytes::len).sum();
         let mut prefix = BytesMut::with_capacity(5);
-        if flexible {
-            let n = u32::try_from(n)
-                .ok()
-                .and_then(|n| n.checked_add(1))
-                .ok_or(FetchError::TooLong(n))?;
-            put_uvarint(&mut prefix, n);
-        } else {
-            prefix.put_i32(i32::try_from(n).map_err(|_| FetchError::TooLong(n))?);
-        }
+        put_bytes_len(&mut prefix, n, flexible).map_err(FetchError::TooLong)?;
         out.push(prefix.freeze());
         out.extend(rep.records.iter().cloned());
         copied = at(part.field.end);
@@ -202,14 +192,6 @@ pub fn splice_records(
     out.push(frame.slice(copied..));
     out.retain(|b| !b.is_empty());
     Ok(out)
-}
-
-fn put_uvarint(out: &mut BytesMut, mut v: u32) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::wire::{Reader, WireError};
+use crate::wire::{put_bytes_len, Reader, WireError};
 
 /// Produce versions whose bodies this module reads.
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 3..=12;
@@ -86,14 +86,12 @@ pub fn produce_partitions(
         let partitions = r.array_len("partitions")?.unwrap_or(0);
         for _ in 0..partitions {
             let partition = r.i32("partition")?;
-            let start = r.position();
-            let records = r.nullable_bytes("records")?;
-            let end = r.position();
+            let (records, field) = r.records_field("records")?;
             out.push(PartitionRecords {
                 topic,
                 partition,
-                records: records.map(|b| end - b.len()..end),
-                field: start..end,
+                records,
+                field,
             });
             r.tagged_fields()?;
         }
@@ -133,30 +131,12 @@ pub fn splice_records(
     for (i, records) in order {
         let field = &parts[*i].field;
         out.put_slice(&body[copied..field.start]);
-        if flexible {
-            let n = u32::try_from(records.len())
-                .ok()
-                .and_then(|n| n.checked_add(1))
-                .ok_or(ProduceError::TooLong(records.len()))?;
-            put_uvarint(&mut out, n);
-        } else {
-            let n =
-                i32::try_from(records.len()).map_err(|_| ProduceError::TooLong(records.len()))?;
-            out.put_i32(n);
-        }
+        put_bytes_len(&mut out, records.len(), flexible).map_err(ProduceError::TooLong)?;
         out.put_slice(records);
         copied = field.end;
     }
     out.put_slice(&body[copied..]);
     Ok(out.freeze())
-}
-
-fn put_uvarint(out: &mut BytesMut, mut v: u32) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
 }
 
 #[cfg(test)]

@@ -412,49 +412,83 @@ pub fn decode_with_limit(
 ) -> Result<Vec<Segment>, BatchError> {
     let mut out = Vec::new();
     let mut budget = max_decompressed;
-    let mut pos = 0;
-    while pos < records.len() {
+    for entry in Entries::new(records) {
+        out.push(match entry? {
+            Entry::Raw(b) => Segment::Raw(b),
+            Entry::Data(b) => Segment::Batch(decode_batch(b, &mut budget)?),
+        });
+    }
+    Ok(out)
+}
+
+/// One piece of a records blob, as [`Entries`] finds it.
+enum Entry {
+    /// Passed on untouched: a magic 0/1 message set, a control batch, or a
+    /// truncated tail.
+    Raw(Bytes),
+    /// A whole v2 data batch (at least a header long).
+    Data(Bytes),
+}
+
+/// Walks a records blob batch by batch, by the length fields alone.
+struct Entries<'a> {
+    records: &'a Bytes,
+    pos: usize,
+}
+
+impl<'a> Entries<'a> {
+    fn new(records: &'a Bytes) -> Self {
+        Self { records, pos: 0 }
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<Entry, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (records, pos) = (self.records, self.pos);
+        if pos >= records.len() {
+            return None;
+        }
         let rest = records.len() - pos;
+        let tail = |s: &mut Self| {
+            s.pos = records.len();
+            Some(Ok(Entry::Raw(records.slice(pos..))))
+        };
         if rest <= MAGIC_AT {
             // Too short even to say what it is: the tail of a fetch response.
-            out.push(Segment::Raw(records.slice(pos..)));
-            break;
+            return tail(self);
         }
         let size = be_i32(&records[pos + LENGTH_AT..]);
-        if size < 0 {
-            return Err(BatchError::Invalid {
+        let invalid = |s: &mut Self| {
+            s.pos = records.len();
+            Some(Err(BatchError::Invalid {
                 what: "batch length",
                 at: pos + LENGTH_AT,
                 value: i64::from(size),
-            });
-        }
-        let total = LOG_OVERHEAD + size as usize;
+            }))
+        };
+        let Ok(size) = usize::try_from(size) else {
+            return invalid(self);
+        };
+        let total = LOG_OVERHEAD + size;
         if total > rest {
-            out.push(Segment::Raw(records.slice(pos..)));
-            break;
+            return tail(self);
         }
         let entry = records.slice(pos..pos + total);
-        match records[pos + MAGIC_AT] as i8 {
-            0 | 1 => out.push(Segment::Raw(entry)),
-            2 => {
-                if total < HEADER_LEN {
-                    return Err(BatchError::Invalid {
-                        what: "batch length",
-                        at: pos + LENGTH_AT,
-                        value: i64::from(size),
-                    });
-                }
-                if be_i16(&entry[ATTRIBUTES_AT..]) & CONTROL_FLAG != 0 {
-                    out.push(Segment::Raw(entry));
-                } else {
-                    out.push(Segment::Batch(decode_batch(entry, &mut budget)?));
-                }
+        let item = match records[pos + MAGIC_AT] as i8 {
+            0 | 1 => Entry::Raw(entry),
+            2 if total < HEADER_LEN => return invalid(self),
+            2 if be_i16(&entry[ATTRIBUTES_AT..]) & CONTROL_FLAG != 0 => Entry::Raw(entry),
+            2 => Entry::Data(entry),
+            m => {
+                self.pos = records.len();
+                return Some(Err(BatchError::UnknownMagic(m)));
             }
-            m => return Err(BatchError::UnknownMagic(m)),
-        }
-        pos += total;
+        };
+        self.pos += total;
+        Some(Ok(item))
     }
-    Ok(out)
 }
 
 /// Writes segments back: raw segments and clean batches byte for byte, dirty
@@ -551,23 +585,21 @@ fn open_batch(entry: &Bytes, budget: &mut usize) -> Result<(BatchHeader, Bytes),
 
 /// Cuts a records blob at batch boundaries into at most `pieces` parts of
 /// roughly equal size, for revealing them in parallel: [`rewrite`] of each
-/// part, laid end to end, is [`rewrite`] of the whole. A truncated tail
-/// stays with the last part; a blob whose batch lengths do not parse is
-/// returned whole (its rewrite reports the error).
+/// part, laid end to end, is [`rewrite`] of the whole. A blob whose batch
+/// lengths do not parse is returned whole (its rewrite reports the error).
 pub fn split_batches(records: &Bytes, pieces: usize) -> Vec<Bytes> {
     let mut bounds = Vec::new();
     let mut pos = 0;
-    while records.len() - pos > MAGIC_AT {
-        let size = be_i32(&records[pos + LENGTH_AT..]);
-        let Ok(size) = usize::try_from(size) else {
-            return vec![records.clone()];
-        };
-        let total = LOG_OVERHEAD + size;
-        if total > records.len() - pos {
-            break;
+    for entry in Entries::new(records) {
+        match entry {
+            // A truncated tail may end up a part of its own: rewriting it
+            // copies it, as it would at the end of a larger part.
+            Ok(Entry::Raw(b) | Entry::Data(b)) => {
+                pos += b.len();
+                bounds.push(pos);
+            }
+            Err(_) => return vec![records.clone()],
         }
-        pos += total;
-        bounds.push(pos);
     }
     let target = records.len().div_ceil(pieces.max(1));
     let mut out = Vec::with_capacity(pieces);
@@ -614,7 +646,6 @@ pub fn rewrite<E>(
     edit: &mut dyn FnMut(&mut Record) -> Result<bool, E>,
 ) -> Result<u64, RewriteError<E>> {
     let mut budget = max_decompressed;
-    let mut pos = 0;
     let mut count = 0u64;
     let mut rec = Record {
         attributes: 0,
@@ -625,48 +656,14 @@ pub fn rewrite<E>(
         headers: Vec::new(),
     };
     let mut plain = Vec::new();
-    while pos < records.len() {
-        let rest = records.len() - pos;
-        if rest <= MAGIC_AT {
-            out.put_slice(&records[pos..]);
-            break;
-        }
-        let size = be_i32(&records[pos + LENGTH_AT..]);
-        if size < 0 {
-            return Err(BatchError::Invalid {
-                what: "batch length",
-                at: pos + LENGTH_AT,
-                value: i64::from(size),
-            }
-            .into());
-        }
-        let total = LOG_OVERHEAD + size as usize;
-        if total > rest {
-            out.put_slice(&records[pos..]);
-            break;
-        }
-        let entry = records.slice(pos..pos + total);
-        pos += total;
-        match entry[MAGIC_AT] as i8 {
-            0 | 1 => {
-                out.put_slice(&entry);
+    for entry in Entries::new(records) {
+        let entry = match entry? {
+            Entry::Raw(b) => {
+                out.put_slice(&b);
                 continue;
             }
-            2 => {}
-            m => return Err(BatchError::UnknownMagic(m).into()),
-        }
-        if total < HEADER_LEN {
-            return Err(BatchError::Invalid {
-                what: "batch length",
-                at: pos - total + LENGTH_AT,
-                value: i64::from(size),
-            }
-            .into());
-        }
-        if be_i16(&entry[ATTRIBUTES_AT..]) & CONTROL_FLAG != 0 {
-            out.put_slice(&entry);
-            continue;
-        }
+            Entry::Data(b) => b,
+        };
         let (header, data) = open_batch(&entry, &mut budget)?;
         let codec = Compression::from_attributes(header.attributes)?;
         let start = out.len();

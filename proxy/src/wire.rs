@@ -6,6 +6,10 @@
 //! frame can demand gigabytes; this reader never allocates, checks every
 //! length against the bytes actually present, and returns slices of the frame.
 
+use std::ops::Range;
+
+use bytes::{BufMut, BytesMut};
+
 /// Why a field could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -195,6 +199,19 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A RECORDS field where it sits: the records' bytes (`None` when null)
+    /// and the whole field, its length prefix included, as ranges of the
+    /// buffer, for splicing new records in.
+    pub fn records_field(
+        &mut self,
+        what: &'static str,
+    ) -> Result<(Option<Range<usize>>, Range<usize>), WireError> {
+        let start = self.pos;
+        let records = self.nullable_bytes(what)?;
+        let end = self.pos;
+        Ok((records.map(|b| end - b.len()..end), start..end))
+    }
+
     /// An array's element count (`None` for a null array), compact when flexible.
     ///
     /// Every element takes at least one byte, so a count above the bytes left
@@ -238,9 +255,46 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Writes the length prefix of a non-null BYTES or RECORDS field of `n`
+/// bytes: a compact unsigned varint of `n + 1` when flexible, else an INT32.
+/// Fails (with `n`) when the length does not fit.
+pub fn put_bytes_len(out: &mut BytesMut, n: usize, flexible: bool) -> Result<(), usize> {
+    if flexible {
+        let mut v = u32::try_from(n)
+            .ok()
+            .and_then(|v| v.checked_add(1))
+            .ok_or(n)?;
+        while v >= 0x80 {
+            out.put_u8((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.put_u8(v as u8);
+    } else {
+        out.put_i32(i32::try_from(n).map_err(|_| n)?);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_lengths_round_trip_through_the_reader() {
+        for flexible in [false, true] {
+            for n in [0usize, 1, 127, 128, 300, 70_000] {
+                let mut out = BytesMut::new();
+                put_bytes_len(&mut out, n, flexible).expect("fits");
+                out.extend(std::iter::repeat_n(7u8, n));
+                let mut r = Reader::new(&out, flexible);
+                let (records, field) = r.records_field("records").expect("read");
+                assert_eq!(records.map(|r| r.len()), Some(n));
+                assert_eq!(field, 0..out.len());
+            }
+        }
+        let mut out = BytesMut::new();
+        assert_eq!(put_bytes_len(&mut out, usize::MAX, true), Err(usize::MAX));
+    }
 
     #[test]
     fn classic_and_compact_strings() {

@@ -63,6 +63,17 @@ class MotoServer:
         """Environment for a process that should use this server (e.g. Custos)."""
         return dict(DUMMY_CREDENTIALS, AWS_ENDPOINT_URL=self.endpoint, AWS_REGION=self.region)
 
+    def custos_kms_yaml(self) -> str:
+        """The `kms:` entry of a Custos `encryption:` section (two-space
+        indent inside it) that uses this server, with the credentials from
+        the variables `env()` sets."""
+        return ("  kms:\n"
+                "    aws:\n"
+                f"      region: {self.region}\n"
+                f"      endpoint: \"{self.endpoint}\"\n"
+                "      access_key_id_env: AWS_ACCESS_KEY_ID\n"
+                "      secret_access_key_env: AWS_SECRET_ACCESS_KEY\n")
+
     # -- lifecycle --------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> "MotoServer":

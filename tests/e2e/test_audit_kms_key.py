@@ -27,12 +27,7 @@ def config_yaml(d, moto):
             "  checkpoint_interval_ms: 200\n"
             "  instance_id: e2e-kms\n"
             "encryption:\n"
-            "  kms:\n"
-            "    aws:\n"
-            "      region: us-east-1\n"
-            f"      endpoint: \"{moto.endpoint}\"\n"
-            "      access_key_id_env: AWS_ACCESS_KEY_ID\n"
-            "      secret_access_key_env: AWS_SECRET_ACCESS_KEY\n"
+            + moto.custos_kms_yaml() +
             "  kms_calls: {timeout_ms: 1000, max_retries: 1}\n"
             # No field rules: the KMS serves the audit signing key only.
             "  rules: []\n")

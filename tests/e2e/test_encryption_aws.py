@@ -43,12 +43,7 @@ def setup(kafka, tmp_path_factory):
         extra_yaml=("authorization:\n"
                     f"  policies: [\"{policies}\"]\n"
                     "encryption:\n"
-                    "  kms:\n"
-                    "    aws:\n"
-                    "      region: us-east-1\n"
-                    f"      endpoint: \"{moto.endpoint}\"\n"
-                    "      access_key_id_env: AWS_ACCESS_KEY_ID\n"
-                    "      secret_access_key_env: AWS_SECRET_ACCESS_KEY\n"
+                    + moto.custos_kms_yaml() +
                     "  kms_calls:\n"
                     "    timeout_ms: 1000\n"
                     "    max_retries: 1\n"
