@@ -238,7 +238,7 @@ impl fmt::Debug for Header {
 }
 
 /// One record of a v2 batch.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Record {
     /// Record attributes (unused by Kafka so far, kept as read).
     pub attributes: i8,
@@ -647,14 +647,7 @@ pub fn rewrite<E>(
 ) -> Result<u64, RewriteError<E>> {
     let mut budget = max_decompressed;
     let mut count = 0u64;
-    let mut rec = Record {
-        attributes: 0,
-        timestamp_delta: 0,
-        offset_delta: 0,
-        key: None,
-        value: None,
-        headers: Vec::new(),
-    };
+    let mut rec = Record::default();
     let mut plain = Vec::new();
     for entry in Entries::new(records) {
         let entry = match entry? {
@@ -788,14 +781,7 @@ fn read_records(data: &Bytes, count: usize) -> Result<Vec<Record>, BatchError> {
     let mut c = Cursor { buf: data, pos: 0 };
     let mut records = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
     for _ in 0..count {
-        let mut rec = Record {
-            attributes: 0,
-            timestamp_delta: 0,
-            offset_delta: 0,
-            key: None,
-            value: None,
-            headers: Vec::new(),
-        };
+        let mut rec = Record::default();
         read_record(&mut c, &mut rec)?;
         records.push(rec);
     }
