@@ -423,34 +423,64 @@ impl Decrypt {
                 })
                 .collect();
         }
-        let tasks: Vec<_> = pieces
+        // One group of pieces per lane, balanced by size; every group but
+        // one goes to the blocking pool and the last is revealed here, so an
+        // answer costs `lanes - 1` thread hand-offs, not one per piece.
+        let lanes = self.lanes.min(pieces.len());
+        let mut groups: Vec<(usize, Vec<Piece>)> = (0..lanes).map(|_| (0, Vec::new())).collect();
+        let mut by_size = pieces;
+        by_size.sort_by_key(|p| std::cmp::Reverse(p.records.len()));
+        for p in by_size {
+            if let Some(g) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+                g.0 += p.records.len();
+                g.1.push(p);
+            }
+        }
+        let here = groups.pop().map(|(_, g)| g).unwrap_or_default();
+        let tasks: Vec<_> = groups
             .into_iter()
-            .map(|p| {
-                let shell = Piece {
-                    records: Bytes::new(),
-                    topic: p.topic.clone(),
-                    ..p
-                };
+            .map(|(_, group)| {
+                let shells: Vec<Piece> = group
+                    .iter()
+                    .map(|p| Piece {
+                        records: Bytes::new(),
+                        topic: p.topic.clone(),
+                        ..*p
+                    })
+                    .collect();
                 let protection = self.protection.clone();
                 let keys = keys.clone();
                 let task = tokio::task::spawn_blocking(move || {
-                    let r = reveal_piece(&protection, &p, &keys);
-                    (p, r)
+                    group
+                        .into_iter()
+                        .map(|p| {
+                            let r = reveal_piece(&protection, &p, &keys);
+                            (p, r)
+                        })
+                        .collect::<Vec<_>>()
                 });
-                (shell, task)
+                (shells, task)
             })
             .collect();
-        let mut out = Vec::with_capacity(tasks.len());
-        for (shell, task) in tasks {
+        let mut out: Vec<_> = here
+            .into_iter()
+            .map(|p| {
+                let r = reveal_piece(&self.protection, &p, keys);
+                (p, r)
+            })
+            .collect();
+        for (shells, task) in tasks {
             match task.await {
-                Ok(v) => out.push(v),
-                // The piece is lost, so its whole partition is withheld.
+                Ok(v) => out.extend(v),
+                // Those pieces are lost, so their partitions are withheld.
                 Err(e) => {
                     tracing::error!(error = %e, "a decrypt task failed");
-                    out.push((
-                        shell,
-                        Err(PassError::Withhold("decrypt task failed".into())),
-                    ));
+                    out.extend(shells.into_iter().map(|shell| {
+                        (
+                            shell,
+                            Err(PassError::Withhold("decrypt task failed".into())),
+                        )
+                    }));
                 }
             }
         }
