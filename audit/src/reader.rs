@@ -25,10 +25,13 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// the lock outlives the last handle until the epoch garbage is collected —
 /// and that garbage may sit in this very thread's local bag. Reopening right
 /// after a close (tests, a CLI verifying what it just wrote) would fail, so
-/// we flush the epoch garbage and retry for a few seconds. Another process
-/// that holds the store still makes this fail, after the wait.
+/// we flush the epoch garbage and retry. The epoch only advances when every
+/// thread pinned in it moves on, which on a loaded machine running many
+/// threads (CI runs the tests in parallel on 2 cores) took over 3 s once, so
+/// the wait is 10 s. Another process that holds the store still makes this
+/// fail, after the wait.
 fn open_db(dir: &Path) -> Result<sled::Db, AuditError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         // sled's default page cache is 1 GiB; an append-mostly log read in
         // sequential scans needs far less.

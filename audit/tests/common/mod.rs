@@ -101,7 +101,7 @@ pub fn build_store(dir: &Path, chunks: u64, per: u64) {
 /// The store's sled tree, for tampering.
 pub fn raw_tree(dir: &Path) -> (sled::Db, sled::Tree) {
     // sled frees its lock lazily after a close; wait for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let db = loop {
         match sled::open(dir) {
             Ok(db) => break db,
