@@ -40,16 +40,21 @@ fn open_db(dir: &Path) -> Result<sled::Db, AuditError> {
             .cache_capacity(CACHE_BYTES)
             .open()
         {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(e)) if lock_held(&e) && std::time::Instant::now() < deadline => {
                 sled::pin().flush();
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             other => return Ok(other?),
         }
     }
+}
+
+/// Whether sled failed to open because the store's file lock is held. sled
+/// 0.34 reports that as `ErrorKind::Other` with the lock error in the
+/// message, not as `WouldBlock`, so the kind alone never matches.
+fn lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().starts_with("could not acquire lock")
 }
 
 /// A stored checkpoint by the seq it is stored under, or why it does not parse.

@@ -435,15 +435,19 @@ fn parse(token: &SubjectToken, raw: &[u8]) -> Result<Record, StoreError> {
 /// holds the file lock (sled releases it only when its epoch garbage is
 /// collected). Another process holding the store still fails, after the wait.
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
             .open()
         {
+            // sled 0.34 reports a held lock as `Other` with the lock error in
+            // the message, not as `WouldBlock`.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().starts_with("could not acquire lock"))
+                    && Instant::now() < deadline =>
             {
                 sled::pin().flush();
                 std::thread::sleep(Duration::from_millis(5));

@@ -462,19 +462,21 @@ fn public_key(arg: &str) -> anyhow::Result<custos_audit::PublicKey> {
 
 /// Opens a store for offline use, explaining a lock held by a running Custos.
 fn open_store(dir: &std::path::Path) -> anyhow::Result<custos_audit::AuditReader> {
+    // This process has not opened the store, so a held lock is another
+    // process's: say so at once rather than wait for it to go away.
+    let locked = std::fs::File::open(dir.join("db"))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+    if locked {
+        anyhow::bail!(
+            "{}: the audit store is locked by another process (a running Custos keeps \
+             its store locked): stop it first, query it through the admin API \
+             (/v1/audit, /v1/audit/verify, /v1/audit/proof/SEQ), or work on an export",
+            dir.display()
+        );
+    }
     match custos_audit::AuditReader::open(dir) {
         Ok(r) => Ok(r),
         Err(e) => {
-            let locked = std::fs::File::open(dir.join("db"))
-                .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
-            if locked {
-                anyhow::bail!(
-                    "{}: the audit store is locked by another process (a running Custos keeps \
-                     its store locked): stop it first, query it through the admin API \
-                     (/v1/audit, /v1/audit/verify, /v1/audit/proof/SEQ), or work on an export",
-                    dir.display()
-                );
-            }
             if dir.join("manifest.json").is_file() {
                 anyhow::bail!(
                     "{}: this is an audit export, not a store (use --export)",
