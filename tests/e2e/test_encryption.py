@@ -22,7 +22,7 @@ from records import record_headers, record_key, record_value
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="encryption is Custos's; the broker alone stores plaintext")
 
-USERS = {"reader": "reader-pw-1", "analyst": "analyst-pw-2"}
+USERS = {"reader": "reader-pw-1", "analyst": "analyst-pw-2", "auditor": "auditor-pw-3"}
 MECH = "SCRAM-SHA-512"
 # The envelope's first bytes (crypto/FORMAT.md): magic, then format version 1.
 ENVELOPE_MAGIC = bytes([0xC5, 0x7D, 0x01])
@@ -34,6 +34,9 @@ permit (principal, action in Action::"All", resource);
 
 @id("reader-decrypts")
 permit (principal == User::"reader", action == Action::"Decrypt", resource is Topic);
+@id("auditor-sees-pii-only")
+permit (principal == User::"auditor", action == Action::"Decrypt", resource is Topic)
+when { context.classification == "pii" };
 '''
 
 
@@ -281,6 +284,23 @@ def test_invalid_json_is_refused_per_record(setup, kafka):
     assert ok == 0 and errs == {"INVALID_RECORD": 1}, errs
     # Nothing reached the broker.
     assert direct_values(kafka, topic, 0, timeout=3) == []
+
+
+def test_decrypt_policies_see_the_rule_classification(setup, kafka):
+    """`auditor` may Decrypt data its rule classifies `pii` only: plaintext
+    on the customer topic (rule `pii`), masks on the whole-value topic (rule
+    `confidential`)."""
+    gw, _ = setup
+    customers, values = "enc.customers.classified", "enc.values.classified"
+    create(gw, customers)
+    create(gw, values)
+    doc = customer(7)
+    assert rd_produce_values(gw, "reader", customers, [doc]) == (1, {})
+    assert rd_produce_values(gw, "reader", values, [b"confidential-value"]) == (1, {})
+    got = rd_consume(gw.bootstrap, customers, 1, timeout=60, sec=sec("auditor"))
+    assert [r.v for r in got] == [doc]
+    got = rd_consume(gw.bootstrap, values, 1, timeout=60, sec=sec("auditor"))
+    assert [r.v for r in got] == [b"***"]
 
 
 def test_kek_rotation_mid_stream(setup, kafka):
