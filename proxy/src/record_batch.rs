@@ -370,12 +370,7 @@ impl Batch {
             }
             out.put_slice(&compress(codec, &plain)?);
         }
-        let length = i32::try_from(out.len() - start - LOG_OVERHEAD)
-            .map_err(|_| BatchError::TooLong { what: "batch" })?;
-        out[start + LENGTH_AT..start + LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
-        let crc = crc32c::crc32c(&out[start + ATTRIBUTES_AT..]);
-        out[start + CRC_AT..start + CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        Ok(())
+        seal_batch(out, start)
     }
 }
 
@@ -688,13 +683,19 @@ pub fn rewrite<E>(
         if codec != Compression::None {
             out.put_slice(&compress(codec, &plain)?);
         }
-        let length = i32::try_from(out.len() - start - LOG_OVERHEAD)
-            .map_err(|_| BatchError::TooLong { what: "batch" })?;
-        out[start + LENGTH_AT..start + LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
-        let crc = crc32c::crc32c(&out[start + ATTRIBUTES_AT..]);
-        out[start + CRC_AT..start + CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        seal_batch(out, start)?;
     }
     Ok(count)
+}
+
+/// Writes the length and CRC-32C of the batch written to `out` from `start`.
+fn seal_batch(out: &mut BytesMut, start: usize) -> Result<(), BatchError> {
+    let length = i32::try_from(out.len() - start - LOG_OVERHEAD)
+        .map_err(|_| BatchError::TooLong { what: "batch" })?;
+    out[start + LENGTH_AT..start + LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&out[start + ATTRIBUTES_AT..]);
+    out[start + CRC_AT..start + CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
 }
 
 /// A cursor over decompressed records that hands out zero-copy slices.
