@@ -90,13 +90,12 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // Worst case: alternate two connections (principal and context), so the
-    // per-thread caches of the last principal and context never hit.
+    // Two connections (principal and context) alternating on one thread.
     let other_principal = Principal::user("user8", AuthMethod::Mtls).with_groups(["team8"]);
     let other_resource = Resource::Topic("team8.events".to_string());
     let other_ctx = RequestContext::new("10.9.9.9".parse().expect("ip"), true, AuthMethod::Mtls);
     let mut flip = false;
-    c.bench_function("authorize_uncached_100_policies_cold_thread_caches", |b| {
+    c.bench_function("authorize_uncached_100_policies_two_connections", |b| {
         b.iter(|| {
             flip = !flip;
             if flip {
@@ -131,7 +130,31 @@ fn bench(c: &mut Criterion) {
         black_box(engine.authorize(p, Operation::Write, r, x));
         samples.push(start.elapsed());
     }
-    report(&engine, "alternating connections", &mut samples);
+    report(&engine, "two connections alternating", &mut samples);
+    samples.clear();
+    // Worst case: 64 connections in turn, more than the engine's per-thread
+    // memory of recent principals and contexts, so every decision also
+    // builds its principal entity and Cedar context.
+    let many: Vec<(Principal, RequestContext)> = (0..64)
+        .map(|i| {
+            (
+                Principal::user(format!("user{i}"), AuthMethod::Mtls)
+                    .with_groups([format!("team{i}")]),
+                RequestContext::new(
+                    format!("10.2.0.{i}").parse().expect("ip"),
+                    true,
+                    AuthMethod::Mtls,
+                ),
+            )
+        })
+        .collect();
+    for i in 0..20_000 {
+        let (p, x) = &many[i % many.len()];
+        let start = Instant::now();
+        black_box(engine.authorize(p, Operation::Write, &resource, x));
+        samples.push(start.elapsed());
+    }
+    report(&engine, "64 connections in turn", &mut samples);
 }
 
 fn report(engine: &PolicyEngine, what: &str, samples: &mut [Duration]) {

@@ -286,17 +286,37 @@ fn request_entities_and_context_conform_to_the_schema() {
     let e = PolicyEngine::load("", catalog).unwrap();
     let schema = custos_schema().unwrap();
     let p = alice().with_groups(["g1", "g2"]);
-    for r in [
+    for (r, action) in [
         topic("t"),
         topic("untagged"),
         Resource::Group("g".into()),
         Resource::TransactionalId("tx".into()),
         Resource::Cluster,
-    ] {
-        let prepared = e.request(&p, Operation::Read.into(), &r, &ctx()).unwrap();
+    ]
+    .into_iter()
+    .flat_map(|r| Action::all().map(move |a| (r.clone(), a)))
+    .filter(|(r, a)| *a != Action::Decrypt || matches!(r, Resource::Topic(_)))
+    {
+        let prepared = e.request(&p, action, &r, &ctx()).unwrap();
         let (req, entities) = (prepared.request, prepared.entities);
-        // Re-check the engine's schema-free fast path against the schema.
-        Entities::from_entities(entities.iter().cloned(), Some(&schema)).unwrap();
+        // Re-check the engine's schema-free fast path against the schema,
+        // and its assumed transitive closure against one Cedar computes.
+        let checked = Entities::from_entities(entities.iter().cloned(), Some(&schema)).unwrap();
+        for entity in entities.iter() {
+            let ancestors = |store: &Entities| -> std::collections::BTreeSet<String> {
+                store
+                    .ancestors(&entity.uid())
+                    .unwrap()
+                    .map(ToString::to_string)
+                    .collect()
+            };
+            assert_eq!(
+                ancestors(&entities),
+                ancestors(&checked),
+                "{} for {action:?} on {r:?}",
+                entity.uid()
+            );
+        }
         Request::new(
             req.principal().unwrap().clone(),
             req.action().unwrap().clone(),
@@ -671,4 +691,99 @@ fn index_gives_the_same_decisions_as_the_whole_set() {
         checked > 3000 && allowed > 300,
         "{checked} checked, {allowed} allowed"
     );
+}
+
+#[test]
+fn determining_policies_are_the_ids_as_written() {
+    // Cedar's `PolicyId` display escapes quotes and non-ASCII letters; the
+    // audit log must cite the id the policy author wrote.
+    let e = engine(
+        r#"@id("équipe \"a\"") permit(principal == User::"alice", action == Action::"Read", resource);"#,
+    );
+    let d = e.authorize(&alice(), Operation::Read, &topic("orders"), &ctx());
+    assert!(d.allowed);
+    assert_eq!(d.determining_policies, vec!["équipe \"a\"".to_string()]);
+    assert_eq!(e.policy_ids(), ["équipe \"a\"".to_string()]);
+}
+
+#[test]
+fn decisions_hold_across_more_connections_than_the_thread_remembers() {
+    // More principals and contexts than the per-thread memory, in turn and
+    // twice over, so entries are evicted and rebuilt: each decision must
+    // still be its own principal's.
+    let e = engine(
+        r#"permit(principal in Group::"even", action == Action::"Read", resource == Topic::"orders");"#,
+    );
+    for round in 0..2 {
+        for i in 0..20 {
+            let group = if i % 2 == 0 { "even" } else { "odd" };
+            let p = Principal::user(format!("u{i}"), AuthMethod::Mtls).with_groups([group]);
+            let mut c = ctx();
+            c.client_address = format!("10.3.0.{i}").parse().unwrap();
+            let d = e.authorize(&p, Operation::Read, &topic("orders"), &c);
+            assert_eq!(d.allowed, i % 2 == 0, "u{i} round {round}");
+        }
+    }
+}
+
+#[test]
+fn context_values_are_what_cedar_builds() {
+    use cedar_policy::{Context, RestrictedExpression};
+    // The reference: the same attributes through Cedar's public API.
+    let reference = |c: &RequestContext, classification: Option<&str>| {
+        let address = c.client_address.to_canonical().to_string();
+        let mut pairs = vec![
+            (
+                "client_ip".to_string(),
+                RestrictedExpression::new_ip(&address),
+            ),
+            (
+                "client_address".to_string(),
+                RestrictedExpression::new_string(address),
+            ),
+            ("tls".to_string(), RestrictedExpression::new_bool(c.tls)),
+            (
+                "client_id".to_string(),
+                RestrictedExpression::new_string(c.client_id.clone().unwrap_or_default()),
+            ),
+            (
+                "auth_method".to_string(),
+                RestrictedExpression::new_string(c.auth_method.as_str().to_string()),
+            ),
+            (
+                "time".to_string(),
+                RestrictedExpression::new_long(
+                    c.time.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64,
+                ),
+            ),
+        ];
+        if let Some(class) = classification {
+            pairs.push((
+                "classification".to_string(),
+                RestrictedExpression::new_string(class.to_string()),
+            ));
+        }
+        Context::from_pairs(pairs).unwrap()
+    };
+    let as_core = |c: &Context| AsRef::<cedar_policy_core::ast::Context>::as_ref(c).clone();
+    let mut c = ctx();
+    c.client_id = Some("orders-service".into());
+    let mut mapped = ctx();
+    mapped.client_address = "::ffff:10.1.2.3".parse().unwrap();
+    mapped.tls = false;
+    mapped.auth_method = AuthMethod::ScramSha256;
+    let mut v6 = ctx();
+    v6.client_address = "2001:db8::7".parse().unwrap();
+    for c in [c, mapped, v6] {
+        let secs = c.time.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let fast = crate::engine::context_values(&c, secs).unwrap();
+        let fast = Context::from(cedar_policy_core::ast::Context::Value(std::sync::Arc::new(
+            fast,
+        )));
+        assert_eq!(as_core(&fast), as_core(&reference(&c, None)), "{c:?}");
+        let mut d = c.clone();
+        d.classification = Some("pii".into());
+        let decrypt = crate::engine::decrypt_context(&d).unwrap();
+        assert_eq!(as_core(&decrypt), as_core(&reference(&d, Some("pii"))));
+    }
 }

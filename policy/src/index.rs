@@ -10,9 +10,10 @@
 //! answers gives exactly the answer of the whole set.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ActionConstraint, Effect, Entities, EntityTypeName, EntityUid, Policy, PrincipalConstraint,
     ResourceConstraint,
 };
 
@@ -22,15 +23,40 @@ use crate::types::Action;
 pub(crate) const RESOURCE_TYPES: [&str; 4] =
     ["Topic", "ConsumerGroup", "TransactionalId", "Cluster"];
 
+/// One policy, ready to evaluate.
+pub(crate) struct Compiled {
+    /// The id as written in its `@id` annotation.
+    pub(crate) id: String,
+    /// Cedar's rendering of the id, as its evaluation errors cite it.
+    pub(crate) display_id: String,
+    /// Permit or forbid.
+    pub(crate) effect: Effect,
+    /// Scope and clauses as one expression. Cedar's authorizer rebuilds this
+    /// expression on every evaluation (allocating a tree each time); built
+    /// once here it is only interpreted per decision.
+    pub(crate) condition: cedar_policy_core::ast::Expr,
+}
+
+impl Compiled {
+    fn new(policy: &Policy) -> Self {
+        Compiled {
+            id: <cedar_policy::PolicyId as AsRef<str>>::as_ref(policy.id()).to_string(),
+            display_id: policy.id().to_string(),
+            effect: policy.effect(),
+            condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(policy).condition(),
+        }
+    }
+}
+
 /// The policies of one (action, resource type) pair.
 #[derive(Default)]
 struct Bucket {
     // Policies with an unconstrained (or type-only) principal scope.
-    general: PolicySet,
+    general: Vec<Arc<Compiled>>,
     // Policies whose principal scope names an entity (`principal == User::"a"`,
     // `principal in Group::"g"`), under that entity: a request looks up its
     // principal and each of its groups.
-    keyed: HashMap<EntityUid, PolicySet>,
+    keyed: HashMap<EntityUid, Vec<Arc<Compiled>>>,
 }
 
 /// Policies by (action, resource type, principal key).
@@ -41,7 +67,7 @@ pub(crate) struct PolicyIndex {
 
 /// Which policy sets one request must be evaluated against.
 pub(crate) struct Candidates<'a> {
-    pub(crate) sets: Vec<&'a PolicySet>,
+    pub(crate) sets: Vec<&'a [Arc<Compiled>]>,
 }
 
 impl PolicyIndex {
@@ -51,11 +77,12 @@ impl PolicyIndex {
         policies: &[&Policy],
         actions: &[EntityUid],
         action_entities: &Entities,
-    ) -> Result<Self, String> {
+    ) -> Self {
         let mut buckets: Vec<Bucket> = (0..Action::COUNT * RESOURCE_TYPES.len())
             .map(|_| Bucket::default())
             .collect();
         for policy in policies {
+            let compiled = Arc::new(Compiled::new(policy));
             let action_ix = matching_actions(policy, actions, action_entities);
             let resource_ix = matching_resource_types(policy);
             let key = match policy.principal_constraint() {
@@ -71,11 +98,11 @@ impl PolicyIndex {
                         Some(k) => bucket.keyed.entry(k.clone()).or_default(),
                         None => &mut bucket.general,
                     };
-                    set.add((*policy).clone()).map_err(|e| e.to_string())?;
+                    set.push(Arc::clone(&compiled));
                 }
             }
         }
-        Ok(PolicyIndex { buckets })
+        PolicyIndex { buckets }
     }
 
     /// The sets a request must be evaluated against. They are disjoint, so
@@ -93,13 +120,13 @@ impl PolicyIndex {
             .get(action.index() * RESOURCE_TYPES.len() + resource_type)
         {
             if !bucket.general.is_empty() {
-                sets.push(&bucket.general);
+                sets.push(bucket.general.as_slice());
             }
             if !bucket.keyed.is_empty() {
                 sets.extend(
                     std::iter::once(principal)
                         .chain(groups)
-                        .filter_map(|k| bucket.keyed.get(k)),
+                        .filter_map(|k| bucket.keyed.get(k).map(Vec::as_slice)),
                 );
             }
         }
