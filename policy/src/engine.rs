@@ -110,12 +110,13 @@ pub struct PolicyEngine {
     types: Types,
     // Indexed by `Action::index`.
     actions: Vec<EntityUid>,
-    // Indexed by `Action::index`: each action's entity, with its (already
-    // transitively closed) ancestors from the schema, which is how
-    // `action in Action::"Read"` covers a Describe request.
-    action_entities: Vec<SharedEntity>,
+    // Indexed by `Action::index`: a store of that action's entity, with its
+    // (already transitively closed) ancestors from the schema, which is how
+    // `action in Action::"Read"` covers a Describe request, and the cluster
+    // entity. Sized for the two entities a decision adds, so cloning it and
+    // adding them never regrows (and rehashes) the map.
+    base_stores: Vec<CoreEntities>,
     cluster: EntityUid,
-    cluster_entity: SharedEntity,
     index: PolicyIndex,
     // Resource entities already built: a topic's attributes come from the
     // catalog (prefix and regex matches) and building an entity evaluates
@@ -360,12 +361,40 @@ impl PolicyEngine {
         let hierarchy = schema
             .action_entities()
             .map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let action_entities = actions
+        // Two placeholders, added then removed: a map keeps its capacity.
+        let placeholders: Vec<Entity> = (0..2)
+            .map(|i| {
+                Entity::new_no_attrs(
+                    EntityUid::from_type_name_and_id(
+                        types.cluster.clone(),
+                        EntityId::new(format!("custos-capacity-{i}")),
+                    ),
+                    HashSet::new(),
+                )
+            })
+            .collect();
+        let base_stores = actions
             .iter()
             .map(|uid| {
-                hierarchy.get(uid).map(shared).ok_or_else(|| {
+                let action = hierarchy.get(uid).map(shared).ok_or_else(|| {
                     PolicyError::Schema(format!("action {uid} is not in the schema"))
-                })
+                })?;
+                CoreEntities::new()
+                    .add_entities(
+                        [action, shared(&cluster_entity)]
+                            .into_iter()
+                            .chain(placeholders.iter().map(shared)),
+                        None::<&NoEntitiesSchema>,
+                        TCComputation::AssumeAlreadyComputed,
+                        Extensions::all_available(),
+                    )
+                    .and_then(|store| {
+                        store.remove_entities(
+                            placeholders.iter().map(|p| p.uid().as_ref().clone()),
+                            TCComputation::AssumeAlreadyComputed,
+                        )
+                    })
+                    .map_err(|e| PolicyError::Schema(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let in_order: Vec<&cedar_policy::Policy> = policy_ids
@@ -383,9 +412,8 @@ impl PolicyEngine {
             generation: 0,
             types,
             actions,
-            action_entities,
+            base_stores,
             cluster,
-            cluster_entity: shared(&cluster_entity),
             resources: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -605,15 +633,10 @@ impl PolicyEngine {
         // through Cedar's core with that computation skipped. The unit test
         // `request_entities_and_context_conform_to_the_schema` rebuilds it the
         // checked way.
-        let store = CoreEntities::new()
+        let store = self.base_stores[action.index()]
+            .clone()
             .add_entities(
-                [
-                    Arc::clone(&parts.entity),
-                    Arc::clone(&self.action_entities[action.index()]),
-                    Arc::clone(&self.cluster_entity),
-                ]
-                .into_iter()
-                .chain(r_entity),
+                std::iter::once(Arc::clone(&parts.entity)).chain(r_entity),
                 None::<&NoEntitiesSchema>,
                 TCComputation::AssumeAlreadyComputed,
                 Extensions::all_available(),
@@ -644,16 +667,19 @@ impl PolicyEngine {
                 groups.push(uid);
             }
         }
-        let parents = groups.iter().cloned().collect();
-        let attrs = HashMap::from([(
-            "name".to_string(),
-            RestrictedExpression::new_string(p.name.clone()),
-        )]);
-        let entity = Entity::new(uid.clone(), attrs, parents)
-            .map_err(|e| format!("cannot build principal entity: {e}"))?;
+        // Built as Cedar's core holds it: its attribute is a plain string, so
+        // there is nothing for `Entity::new` to evaluate, and no copy to make.
+        let ast_uid = |u: &EntityUid| AsRef::<cedar_policy_core::ast::EntityUID>::as_ref(u).clone();
+        let entity = cedar_policy_core::ast::Entity::new_with_attr_partial_value(
+            ast_uid(&uid),
+            [("name".into(), Value::from(p.name.as_str()).into())],
+            HashSet::new(),
+            groups.iter().map(ast_uid).collect(),
+            [],
+        );
         Ok(PrincipalParts {
             uid,
-            entity: shared(&entity),
+            entity: Arc::new(entity),
             groups,
         })
     }
