@@ -379,6 +379,9 @@ impl PolicyEngine {
                 let action = hierarchy.get(uid).map(shared).ok_or_else(|| {
                     PolicyError::Schema(format!("action {uid} is not in the schema"))
                 })?;
+                let schema_error = |e: cedar_policy_core::entities::err::EntitiesError| {
+                    PolicyError::Schema(e.to_string())
+                };
                 CoreEntities::new()
                     .add_entities(
                         [action, shared(&cluster_entity)]
@@ -388,13 +391,12 @@ impl PolicyEngine {
                         TCComputation::AssumeAlreadyComputed,
                         Extensions::all_available(),
                     )
-                    .and_then(|store| {
-                        store.remove_entities(
-                            placeholders.iter().map(|p| p.uid().as_ref().clone()),
-                            TCComputation::AssumeAlreadyComputed,
-                        )
-                    })
-                    .map_err(|e| PolicyError::Schema(e.to_string()))
+                    .map_err(schema_error)?
+                    .remove_entities(
+                        placeholders.iter().map(|p| p.uid().as_ref().clone()),
+                        TCComputation::AssumeAlreadyComputed,
+                    )
+                    .map_err(schema_error)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let in_order: Vec<&cedar_policy::Policy> = policy_ids
