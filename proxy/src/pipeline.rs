@@ -141,6 +141,13 @@ pub trait Stage: Send + Sync + 'static {
         &[]
     }
 
+    /// Whether, of the keys in [`response_api_keys`](Self::response_api_keys),
+    /// the response at this version needs this stage. A response no stage
+    /// needs is forwarded undecoded, and a large one as it arrives.
+    fn wants_response_version(&self, _key: ApiKey, _version: i16) -> bool {
+        true
+    }
+
     /// Inspects or changes a request before it is forwarded.
     async fn on_request(
         &self,
@@ -202,6 +209,13 @@ impl Pipeline {
     /// Whether any stage wants responses of `key`.
     pub fn wants_response(&self, key: ApiKey) -> bool {
         !self.by_response_key[slot(key)].is_empty()
+    }
+
+    /// Whether any stage wants the response of `key` at `version`.
+    pub fn wants_response_at(&self, key: ApiKey, version: i16) -> bool {
+        self.by_response_key[slot(key)]
+            .iter()
+            .any(|&i| self.stages[i].wants_response_version(key, version))
     }
 
     /// Runs the request stages for this request's api key.

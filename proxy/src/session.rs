@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kafka_protocol::messages::ApiKey;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -275,6 +275,27 @@ where
                     amends,
                     audit,
                 } => {
+                    let wanted = ctx.pipeline.wants_response_at(api_key, api_version)
+                        || !amends.0.is_empty();
+                    if !wanted {
+                        // No stage reads it, so no stage adds audit records:
+                        // the exchange's records are all here already.
+                        submit_audit(ctx, &audit, api_key).await?;
+                        let streamed = tokio::select! {
+                            biased;
+                            _ = abort.cancelled() => return Ok(()),
+                            s = cut_through(&mut frames, &mut client_w, correlation_id) => s?,
+                        };
+                        if let Some(s) = streamed {
+                            ctx.metrics.bytes_out.inc_by(s.bytes);
+                            ctx.metrics.exchange(
+                                api_key,
+                                s.arrived_at.saturating_duration_since(forwarded_at),
+                                request_work + s.first_out.saturating_duration_since(s.arrived_at),
+                            );
+                            continue;
+                        }
+                    }
                     let next = tokio::select! {
                         biased;
                         _ = abort.cancelled() => return Ok(()),
@@ -301,7 +322,7 @@ where
                             format!("broker answered correlation id {got}, expected {correlation_id}"),
                         ));
                     }
-                    let out = if ctx.pipeline.wants_response(api_key) || !amends.0.is_empty() {
+                    let out = if wanted {
                         let mut response = Response::parse(raw, api_key, api_version)
                             .map_err(|e| fail(Blame::Upstream, e.to_string()))?;
                         response.audit = audit.clone();
@@ -343,6 +364,113 @@ where
     }
     let _ = client_w.shutdown().await;
     result
+}
+
+/// Answers at least this large are forwarded as they arrive when no stage
+/// reads them, not read whole first: a consumer that keeps one Fetch in
+/// flight would otherwise wait for each answer twice (broker to Custos, then
+/// Custos to client), and Custos would hold all of it in memory.
+const CUT_THROUGH_MIN_BYTES: usize = 256 * 1024;
+
+/// Largest piece of an answer read from the broker before it is passed on.
+const CUT_THROUGH_CHUNK_BYTES: usize = 256 * 1024;
+
+/// An answer forwarded as it arrived.
+struct Streamed {
+    /// When its length and correlation id had arrived.
+    arrived_at: Instant,
+    /// When its first bytes were written to the client.
+    first_out: Instant,
+    /// Bytes written, length prefix included.
+    bytes: u64,
+}
+
+/// Forwards the broker's next frame to the client as it arrives, if it is
+/// large, whole in the framer's buffer not yet, and answers
+/// `correlation_id`. Otherwise consumes nothing (the framer's buffer may
+/// gain the frame's first bytes) and returns `None`, and the caller reads
+/// the frame whole, which also reports a wrong correlation id or a closed
+/// connection.
+async fn cut_through<R, W>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    client_w: &mut W,
+    correlation_id: i32,
+) -> Result<Option<Streamed>, SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let from_broker =
+        |e: std::io::Error| fail(Blame::Upstream, format!("reading from broker: {e}"));
+    let to_client = |e: std::io::Error| {
+        if is_hangup(&e) {
+            client_left(format!(
+                "client disconnected before its response was written: {e}"
+            ))
+        } else {
+            fail(Blame::Client, format!("writing to client: {e}"))
+        }
+    };
+    // The length and correlation id, read into the framer's own buffer so
+    // that the whole-frame path finds them if this one is not taken.
+    while frames.read_buffer().len() < 8 {
+        let mut head = [0u8; 8];
+        let want = 8 - frames.read_buffer().len();
+        let n = frames
+            .get_mut()
+            .read(&mut head[..want])
+            .await
+            .map_err(from_broker)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        frames.read_buffer_mut().extend_from_slice(&head[..n]);
+    }
+    let arrived_at = Instant::now();
+    let buffered = frames.read_buffer();
+    let len = i32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]);
+    let corr = i32::from_be_bytes([buffered[4], buffered[5], buffered[6], buffered[7]]);
+    let Ok(len) = usize::try_from(len) else {
+        return Ok(None);
+    };
+    let total = len + 4;
+    if !(CUT_THROUGH_MIN_BYTES..=MAX_RESPONSE_BYTES).contains(&len)
+        || corr != correlation_id
+        || buffered.len() >= total
+    {
+        return Ok(None);
+    }
+    client_w.write_all(buffered).await.map_err(to_client)?;
+    let first_out = Instant::now();
+    let mut remaining = total - buffered.len();
+    frames.read_buffer_mut().clear();
+    let mut chunk = bytes::BytesMut::with_capacity(CUT_THROUGH_CHUNK_BYTES.min(remaining));
+    while remaining > 0 {
+        chunk.clear();
+        let limit = remaining.min(CUT_THROUGH_CHUNK_BYTES) as u64;
+        let n = (&mut *frames.get_mut())
+            .take(limit)
+            .read_buf(&mut chunk)
+            .await
+            .map_err(from_broker)?;
+        if n == 0 {
+            return Err(fail(
+                Blame::Upstream,
+                format!(
+                    "broker closed the connection inside an answer ({} of {total} bytes forwarded)",
+                    total - remaining
+                ),
+            ));
+        }
+        client_w.write_all(&chunk).await.map_err(to_client)?;
+        remaining -= n;
+    }
+    client_w.flush().await.map_err(to_client)?;
+    Ok(Some(Streamed {
+        arrived_at,
+        first_out,
+        bytes: total as u64,
+    }))
 }
 
 /// Hands an exchange's audit records to the log; if they cannot be recorded
@@ -572,6 +700,89 @@ mod tests {
         r.broker.write_all(&response(99, 0)).await.expect("w");
         let err = r.task.await.expect("join").expect_err("refused");
         assert_eq!(err.blame, Blame::Upstream);
+    }
+
+    /// A response frame of `len` body bytes: correlation id, header tagged
+    /// fields, then a pattern that shows any byte out of place.
+    fn big_response(corr: i32, len: usize) -> Vec<u8> {
+        let mut b = BytesMut::with_capacity(len);
+        b.put_i32(corr);
+        b.put_u8(0);
+        while b.len() < len {
+            b.put_u8((b.len() % 251) as u8);
+        }
+        frame(&b)
+    }
+
+    #[tokio::test]
+    async fn large_answers_are_forwarded_as_they_arrive_and_in_order() {
+        let mut r = rig();
+        let mut burst = metadata(1);
+        burst.extend(metadata(2));
+        burst.extend(metadata(3));
+        r.client.write_all(&burst).await.expect("write");
+        for _ in 0..3 {
+            read_frame(&mut r.broker).await.expect("forwarded");
+        }
+        let first = big_response(1, 1 << 20);
+        let second = response(2, 0xcc);
+        let third = big_response(3, 300 * 1024);
+        let (head, rest) = first.split_at(first.len() / 2);
+        let (mut broker, head, rest) = (r.broker, head.to_vec(), rest.to_vec());
+        let (second_c, third_c) = (second.clone(), third.clone());
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            broker.write_all(&head).await.expect("w");
+            // The rest only once the client has seen the beginning: an
+            // answer read whole before forwarding would never get there.
+            go_rx.await.expect("go");
+            broker.write_all(&rest).await.expect("w");
+            // A small answer and the start of a large one in one write.
+            let mut tail = second_c;
+            tail.extend_from_slice(&third_c);
+            broker.write_all(&tail).await.expect("w");
+            broker
+        });
+        let mut start = vec![0u8; 64 * 1024];
+        tokio::time::timeout(Duration::from_secs(5), r.client.read_exact(&mut start))
+            .await
+            .expect("the beginning of the answer arrives before its end")
+            .expect("read");
+        assert_eq!(start, first[..start.len()]);
+        go_tx.send(()).expect("go");
+        let mut rest_of_first = vec![0u8; first.len() - start.len()];
+        r.client.read_exact(&mut rest_of_first).await.expect("read");
+        assert_eq!(rest_of_first, first[start.len()..]);
+        let got = read_frame(&mut r.client).await.expect("second");
+        assert_eq!(got, second[4..]);
+        let got = read_frame(&mut r.client).await.expect("third");
+        assert_eq!(got, third[4..]);
+        let _broker = writer.await.expect("join");
+        drop(r.client);
+        assert!(r.task.await.expect("join").is_ok());
+    }
+
+    #[tokio::test]
+    async fn broker_closing_inside_a_large_answer_is_the_brokers_fault() {
+        let mut r = rig();
+        r.client.write_all(&metadata(1)).await.expect("write");
+        read_frame(&mut r.broker).await.expect("forwarded");
+        let answer = big_response(1, 1 << 20);
+        let mut broker = r.broker;
+        let half = answer[..answer.len() / 2].to_vec();
+        tokio::spawn(async move {
+            broker.write_all(&half).await.expect("w");
+            drop(broker);
+        });
+        let mut got = Vec::new();
+        r.client.read_to_end(&mut got).await.expect("read");
+        assert!(
+            got.len() < answer.len(),
+            "the client never sees a whole answer"
+        );
+        let err = r.task.await.expect("join").expect_err("cut short");
+        assert_eq!(err.blame, Blame::Upstream);
+        assert!(err.message.contains("inside an answer"), "{}", err.message);
     }
 
     #[tokio::test]

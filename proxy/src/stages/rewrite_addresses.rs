@@ -91,6 +91,10 @@ impl Stage for RewriteAddresses {
         ]
     }
 
+    fn wants_response_version(&self, key: ApiKey, version: i16) -> bool {
+        may_carry_endpoints(key, version)
+    }
+
     async fn on_response(
         &self,
         _session: &SessionInfo,
