@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{write_frame, write_frame_parts, FrameCodec};
@@ -277,16 +277,20 @@ where
                 } => {
                     let wanted = ctx.pipeline.wants_response_at(api_key, api_version)
                         || !amends.0.is_empty();
-                    if !wanted {
+                    let taken = if wanted {
+                        CutThrough::NotTaken
+                    } else {
                         // No stage reads it, so no stage adds audit records:
                         // the exchange's records are all here already.
                         submit_audit(ctx, &audit, api_key).await?;
-                        let streamed = tokio::select! {
+                        tokio::select! {
                             biased;
                             _ = abort.cancelled() => return Ok(()),
                             s = cut_through(&mut frames, &mut client_w, correlation_id) => s?,
-                        };
-                        if let Some(s) = streamed {
+                        }
+                    };
+                    let next = match taken {
+                        CutThrough::Streamed(s) => {
                             ctx.metrics.bytes_out.inc_by(s.bytes);
                             ctx.metrics.exchange(
                                 api_key,
@@ -295,11 +299,12 @@ where
                             );
                             continue;
                         }
-                    }
-                    let next = tokio::select! {
-                        biased;
-                        _ = abort.cancelled() => return Ok(()),
-                        f = frames.next() => f,
+                        CutThrough::Whole(raw) => Some(Ok(raw)),
+                        CutThrough::NotTaken => tokio::select! {
+                            biased;
+                            _ = abort.cancelled() => return Ok(()),
+                            f = frames.next() => f,
+                        },
                     };
                     let raw = match next {
                         None => {
@@ -375,6 +380,16 @@ const CUT_THROUGH_MIN_BYTES: usize = 256 * 1024;
 /// Largest piece of an answer read from the broker before it is passed on.
 const CUT_THROUGH_CHUNK_BYTES: usize = 256 * 1024;
 
+/// What [`cut_through`] did with the broker's next frame.
+enum CutThrough {
+    /// Forwarded it as it arrived.
+    Streamed(Streamed),
+    /// It was already whole in the buffer: here it is.
+    Whole(Bytes),
+    /// Left it, incomplete, for the framer to read whole.
+    NotTaken,
+}
+
 /// An answer forwarded as it arrived.
 struct Streamed {
     /// When its length and correlation id had arrived.
@@ -386,16 +401,15 @@ struct Streamed {
 }
 
 /// Forwards the broker's next frame to the client as it arrives, if it is
-/// large, whole in the framer's buffer not yet, and answers
-/// `correlation_id`. Otherwise consumes nothing (the framer's buffer may
-/// gain the frame's first bytes) and returns `None`, and the caller reads
-/// the frame whole, which also reports a wrong correlation id or a closed
-/// connection.
+/// large, not yet whole in the framer's buffer, and answers
+/// `correlation_id`. A frame already whole in the buffer is returned; any
+/// other is left for the framer to read whole (which also reports a wrong
+/// correlation id or a closed connection).
 async fn cut_through<R, W>(
     frames: &mut FramedRead<R, FrameCodec>,
     client_w: &mut W,
     correlation_id: i32,
-) -> Result<Option<Streamed>, SessionError>
+) -> Result<CutThrough, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -422,7 +436,7 @@ where
             .await
             .map_err(from_broker)?;
         if n == 0 {
-            return Ok(None);
+            return Ok(CutThrough::NotTaken);
         }
         frames.read_buffer_mut().extend_from_slice(&head[..n]);
     }
@@ -430,15 +444,20 @@ where
     let buffered = frames.read_buffer();
     let len = i32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]);
     let corr = i32::from_be_bytes([buffered[4], buffered[5], buffered[6], buffered[7]]);
-    let Ok(len) = usize::try_from(len) else {
-        return Ok(None);
-    };
-    let total = len + 4;
-    if !(CUT_THROUGH_MIN_BYTES..=MAX_RESPONSE_BYTES).contains(&len)
+    let total = usize::try_from(len).map_or(0, |len| len + 4);
+    if !(CUT_THROUGH_MIN_BYTES + 4..=MAX_RESPONSE_BYTES + 4).contains(&total)
         || corr != correlation_id
         || buffered.len() >= total
     {
-        return Ok(None);
+        // The framer decodes only after reading more, so a frame already
+        // whole here (or a bad length) is dealt with now, not after the
+        // broker's next bytes.
+        let mut codec = *frames.decoder();
+        return match codec.decode(frames.read_buffer_mut()) {
+            Ok(Some(raw)) => Ok(CutThrough::Whole(raw)),
+            Ok(None) => Ok(CutThrough::NotTaken),
+            Err(e) => Err(fail(Blame::Upstream, format!("bad frame from broker: {e}"))),
+        };
     }
     client_w.write_all(buffered).await.map_err(to_client)?;
     let first_out = Instant::now();
@@ -466,7 +485,7 @@ where
         remaining -= n;
     }
     client_w.flush().await.map_err(to_client)?;
-    Ok(Some(Streamed {
+    Ok(CutThrough::Streamed(Streamed {
         arrived_at,
         first_out,
         bytes: total as u64,
@@ -783,6 +802,41 @@ mod tests {
         let err = r.task.await.expect("join").expect_err("cut short");
         assert_eq!(err.blame, Blame::Upstream);
         assert!(err.message.contains("inside an answer"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn a_last_answer_shorter_than_its_header_is_not_left_waiting() {
+        // Eight bytes (length 4, correlation id) make the whole frame, and
+        // the broker sends nothing after it: it must still be dealt with.
+        let mut r = rig();
+        r.client.write_all(&metadata(5)).await.expect("write");
+        read_frame(&mut r.broker).await.expect("forwarded");
+        r.broker
+            .write_all(&frame(&5i32.to_be_bytes()))
+            .await
+            .expect("w");
+        let got = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut r.client))
+            .await
+            .expect("answered without waiting for more bytes")
+            .expect("frame");
+        assert_eq!(got, 5i32.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_negative_answer_length_is_refused_at_once() {
+        let mut r = rig();
+        r.client.write_all(&metadata(1)).await.expect("write");
+        read_frame(&mut r.broker).await.expect("forwarded");
+        let mut bad = (-5i32).to_be_bytes().to_vec();
+        bad.extend_from_slice(&1i32.to_be_bytes());
+        r.broker.write_all(&bad).await.expect("w");
+        let err = tokio::time::timeout(Duration::from_secs(5), r.task)
+            .await
+            .expect("no wait for more bytes")
+            .expect("join")
+            .expect_err("refused");
+        assert_eq!(err.blame, Blame::Upstream);
+        assert!(err.message.contains("negative"), "{}", err.message);
     }
 
     #[tokio::test]
