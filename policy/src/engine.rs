@@ -617,7 +617,7 @@ impl PolicyEngine {
         resource: &Resource,
         ctx: &RequestContext,
     ) -> Result<Prepared, String> {
-        let parts = cached_principal(principal, |p| self.principal_entity(p))?;
+        let parts = cached_principal(principal, |p| self.principal_entity(p));
         let (r_uid, r_entity) = self.resource_entity(resource)?;
         let context = if action == Action::Decrypt {
             decrypt_context(ctx)?
@@ -655,7 +655,7 @@ impl PolicyEngine {
     }
 
     /// The principal's uid, entity, and group uids (deduplicated).
-    fn principal_entity(&self, p: &Principal) -> Result<PrincipalParts, String> {
+    fn principal_entity(&self, p: &Principal) -> PrincipalParts {
         let ty = match p.kind {
             PrincipalKind::User => &self.types.user,
             PrincipalKind::ServiceAccount => &self.types.service_account,
@@ -679,11 +679,11 @@ impl PolicyEngine {
             groups.iter().map(ast_uid).collect(),
             [],
         );
-        Ok(PrincipalParts {
+        PrincipalParts {
             uid,
             entity: Arc::new(entity),
             groups,
-        })
+        }
     }
 
     /// The resource's uid, and its entity unless it is the prebuilt cluster.
@@ -760,7 +760,7 @@ impl PolicyEngine {
 
 /// A policy id as written in its `@id` annotation. `PolicyId`'s `Display`
 /// escapes it (and costs a formatter run per decision).
-fn id_str(id: &PolicyId) -> &str {
+pub(crate) fn id_str(id: &PolicyId) -> &str {
     <PolicyId as AsRef<str>>::as_ref(id)
 }
 
@@ -821,14 +821,14 @@ pub(crate) struct PrincipalParts {
 
 fn cached_principal(
     principal: &Principal,
-    build: impl FnOnce(&Principal) -> Result<PrincipalParts, String>,
-) -> Result<Arc<PrincipalParts>, String> {
+    build: impl FnOnce(&Principal) -> PrincipalParts,
+) -> Arc<PrincipalParts> {
     if let Some(hit) = PRINCIPALS.with_borrow_mut(|recent| recent.get(|p| p == principal)) {
-        return Ok(hit);
+        return hit;
     }
-    let parts = Arc::new(build(principal)?);
+    let parts = Arc::new(build(principal));
     PRINCIPALS.with_borrow_mut(|recent| recent.put(principal.clone(), Arc::clone(&parts)));
-    Ok(parts)
+    parts
 }
 
 fn cached_context(ctx: &RequestContext) -> Result<Context, String> {

@@ -40,7 +40,7 @@ pub(crate) struct Compiled {
 impl Compiled {
     fn new(policy: &Policy) -> Self {
         Compiled {
-            id: <cedar_policy::PolicyId as AsRef<str>>::as_ref(policy.id()).to_string(),
+            id: crate::engine::id_str(policy.id()).to_string(),
             display_id: policy.id().to_string(),
             effect: policy.effect(),
             condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(policy).condition(),

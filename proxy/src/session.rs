@@ -58,6 +58,17 @@ fn is_hangup(e: &std::io::Error) -> bool {
     )
 }
 
+/// A failed write of a response to the client: a hang-up is routine.
+fn client_write_error(e: std::io::Error) -> SessionError {
+    if is_hangup(&e) {
+        client_left(format!(
+            "client disconnected before its response was written: {e}"
+        ))
+    } else {
+        fail(Blame::Client, format!("writing to client: {e}"))
+    }
+}
+
 fn client_left(message: String) -> SessionError {
     SessionError {
         blame: Blame::Client,
@@ -416,15 +427,6 @@ where
 {
     let from_broker =
         |e: std::io::Error| fail(Blame::Upstream, format!("reading from broker: {e}"));
-    let to_client = |e: std::io::Error| {
-        if is_hangup(&e) {
-            client_left(format!(
-                "client disconnected before its response was written: {e}"
-            ))
-        } else {
-            fail(Blame::Client, format!("writing to client: {e}"))
-        }
-    };
     // The length and correlation id, read into the framer's own buffer so
     // that the whole-frame path finds them if this one is not taken.
     while frames.read_buffer().len() < 8 {
@@ -459,7 +461,10 @@ where
             Err(e) => Err(fail(Blame::Upstream, format!("bad frame from broker: {e}"))),
         };
     }
-    client_w.write_all(buffered).await.map_err(to_client)?;
+    client_w
+        .write_all(buffered)
+        .await
+        .map_err(client_write_error)?;
     let first_out = Instant::now();
     let mut remaining = total - buffered.len();
     frames.read_buffer_mut().clear();
@@ -481,10 +486,13 @@ where
                 ),
             ));
         }
-        client_w.write_all(&chunk).await.map_err(to_client)?;
+        client_w
+            .write_all(&chunk)
+            .await
+            .map_err(client_write_error)?;
         remaining -= n;
     }
-    client_w.flush().await.map_err(to_client)?;
+    client_w.flush().await.map_err(client_write_error)?;
     Ok(CutThrough::Streamed(Streamed {
         arrived_at,
         first_out,
@@ -520,15 +528,7 @@ async fn write_client<W: AsyncWrite + Unpin>(
         [one] => write_frame(w, one).await,
         _ => write_frame_parts(w, parts).await,
     };
-    written.map_err(|e| {
-        if is_hangup(&e) {
-            client_left(format!(
-                "client disconnected before its response was written: {e}"
-            ))
-        } else {
-            fail(Blame::Client, format!("writing to client: {e}"))
-        }
-    })?;
+    written.map_err(client_write_error)?;
     let len: usize = parts.iter().map(Bytes::len).sum();
     ctx.metrics.bytes_out.inc_by(len as u64 + 4);
     Ok(())
