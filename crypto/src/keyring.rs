@@ -8,7 +8,10 @@
 //! environment variable); every version's associated data names its key and
 //! version, so entries cannot be swapped or renamed. Old versions stay in the
 //! file (retired ones unwrap old DEKs but never wrap new ones), and the proxy
-//! re-reads the file when it changes.
+//! re-reads the file when it changes. A retired version can finally be
+//! destroyed: its encrypted key bytes leave the file, so every DEK it wrapped,
+//! and every record under those DEKs, is unrecoverable (copies of the file
+//! made before, such as backups, still hold it).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -132,6 +135,16 @@ pub enum KeyringError {
         name: String,
         /// The current version.
         version: u32,
+    },
+    /// Only a retired version may be destroyed.
+    #[error("KEK {name} version {version} is {state}; retire it before destroying it")]
+    CannotDestroyUnretired {
+        /// The key's name.
+        name: String,
+        /// The version asked for.
+        version: u32,
+        /// Its state.
+        state: KekState,
     },
     /// A KEK name outside the accepted alphabet or length.
     #[error("invalid KEK name {name:?}: use 1-128 characters from A-Z a-z 0-9 . _ - / :")]
@@ -289,6 +302,8 @@ pub enum KekState {
     Active,
     /// Only unwraps DEKs wrapped before it was retired.
     Retired,
+    /// Its key bytes are gone: it unwraps nothing, ever again.
+    Destroyed,
 }
 
 impl std::fmt::Display for KekState {
@@ -296,6 +311,7 @@ impl std::fmt::Display for KekState {
         f.write_str(match self {
             KekState::Active => "active",
             KekState::Retired => "retired",
+            KekState::Destroyed => "destroyed",
         })
     }
 }
@@ -330,7 +346,8 @@ struct StoredVersion {
     version: u32,
     state: KekState,
     created: u64,
-    /// base64 of nonce ‖ encrypted KEK ‖ tag under the master key.
+    /// base64 of nonce ‖ encrypted KEK ‖ tag under the master key; empty
+    /// once destroyed.
     wrapped: String,
 }
 
@@ -527,6 +544,40 @@ impl LocalKeyring {
         })
     }
 
+    /// Destroys a retired version: its key bytes leave the file, so every DEK
+    /// it wrapped (and all data under those DEKs) becomes unrecoverable.
+    /// Irreversible. Destroying twice is a no-op.
+    pub fn destroy(&self, name: &str, version: u32) -> Result<(), KeyringError> {
+        self.mutate(|file, _| {
+            let versions = file
+                .keys
+                .get_mut(name)
+                .ok_or_else(|| KeyringError::UnknownKek {
+                    name: name.to_owned(),
+                })?;
+            let entry = versions
+                .iter_mut()
+                .find(|v| v.version == version)
+                .ok_or_else(|| KeyringError::UnknownVersion {
+                    name: name.to_owned(),
+                    version,
+                })?;
+            match entry.state {
+                KekState::Destroyed => Ok(()),
+                KekState::Active => Err(KeyringError::CannotDestroyUnretired {
+                    name: name.to_owned(),
+                    version,
+                    state: entry.state,
+                }),
+                KekState::Retired => {
+                    entry.state = KekState::Destroyed;
+                    entry.wrapped.clear();
+                    Ok(())
+                }
+            }
+        })
+    }
+
     /// Every KEK version in the file, by name then version (no key bytes).
     pub fn list(&self) -> Result<Vec<KekInfo>, KeyringError> {
         self.reload_now()?;
@@ -667,6 +718,16 @@ impl LocalKeyring {
         let snap = self.snapshot_no_check();
         if snap.keks.contains_key(&(name.to_owned(), version)) {
             return Ok(snap);
+        }
+        let destroyed = snap.file.keys.get(name).is_some_and(|vs| {
+            vs.iter()
+                .any(|v| v.version == version && v.state == KekState::Destroyed)
+        });
+        if destroyed {
+            return Err(KmsError::Destroyed {
+                kek_id: name.to_owned(),
+                version,
+            });
         }
         Err(KmsError::UnknownKey {
             kek_id: name.to_owned(),
@@ -962,7 +1023,23 @@ fn load(path: &Path, master: &MasterKey) -> Result<Loaded, KeyringError> {
     let mut keks = BTreeMap::new();
     for (name, versions) in &file.keys {
         validate_name(name).map_err(|_| corrupt(format!("invalid KEK name {name:?}")))?;
+        let mut seen = std::collections::BTreeSet::new();
         for v in versions {
+            if !seen.insert(v.version) {
+                return Err(corrupt(format!(
+                    "KEK {name} version {} appears twice",
+                    v.version
+                )));
+            }
+            if v.state == KekState::Destroyed {
+                if !v.wrapped.is_empty() {
+                    return Err(corrupt(format!(
+                        "KEK {name} version {} is destroyed but still holds key bytes",
+                        v.version
+                    )));
+                }
+                continue;
+            }
             let rejected = || KeyringError::KekRejected {
                 name: name.clone(),
                 version: v.version,
@@ -972,15 +1049,8 @@ fn load(path: &Path, master: &MasterKey) -> Result<Loaded, KeyringError> {
                 .map_err(|_| rejected())?;
             let kek = open(&aead, &kek_aad(name, v.version), &blob).map_err(|()| rejected())?;
             let key = aead_key(&kek[..]).map_err(|()| rejected())?;
-            let slot = (name.clone(), v.version);
-            if keks.contains_key(&slot) {
-                return Err(corrupt(format!(
-                    "KEK {name} version {} appears twice",
-                    v.version
-                )));
-            }
             keks.insert(
-                slot,
+                (name.clone(), v.version),
                 Kek {
                     key,
                     state: v.state,
@@ -1163,6 +1233,78 @@ mod tests {
         assert_eq!(moved.kek_version, 2);
         let back = kr.decrypt_data_key(&moved, &c).await.expect("moved");
         assert_eq!(*back, *old.plaintext);
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_version_leaves_the_file_and_unwraps_nothing() {
+        let (_d, path, kr) = fresh();
+        kr.create("orders").expect("create");
+        let c = ctx(&[("topic", "orders")]);
+        let old = kr.generate_data_key("orders", &c).await.expect("gen");
+        let err = kr.destroy("orders", 1).expect_err("active");
+        assert_eq!(
+            err.to_string(),
+            "KEK orders version 1 is active; retire it before destroying it"
+        );
+        kr.rotate("orders").expect("rotate");
+        let new = kr.generate_data_key("orders", &c).await.expect("gen");
+        let before = std::fs::read_to_string(&path).expect("read");
+        let v1_bytes = serde_json::from_str::<serde_json::Value>(&before).expect("json")["keys"]
+            ["orders"][0]["wrapped"]
+            .as_str()
+            .expect("wrapped")
+            .to_owned();
+        assert!(matches!(
+            kr.destroy("orders", 1),
+            Err(KeyringError::CannotDestroyUnretired { .. })
+        ));
+        kr.retire("orders", 1).expect("retire");
+        kr.destroy("orders", 1).expect("destroy");
+        kr.destroy("orders", 1)
+            .expect("destroying twice is a no-op");
+        assert!(matches!(
+            kr.destroy("orders", 7),
+            Err(KeyringError::UnknownVersion { version: 7, .. })
+        ));
+        let after = std::fs::read_to_string(&path).expect("read");
+        assert!(!after.contains(&v1_bytes), "the key bytes left the file");
+        let err = kr
+            .decrypt_data_key(&old.wrapped, &c)
+            .await
+            .expect_err("destroyed");
+        assert!(
+            matches!(&err, KmsError::Destroyed { kek_id, version: 1 } if kek_id == "orders"),
+            "{err:?}"
+        );
+        assert!(!err.retryable());
+        // v2 is untouched, and a fresh process reads the file the same way.
+        let back = kr.decrypt_data_key(&new.wrapped, &c).await.expect("v2");
+        assert_eq!(*back, *new.plaintext);
+        let reopened = LocalKeyring::open(&path, master()).expect("reopen");
+        assert!(matches!(
+            reopened.decrypt_data_key(&old.wrapped, &c).await,
+            Err(KmsError::Destroyed { version: 1, .. })
+        ));
+        let states: Vec<_> = reopened
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|k| (k.version, k.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![(1, KekState::Destroyed), (2, KekState::Active)]
+        );
+        // A "destroyed" entry that still carries key bytes is refused.
+        let mut doc: serde_json::Value = serde_json::from_str(&after).expect("json");
+        doc["keys"]["orders"][0]["wrapped"] = serde_json::Value::String(v1_bytes);
+        std::fs::write(&path, serde_json::to_vec(&doc).expect("json")).expect("write");
+        let err = LocalKeyring::open(&path, master()).expect_err("corrupt");
+        assert!(
+            err.to_string()
+                .contains("destroyed but still holds key bytes"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

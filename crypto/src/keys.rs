@@ -292,6 +292,15 @@ impl SubjectCache {
         c.current.retain(|t| t != token);
         c.by_version.retain(|(t, _)| t != token);
     }
+
+    /// Drops every unwrapped key (which KEK version wrapped each is not
+    /// kept), so the next use asks the store and the KMS again.
+    fn forget_all(&self) {
+        let mut c = self.lock();
+        c.generation += 1;
+        c.current.retain(|_| false);
+        c.by_version.retain(|_| false);
+    }
 }
 
 /// The DEK cache and rotation policy (see the module docs).
@@ -515,10 +524,22 @@ impl KeyManager {
             }
             _ => return Err(KeyError::UnknownSubjectKey),
         };
-        let key = self
+        let key = match self
             .kms
             .decrypt_data_key(&wrapped, &subject_context(token))
-            .await?;
+            .await
+        {
+            Ok(key) => key,
+            // Its KEK version is gone for good: as final as a shredding.
+            Err(KmsError::Destroyed { .. }) => {
+                self.subject_cache
+                    .lock()
+                    .by_version
+                    .insert((*token, version), CachedSubject::Erased);
+                return Err(KeyError::Erased { version });
+            }
+            Err(e) => return Err(e.into()),
+        };
         bump(&self.stats.decrypts);
         let dek = Arc::new(Dek::new(
             key,
@@ -556,12 +577,24 @@ impl KeyManager {
         bump(&self.stats.misses);
         let generation = self.subject_cache.generation();
         let context = subject_context(&token);
-        let (version, key) = match store.current(&token)? {
+        let current = match store.current(&token)? {
             Some((version, wrapped)) => {
-                let key = self.kms.decrypt_data_key(&wrapped, &context).await?;
-                bump(&self.stats.decrypts);
-                (version, key)
+                match self.kms.decrypt_data_key(&wrapped, &context).await {
+                    Ok(key) => {
+                        bump(&self.stats.decrypts);
+                        Some((version, key))
+                    }
+                    // The KEK version that wrapped it was destroyed: that key
+                    // is lost, so the subject gets a new version, as after a
+                    // shredding.
+                    Err(KmsError::Destroyed { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                }
             }
+            None => None,
+        };
+        let (version, key) = match current {
+            Some(found) => found,
             None => {
                 let data_key = self.kms.generate_data_key(kek_id, &context).await?;
                 bump(&self.stats.generated);
@@ -593,6 +626,17 @@ impl KeyManager {
                 .insert((token, version), CachedSubject::Key(dek.clone()));
         }
         Ok(dek)
+    }
+
+    /// Drops every cached key that `kek_id` version `version` may have
+    /// unwrapped: called when that version is destroyed, so this process
+    /// stops revealing what it protected instead of serving cached copies.
+    pub fn forget_kek_version(&self, kek_id: &str, version: u32) {
+        self.decrypt_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| !(w.kek_id == kek_id && w.kek_version == version));
+        self.subject_cache.forget_all();
     }
 
     /// How many unwrapped keys the decryption and subject caches hold.
@@ -976,6 +1020,49 @@ mod tests {
                 .expect("unwrap");
             assert_eq!(back.key(), k.key());
         }
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_kek_version_erases_its_keys_even_when_cached() {
+        let f = fixture(Duration::ZERO);
+        let subjects = store(&f);
+        let km = KeyManager::new(f.kms.clone(), Rotation::default(), Some(subjects.clone()))
+            .expect("km")
+            .with_kek_versions(f.keyring.clone());
+        let topic_key = km.encryption_key("k", &ctx("t"), 1).await.expect("topic");
+        let alice = km.subject_key(b"alice", "k").await.expect("alice");
+        f.keyring.rotate("k").expect("rotate");
+        f.keyring.retire("k", 1).expect("retire");
+        f.keyring.destroy("k", 1).expect("destroy");
+        // Until told, the cache still serves v1's keys ...
+        assert!(km
+            .decryption_key(topic_key.key_ref(), &ctx("t"))
+            .await
+            .is_ok());
+        km.forget_kek_version("k", 1);
+        // ... after that, nothing under v1 opens.
+        let err = km
+            .decryption_key(topic_key.key_ref(), &ctx("t"))
+            .await
+            .expect_err("destroyed");
+        assert!(
+            matches!(err, KeyError::Kms(KmsError::Destroyed { version: 1, .. })),
+            "{err:?}"
+        );
+        assert!(matches!(
+            km.decryption_key(alice.key_ref(), &EncryptionContext::new())
+                .await,
+            Err(KeyError::Erased { version: 1 })
+        ));
+        // Alice's next record gets a new key version under v2.
+        let next = km.subject_key(b"alice", "k").await.expect("new key");
+        assert_ne!(next.key(), alice.key());
+        let token = subjects.token(b"alice");
+        assert_eq!(next.key_ref(), &KeyRef::Subject { token, version: 2 });
+        assert_eq!(
+            subjects.report().expect("report"),
+            vec![("k".to_owned(), 1, 1), ("k".to_owned(), 2, 1)]
+        );
     }
 
     #[tokio::test]

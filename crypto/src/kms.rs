@@ -62,7 +62,7 @@ pub enum KmsError {
         /// Milliseconds until the breaker lets a trial call through.
         retry_in_ms: u64,
     },
-    /// The named KEK does not exist, or that version was retired or destroyed.
+    /// The named KEK (or that version of it) does not exist, or may not be used.
     #[error("KEK {kek_id} (version {version}) is not available: {why}")]
     UnknownKey {
         /// The KEK asked for.
@@ -71,6 +71,17 @@ pub enum KmsError {
         version: u32,
         /// What the KMS said.
         why: String,
+    },
+    /// The KEK version that wrapped the key was destroyed on purpose: what it
+    /// protected is gone for good (crypto-shredding of a whole key version).
+    #[error(
+        "KEK {kek_id} version {version} was destroyed: data keys it wrapped cannot be recovered"
+    )]
+    Destroyed {
+        /// The KEK.
+        kek_id: String,
+        /// The destroyed version.
+        version: u32,
     },
     /// The wrapped key did not unwrap: tampered, wrong KEK or wrong context.
     #[error("wrapped key rejected: {0}")]

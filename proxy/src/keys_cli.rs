@@ -1,4 +1,5 @@
-//! `custos keys`: the embedded keyring's KEKs (create, rotate, list, retire),
+//! `custos keys`: the embedded keyring's KEKs (create, rotate, list, retire,
+//! destroy),
 //! the per-subject key store (rewrap, report) and crypto-shredding.
 //!
 //! Every command reads the `encryption` section of the same configuration
@@ -40,6 +41,19 @@ pub enum KeysCommand {
         name: String,
         /// Version to retire.
         version: u32,
+    },
+    /// Destroy a retired KEK version for good: every data key it wrapped, and
+    /// every record under those keys, becomes unreadable ("erased" on fetch).
+    /// Run `custos keys rewrap` and `custos keys report` first to see what
+    /// still depends on it.
+    Destroy {
+        /// KEK name.
+        name: String,
+        /// Version to destroy (must be retired).
+        version: u32,
+        /// Confirms the destruction; without it nothing is changed.
+        #[arg(long)]
+        yes: bool,
     },
     /// Re-wrap every stored per-subject key under its KEK's current version
     /// (the gateway must be stopped: the store is locked while it runs).
@@ -97,6 +111,27 @@ pub fn run(config: &Path, command: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Retire { name, version } => {
             keyring(enc, false)?.retire(&name, version)?;
             println!("retired KEK {name} version {version}");
+        }
+        KeysCommand::Destroy { name, version, yes } => {
+            let kr = keyring(enc, false)?;
+            let Some(info) = kr
+                .list()?
+                .into_iter()
+                .find(|k| k.name == name && k.version == version)
+            else {
+                bail!("KEK {name} has no version {version}");
+            };
+            if !yes {
+                eprintln!(
+                    "custos keys destroy: KEK {name} version {version} is {}; destroying it makes every record encrypted under it unreadable, for good.\n\
+                     See what still depends on it with `custos keys report`, move stored subject keys off it with `custos keys rewrap`,\n\
+                     then run again with --yes.",
+                    info.state
+                );
+                return Ok(ExitCode::from(2));
+            }
+            kr.destroy(&name, version)?;
+            println!("destroyed KEK {name} version {version}");
         }
         KeysCommand::List => {
             println!(

@@ -265,10 +265,13 @@ pub fn note_keys<'a>(
 }
 
 /// Records a `key_rotation` audit event whenever a KEK version appears or
-/// changes state in the embedded keyring (rotated or retired by `custos
-/// keys` in another process), checking every `every`.
+/// changes state in the embedded keyring (rotated, retired or destroyed by
+/// `custos keys` in another process), checking every `every`. A destroyed
+/// version's cached data keys are dropped from `keys`, so what it protected
+/// stops being revealed by this process too.
 pub async fn watch_keyring(
     keyring: Arc<LocalKeyring>,
+    keys: Arc<custos_crypto::keys::KeyManager>,
     auditor: crate::audit_trail::Auditor,
     every: Duration,
     shutdown: tokio_util::sync::CancellationToken,
@@ -298,6 +301,9 @@ pub async fn watch_keyring(
                 Some((_, _, s)) if s != state => "state_changed",
                 Some(_) => continue,
             };
+            if state == "destroyed" {
+                keys.forget_kek_version(name, *version);
+            }
             tracing::info!(kek = %name, version, state = %state, change, "keyring changed");
             auditor.event(
                 auditor

@@ -186,13 +186,16 @@ impl Proxy {
             Some(e) => Some(crate::protection::open(e, metrics.clone()).await?),
             None => None,
         };
-        if let Some(k) = protection.as_ref().and_then(|p| p.keyring.clone()) {
-            tokio::spawn(crate::protection::watch_keyring(
-                k,
-                auditor.clone(),
-                Duration::from_secs(2),
-                shutdown.clone(),
-            ));
+        if let Some(p) = &protection {
+            if let Some(k) = p.keyring.clone() {
+                tokio::spawn(crate::protection::watch_keyring(
+                    k,
+                    p.keys.clone(),
+                    auditor.clone(),
+                    Duration::from_secs(2),
+                    shutdown.clone(),
+                ));
+            }
         }
         if protection.is_some() && policies.is_none() {
             tracing::warn!(

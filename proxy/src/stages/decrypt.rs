@@ -2,8 +2,9 @@
 //!
 //! For a topic with a rule, each record's protected parts are opened; a
 //! principal whom Cedar allows `Decrypt` on the topic gets the original
-//! bytes, everyone else the rule's mask. A shredded subject's parts read as
-//! an explicit "erased" placeholder, so consumers keep working. Without an
+//! bytes, everyone else the rule's mask. A shredded subject's parts, and
+//! parts under a destroyed KEK version, read as an explicit "erased"
+//! placeholder, so consumers keep working. Without an
 //! authorizer nobody may decrypt (fail closed). When a key cannot be had (KMS
 //! down) the partition answers KAFKA_STORAGE_ERROR without records, which
 //! clients retry; ciphertext is never handed out in place of plaintext.
@@ -101,7 +102,11 @@ impl Decrypt {
         let ctx = field_rules::dek_context(topic);
         match self.protection.keys.decryption_key(r, &ctx).await {
             Ok(k) => KeyLookup::Key(k),
-            Err(KeyError::Erased { .. }) => KeyLookup::Erased,
+            // A destroyed KEK version erased everything under it, as a
+            // shredding erases one subject.
+            Err(KeyError::Erased { .. } | KeyError::Kms(KmsError::Destroyed { .. })) => {
+                KeyLookup::Erased
+            }
             // Bound to another topic or tampered: a retriable error
             // would stall the partition for good.
             Err(KeyError::Kms(KmsError::Rejected(_))) => KeyLookup::Undecryptable,
