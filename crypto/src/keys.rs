@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::key_ref::KeyRef;
 use crate::kms::{EncryptionContext, Kms, KmsError, DEK_LEN};
 use crate::subject_store::{
-    subject_context, StoreError, SubjectKey, SubjectKeyStore, SubjectToken,
+    subject_context, StoreError, SubjectKey, SubjectKeys, SubjectToken,
 };
 
 /// Encryptions per DEK must stay below this: AES-GCM with random 96-bit
@@ -166,6 +166,7 @@ impl KeyError {
     pub fn retryable(&self) -> bool {
         match self {
             KeyError::Kms(e) => e.retryable(),
+            KeyError::Store(e) => e.retryable(),
             _ => false,
         }
     }
@@ -307,7 +308,7 @@ impl SubjectCache {
 pub struct KeyManager {
     kms: Arc<dyn Kms>,
     rotation: Rotation,
-    subjects: Option<Arc<SubjectKeyStore>>,
+    subjects: Option<Arc<dyn SubjectKeys>>,
     kek_versions: Option<Arc<dyn KekVersionSource>>,
     slots: Mutex<HashMap<String, HashMap<EncryptionContext, Slot>>>,
     decrypt_cache: Mutex<TwoGen<crate::kms::WrappedKey, (EncryptionContext, Arc<Dek>)>>,
@@ -332,7 +333,7 @@ impl KeyManager {
     pub fn new(
         kms: Arc<dyn Kms>,
         rotation: Rotation,
-        subjects: Option<Arc<SubjectKeyStore>>,
+        subjects: Option<Arc<dyn SubjectKeys>>,
     ) -> Result<Self, KeyError> {
         rotation.validate()?;
         let subject_cache = Arc::new(SubjectCache {
@@ -344,11 +345,11 @@ impl KeyManager {
         });
         if let Some(store) = &subjects {
             let weak: Weak<SubjectCache> = Arc::downgrade(&subject_cache);
-            store.on_shred(move |token| {
+            store.on_shred(Box::new(move |token| {
                 if let Some(cache) = weak.upgrade() {
                     cache.forget(token);
                 }
-            });
+            }));
         }
         Ok(Self {
             kms,
@@ -488,7 +489,7 @@ impl KeyManager {
         Ok(dek)
     }
 
-    fn store(&self) -> Result<&Arc<SubjectKeyStore>, KeyError> {
+    fn store(&self) -> Result<&Arc<dyn SubjectKeys>, KeyError> {
         self.subjects.as_ref().ok_or(KeyError::NoSubjectStore)
     }
 
@@ -512,7 +513,7 @@ impl KeyManager {
         }
         bump(&self.stats.misses);
         let generation = self.subject_cache.generation();
-        let wrapped = match store.lookup(token, version)? {
+        let wrapped = match store.lookup(token, version).await? {
             SubjectKey::Wrapped(w) => w,
             SubjectKey::Erased => {
                 // Shredding is permanent, so this may be cached whatever happens.
@@ -577,7 +578,7 @@ impl KeyManager {
         bump(&self.stats.misses);
         let generation = self.subject_cache.generation();
         let context = subject_context(&token);
-        let current = match store.current(&token)? {
+        let current = match store.current(&token).await? {
             Some((version, wrapped)) => {
                 match self.kms.decrypt_data_key(&wrapped, &context).await {
                     Ok(key) => {
@@ -599,22 +600,17 @@ impl KeyManager {
                 let data_key = self.kms.generate_data_key(kek_id, &context).await?;
                 bump(&self.stats.generated);
                 let wrapped = data_key.wrapped;
-                // sled's flush waits for the disk: keep it off the executor.
-                let version =
-                    match tokio::task::spawn_blocking(move || store.add_version(&token, &wrapped))
-                        .await
-                    {
-                        Ok(r) => r?,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        Err(_) => {
-                            return Err(KeyError::Store(StoreError::Db {
-                                op: "store a new subject key (task cancelled)",
-                                source: sled::Error::Io(std::io::Error::other("cancelled")),
-                            }))
-                        }
-                    };
-                bump(&self.stats.subject_created);
-                (version, data_key.plaintext)
+                let (version, kept) = store.create(&token, &wrapped).await?;
+                if kept == wrapped {
+                    bump(&self.stats.subject_created);
+                    (version, data_key.plaintext)
+                } else {
+                    // Another gateway sharing the store created the subject's
+                    // key first: everyone must use that one.
+                    let key = self.kms.decrypt_data_key(&kept, &context).await?;
+                    bump(&self.stats.decrypts);
+                    (version, key)
+                }
             }
         };
         let dek = Arc::new(Dek::new(key, KeyRef::Subject { token, version }));
@@ -912,8 +908,8 @@ mod tests {
         assert!(s.contains("version: 3"), "{s}");
     }
 
-    fn store(f: &Fixture) -> Arc<SubjectKeyStore> {
-        Arc::new(SubjectKeyStore::open(&f.dir.path().join("subjects"), &[9; 32]).expect("store"))
+    fn store(f: &Fixture) -> Arc<crate::subject_store::SubjectKeyStore> {
+        Arc::new(crate::subject_store::SubjectKeyStore::open(&f.dir.path().join("subjects"), &[9; 32]).expect("store"))
     }
 
     #[tokio::test]

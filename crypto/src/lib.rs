@@ -17,6 +17,7 @@ pub mod keyring;
 pub mod keys;
 pub mod kms;
 pub mod mask;
+pub mod subject_log;
 pub mod subject_store;
 
 use hmac::{Hmac, Mac};

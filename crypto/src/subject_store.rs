@@ -9,6 +9,11 @@
 //! tombstone after shredding so readers can tell "erased" from "never
 //! existed".
 //!
+//! Two backends implement [`SubjectKeys`]: [`SubjectKeyStore`], a sled
+//! database local to one gateway (the default), and a compacted Kafka topic
+//! that every gateway in front of a cluster shares (`proxy/src/subject_topic.rs`,
+//! whose log semantics live in [`crate::subject_log`]).
+//!
 //! Caveat: sled is log-structured, so a shredded wrapped DEK may linger in an
 //! old on-disk segment until sled rewrites it. Against someone holding both a
 //! disk image and the KEK, complete destruction also needs the KEK version
@@ -64,6 +69,66 @@ pub enum StoreError {
     /// The token key is unusable.
     #[error("subject key store: {0}")]
     TokenKey(#[from] crate::CryptoError),
+    /// A shared store could not be reached in time (worth retrying).
+    #[error("subject key store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if tried again later.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Called with a subject's token after its keys were shredded.
+pub type ShredListener = Box<dyn Fn(&SubjectToken) + Send + Sync>;
+
+/// Where per-subject data keys live: what the key manager, the admin API and
+/// `custos keys` need of a store, whichever backend holds it.
+#[async_trait::async_trait]
+pub trait SubjectKeys: Send + Sync + 'static {
+    /// Which backend this is, for messages ("sled", "kafka").
+    fn kind(&self) -> &'static str;
+
+    /// The token under which `subject_id`'s keys are stored.
+    fn token(&self, subject_id: &[u8]) -> SubjectToken;
+
+    /// Registers a function called with the token whenever a subject's keys
+    /// are shredded (here, or by another gateway sharing the store).
+    fn on_shred(&self, listener: ShredListener);
+
+    /// The subject's newest unshredded key, if any.
+    async fn current(&self, token: &SubjectToken)
+        -> Result<Option<(u32, WrappedKey)>, StoreError>;
+
+    /// One version of the subject's key: wrapped, erased, or unknown.
+    async fn lookup(&self, token: &SubjectToken, version: u32) -> Result<SubjectKey, StoreError>;
+
+    /// Stores `wrapped` as the subject's next key version, durably, and
+    /// returns the subject's current key afterwards: `wrapped` itself, or
+    /// the key another gateway sharing the store created first, which the
+    /// caller must use instead.
+    async fn create(
+        &self,
+        token: &SubjectToken,
+        wrapped: &WrappedKey,
+    ) -> Result<(u32, WrappedKey), StoreError>;
+
+    /// Destroys every key of the subject; later reads give
+    /// [`SubjectKey::Erased`].
+    async fn shred_token(&self, token: &SubjectToken) -> Result<ShredReceipt, StoreError>;
+
+    /// Re-wraps every stored key under its KEK's current version.
+    async fn rewrap_all(&self, kms: &dyn Kms) -> Result<RewrapReport, StoreError>;
+
+    /// Stored (unshredded) keys per KEK version: `(kek_id, version, count)`.
+    async fn report(&self) -> Result<Vec<(String, u32, u64)>, StoreError>;
+
+    /// Destroys every key of `subject_id`; see [`SubjectKeys::shred_token`].
+    async fn shred(&self, subject_id: &[u8]) -> Result<ShredReceipt, StoreError> {
+        self.shred_token(&self.token(subject_id)).await
+    }
 }
 
 /// What the store knows about one version of a subject's key.
@@ -168,8 +233,6 @@ impl StoredKey {
     }
 }
 
-type ShredListener = Box<dyn Fn(&SubjectToken) + Send + Sync>;
-
 /// The sled-backed store of per-subject DEKs (see the module docs).
 pub struct SubjectKeyStore {
     db: sled::Db,
@@ -264,28 +327,7 @@ impl SubjectKeyStore {
         token: &SubjectToken,
         wrapped: &WrappedKey,
     ) -> Result<u32, StoreError> {
-        let created = now_secs();
-        let version = self.update(token, |rec| {
-            let version = rec
-                .versions
-                .iter()
-                .map(|v| v.version)
-                .max()
-                .unwrap_or(0)
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt {
-                    token_hex: hex(token),
-                    why: "key version overflow".to_owned(),
-                })?;
-            rec.versions.push(StoredVersion {
-                version,
-                created,
-                key: StoredKey::from_wrapped(wrapped),
-            });
-            Ok(version)
-        })?;
-        self.db.flush().map_err(db_err("flush"))?;
-        Ok(version)
+        add_version(&self.db, &self.tree, token, wrapped)
     }
 
     /// Destroys every key of `subject_id`; see [`Self::shred_token`].
@@ -387,41 +429,142 @@ impl SubjectKeyStore {
         Ok(out)
     }
 
-    /// Read-modify-write of one subject's record by compare-and-swap, so
-    /// concurrent writers never lose each other's versions. A missing record
-    /// starts empty; an unchanged record is not written.
     fn update<T>(
         &self,
         token: &SubjectToken,
-        mut f: impl FnMut(&mut Record) -> Result<T, StoreError>,
+        f: impl FnMut(&mut Record) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        loop {
-            let old = self.tree.get(token).map_err(db_err("read"))?;
-            let before = match &old {
-                Some(raw) => parse(token, raw)?,
-                None => Record {
-                    versions: Vec::new(),
-                },
-            };
-            let mut rec = before.clone();
-            let out = f(&mut rec)?;
-            if rec == before {
-                return Ok(out);
+        update(&self.tree, token, f)
+    }
+}
+
+#[async_trait::async_trait]
+impl SubjectKeys for SubjectKeyStore {
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+
+    fn token(&self, subject_id: &[u8]) -> SubjectToken {
+        SubjectKeyStore::token(self, subject_id)
+    }
+
+    fn on_shred(&self, listener: ShredListener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
+    }
+
+    async fn current(
+        &self,
+        token: &SubjectToken,
+    ) -> Result<Option<(u32, WrappedKey)>, StoreError> {
+        SubjectKeyStore::current(self, token)
+    }
+
+    async fn lookup(&self, token: &SubjectToken, version: u32) -> Result<SubjectKey, StoreError> {
+        SubjectKeyStore::lookup(self, token, version)
+    }
+
+    async fn create(
+        &self,
+        token: &SubjectToken,
+        wrapped: &WrappedKey,
+    ) -> Result<(u32, WrappedKey), StoreError> {
+        // sled's flush waits for the disk: keep it off the executor.
+        let (db, tree, token, w) = (self.db.clone(), self.tree.clone(), *token, wrapped.clone());
+        let version = match tokio::task::spawn_blocking(move || add_version(&db, &tree, &token, &w))
+            .await
+        {
+            Ok(r) => r?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                return Err(StoreError::Db {
+                    op: "store a new subject key (task cancelled)",
+                    source: sled::Error::Io(std::io::Error::other("cancelled")),
+                })
             }
-            let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt {
-                token_hex: hex(token),
-                why: format!("could not serialise: {e}"),
-            })?;
-            match self
-                .tree
-                .compare_and_swap(token, old, Some(bytes))
-                .map_err(db_err("write"))?
-            {
-                Ok(()) => return Ok(out),
-                Err(_) => continue,
-            }
+        };
+        Ok((version, wrapped.clone()))
+    }
+
+    async fn shred_token(&self, token: &SubjectToken) -> Result<ShredReceipt, StoreError> {
+        SubjectKeyStore::shred_token(self, token)
+    }
+
+    async fn rewrap_all(&self, kms: &dyn Kms) -> Result<RewrapReport, StoreError> {
+        SubjectKeyStore::rewrap_all(self, kms).await
+    }
+
+    async fn report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        SubjectKeyStore::report(self)
+    }
+}
+
+/// Read-modify-write of one subject's record by compare-and-swap, so
+/// concurrent writers never lose each other's versions. A missing record
+/// starts empty; an unchanged record is not written.
+fn update<T>(
+    tree: &sled::Tree,
+    token: &SubjectToken,
+    mut f: impl FnMut(&mut Record) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    loop {
+        let old = tree.get(token).map_err(db_err("read"))?;
+        let before = match &old {
+            Some(raw) => parse(token, raw)?,
+            None => Record {
+                versions: Vec::new(),
+            },
+        };
+        let mut rec = before.clone();
+        let out = f(&mut rec)?;
+        if rec == before {
+            return Ok(out);
+        }
+        let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt {
+            token_hex: hex(token),
+            why: format!("could not serialise: {e}"),
+        })?;
+        match tree
+            .compare_and_swap(token, old, Some(bytes))
+            .map_err(db_err("write"))?
+        {
+            Ok(()) => return Ok(out),
+            Err(_) => continue,
         }
     }
+}
+
+/// Stores a new key version (see [`SubjectKeyStore::add_version`]).
+fn add_version(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    token: &SubjectToken,
+    wrapped: &WrappedKey,
+) -> Result<u32, StoreError> {
+    let created = now_secs();
+    let version = update(tree, token, |rec| {
+        let version = rec
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt {
+                token_hex: hex(token),
+                why: "key version overflow".to_owned(),
+            })?;
+        rec.versions.push(StoredVersion {
+            version,
+            created,
+            key: StoredKey::from_wrapped(wrapped),
+        });
+        Ok(version)
+    })?;
+    db.flush().map_err(db_err("flush"))?;
+    Ok(version)
 }
 
 fn parse(token: &SubjectToken, raw: &[u8]) -> Result<Record, StoreError> {
@@ -464,7 +607,8 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (how tokens appear in messages and receipts).
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

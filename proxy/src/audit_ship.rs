@@ -23,7 +23,7 @@ use kafka_protocol::records::{
 use tokio_util::sync::CancellationToken;
 
 use crate::audit_trail::Auditor;
-use crate::upstream::{Conn, UpstreamSecurity};
+use crate::upstream::{OwnTopic, UpstreamSecurity};
 
 /// Records per Produce request.
 const BATCH: usize = 500;
@@ -77,100 +77,23 @@ impl Shipper {
             .map_err(|e| format!("{}: {e}", self.position_file.display()))
     }
 
-    async fn connect(&self, host: &str, port: u16) -> Result<Conn, String> {
-        Conn::open(
-            host,
-            port,
-            &self.security,
-            self.timeout,
-            "custos-audit-shipper",
-        )
-        .await
-    }
-
-    /// The leader of partition 0 of the topic, creating the topic if needed.
-    async fn leader(&self) -> Result<(String, u16), String> {
-        let mut last = String::from("no bootstrap server");
-        for (host, port) in &self.servers {
-            let mut conn = match self.connect(host, *port).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            for _ in 0..20 {
-                let md = conn
-                    .call(
-                        ApiKey::Metadata,
-                        12,
-                        RequestKind::Metadata(
-                            MetadataRequest::default()
-                                .with_topics(Some(vec![
-                                    metadata_request::MetadataRequestTopic::default().with_name(
-                                        Some(TopicName(StrBytes::from_string(self.topic.clone()))),
-                                    ),
-                                ]))
-                                .with_allow_auto_topic_creation(false),
-                        ),
-                    )
-                    .await?;
-                let ResponseKind::Metadata(md) = md else {
-                    return Err("not a Metadata answer".into());
-                };
-                let topic = md.topics.first().ok_or("empty Metadata answer")?;
-                match topic.error_code {
-                    0 => {
-                        if let Some(p) = topic.partitions.iter().find(|p| p.partition_index == 0) {
-                            if let Some(b) = md.brokers.iter().find(|b| b.node_id == p.leader_id) {
-                                let port = u16::try_from(b.port).map_err(|e| e.to_string())?;
-                                return Ok((b.host.to_string(), port));
-                            }
-                        }
-                    }
-                    3 => {
-                        let created = conn
-                            .call(
-                                ApiKey::CreateTopics,
-                                7,
-                                RequestKind::CreateTopics(
-                                    CreateTopicsRequest::default().with_topics(vec![
-                                        create_topics_request::CreatableTopic::default()
-                                            .with_name(TopicName(StrBytes::from_string(
-                                                self.topic.clone(),
-                                            )))
-                                            .with_num_partitions(1)
-                                            .with_replication_factor(-1),
-                                    ]),
-                                ),
-                            )
-                            .await?;
-                        if let ResponseKind::CreateTopics(c) = created {
-                            if let Some(t) = c.topics.first() {
-                                // 36: TOPIC_ALREADY_EXISTS (another instance won).
-                                if t.error_code != 0 && t.error_code != 36 {
-                                    return Err(format!(
-                                        "creating {}: error code {}",
-                                        self.topic, t.error_code
-                                    ));
-                                }
-                            }
-                        }
-                        tracing::info!(topic = %self.topic, "audit topic created");
-                    }
-                    e => return Err(format!("Metadata for {}: error code {e}", self.topic)),
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            last = format!("no leader for {} yet", self.topic);
+    fn own_topic(&self) -> OwnTopic {
+        OwnTopic {
+            servers: self.servers.clone(),
+            security: self.security.clone(),
+            timeout: self.timeout,
+            topic: self.topic.clone(),
+            replication_factor: -1,
+            configs: Vec::new(),
+            client_id: "custos-audit-shipper",
         }
-        Err(last)
     }
 
     /// One connection's worth of shipping.
     async fn session(&self, next: &mut u64, shutdown: &CancellationToken) -> Result<(), String> {
-        let (host, port) = self.leader().await?;
-        let mut conn = self.connect(&host, port).await?;
+        let own = self.own_topic();
+        let (host, port) = own.leader().await?;
+        let mut conn = own.connect(&host, port).await?;
         let reader = self.auditor.reader().ok_or("audit log not configured")?;
         let instance = self.auditor.instance().to_string();
         loop {

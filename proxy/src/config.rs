@@ -495,7 +495,9 @@ impl Config {
                 }
             }
             if let Some(s) = &mut e.subject_keys {
-                fix(&mut s.dir);
+                if let Some(d) = &mut s.dir {
+                    fix(d);
+                }
                 fix(&mut s.token_key_file);
             }
             if let Some(t) = &mut e.token_key_file {

@@ -130,6 +130,28 @@ impl EncryptionConfig {
             }
         }
         if let Some(s) = &self.subject_keys {
+            match (&s.dir, &s.topic) {
+                (Some(_), Some(_)) => bad(
+                    "subject_keys",
+                    "give `dir` (a store local to this gateway) or `topic` (a Kafka topic every gateway shares), not both".into(),
+                ),
+                (None, None) => bad(
+                    "subject_keys",
+                    "give `dir` (a store local to this gateway) or `topic` (a Kafka topic every gateway shares)".into(),
+                ),
+                (None, Some(t)) if t.is_empty() || t.len() > 249 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) => bad(
+                    "subject_keys.topic",
+                    format!("{t:?} is not a valid Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)"),
+                ),
+                (Some(_), None) if s.replication_factor.is_some() => bad(
+                    "subject_keys.replication_factor",
+                    "only applies to `topic`".into(),
+                ),
+                _ => {}
+            }
+            if s.replication_factor.is_some_and(|r| r < 1) {
+                bad("subject_keys.replication_factor", "must be at least 1".into());
+            }
             if !s.token_key_file.is_file() {
                 bad(
                     "subject_keys.token_key_file",
@@ -142,7 +164,7 @@ impl EncryptionConfig {
                 if set.needs_subject_keys() && self.subject_keys.is_none() {
                     bad(
                         "subject_keys",
-                        "a rule names a subject or is deterministic (its stable key is stored), so encryption.subject_keys {dir, token_key_file} is required".into(),
+                        "a rule names a subject or is deterministic (its stable key is stored), so encryption.subject_keys {dir or topic, token_key_file} is required".into(),
                     );
                 }
                 if self.token_key_file.is_none()
@@ -298,8 +320,13 @@ fn default_breaker_cooldown_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectKeysConfig {
-    /// Directory of the store (sled; created if missing).
-    pub dir: PathBuf,
+    /// Directory of a store local to this gateway (sled; created if missing).
+    pub dir: Option<PathBuf>,
+    /// Or a compacted Kafka topic on the upstream cluster that every gateway
+    /// shares (created if missing, one partition).
+    pub topic: Option<String>,
+    /// Replication factor when Custos creates `topic` (default: the broker's).
+    pub replication_factor: Option<i16>,
     /// Secret (at least 32 bytes) that turns subject ids into tokens, so the
     /// store never holds a raw subject id.
     pub token_key_file: PathBuf,
@@ -1055,7 +1082,7 @@ pub struct Protection {
     /// Data keys (cache, rotation, subject keys).
     pub keys: Arc<custos_crypto::keys::KeyManager>,
     /// The per-subject key store (shredding goes through it), when configured.
-    pub subjects: Option<Arc<custos_crypto::subject_store::SubjectKeyStore>>,
+    pub subjects: Option<Arc<dyn custos_crypto::subject_store::SubjectKeys>>,
     /// Key for `token` masks, when configured.
     pub tokenizer: Option<SubjectTokenizer>,
     /// Seals one data key may make (`encryption.dek.max_encryptions`).

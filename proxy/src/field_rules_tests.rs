@@ -300,6 +300,35 @@ fn section_errors_name_the_key() {
         "{KMS}  rules:\n{RULE}      json_fields: [\"$.name\"]\n      deterministic: true\n"
     ));
     assert_names(&e, "encryption.subject_keys", "deterministic");
+    // The subject key store is a directory or a topic: exactly one.
+    for (store, key, words) in [
+        (
+            "{dir: subjects, topic: keys, token_key_file: token.key}",
+            "encryption.subject_keys",
+            "not both",
+        ),
+        ("{token_key_file: token.key}", "encryption.subject_keys", "`topic`"),
+        (
+            "{topic: \"bad topic!\", token_key_file: token.key}",
+            "encryption.subject_keys.topic",
+            "not a valid Kafka topic name",
+        ),
+        (
+            "{dir: subjects, replication_factor: 3, token_key_file: token.key}",
+            "encryption.subject_keys.replication_factor",
+            "only applies to `topic`",
+        ),
+        (
+            "{topic: keys, replication_factor: 0, token_key_file: token.key}",
+            "encryption.subject_keys.replication_factor",
+            "at least 1",
+        ),
+    ] {
+        let e = errors(&format!(
+            "{KMS}  subject_keys: {store}\n  rules:\n{RULE}      value: true\n"
+        ));
+        assert_names(&e, key, words);
+    }
     // A token mask without its key.
     let e = errors(&format!(
         "{KMS}  rules:\n{RULE}      value: true\n      mask: token\n"

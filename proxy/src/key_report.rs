@@ -222,27 +222,12 @@ async fn fetch_count(
             }
             // Control batches and old message sets hold no protected data; a
             // partial batch (shorter than its length says) is fetched again.
-            Segment::Raw(raw)
-                if raw.len() >= 17 && raw.len() >= 12 + be_i32(&raw[8..12]).max(0) as usize =>
-            {
-                let base = i64::from(be_i32(&raw[0..4])) << 32 | i64::from(be_u32(&raw[4..8]));
-                let last_delta = if raw[16] == 2 && raw.len() >= 27 {
-                    i64::from(be_i32(&raw[23..27]))
-                } else {
-                    0
-                };
-                next = next.max(base + last_delta + 1);
+            Segment::Raw(raw) => {
+                if let Some(end) = record_batch::raw_batch_end(&raw) {
+                    next = next.max(end);
+                }
             }
-            Segment::Raw(_) => {}
         }
     }
     Ok(next)
-}
-
-fn be_i32(b: &[u8]) -> i32 {
-    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }

@@ -3,10 +3,12 @@
 //! the per-subject key store (rewrap, report) and crypto-shredding.
 //!
 //! Every command reads the `encryption` section of the same configuration
-//! file the gateway runs with, so both always see the same keys. The subject
-//! key store is a sled database that a running Custos holds locked; `shred`
-//! then asks the running instance through its admin API (`POST
-//! /v1/keys/shred`), which also records the shredding in the audit log.
+//! file the gateway runs with, so both always see the same keys. A sled
+//! subject key store is held locked by a running Custos; `shred` then asks
+//! the running instance through its admin API (`POST /v1/keys/shred`), which
+//! also records the shredding in the audit log. The shared topic store is
+//! never locked; `shred` still asks a running gateway first, for the audit
+//! record.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -18,6 +20,7 @@ use custos::config::Config;
 use custos::field_rules::{EncryptionConfig, KmsConfig};
 use custos::protection;
 use custos_crypto::keyring::LocalKeyring;
+use custos_crypto::subject_store::SubjectKeys;
 
 /// What `custos keys` does.
 #[derive(Subcommand)]
@@ -150,11 +153,10 @@ pub fn run(config: &Path, command: KeysCommand) -> anyhow::Result<ExitCode> {
             }
         }
         KeysCommand::Rewrap => {
-            let store = protection::subject_store(enc)?
+            let rt = runtime()?;
+            let store = rt
+                .block_on(open_store(&cfg, enc))?
                 .context("no encryption.subject_keys configured: nothing is stored to rewrap")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let kms = rt.block_on(protection::kms(enc))?.0;
             let report = rt.block_on(store.rewrap_all(kms.as_ref()))?;
             println!(
@@ -179,12 +181,31 @@ pub fn run(config: &Path, command: KeysCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The configured subject key store (a topic store is read to its end).
+async fn open_store(
+    cfg: &Config,
+    enc: &EncryptionConfig,
+) -> anyhow::Result<Option<std::sync::Arc<dyn SubjectKeys>>> {
+    let upstream = protection::Upstream::from_config(cfg)?;
+    // A topic store is tailed while the command runs (its writes wait to see
+    // themselves); the tail ends with the command's runtime.
+    let forever = tokio_util::sync::CancellationToken::new();
+    Ok(protection::subject_store(enc, &upstream, &forever).await?)
+}
+
 fn report(cfg: &Config, enc: &EncryptionConfig, topics: &[String]) -> anyhow::Result<ExitCode> {
-    match protection::subject_store(enc) {
+    let rt = runtime()?;
+    match rt.block_on(open_store(cfg, enc)) {
         Ok(Some(store)) => {
             println!("stored subject keys:");
             println!("  {:<40} {:>7} {:>10}", "kek", "version", "keys");
-            for (kek, version, count) in store.report()? {
+            for (kek, version, count) in rt.block_on(store.report())? {
                 println!("  {kek:<40} {version:>7} {count:>10}");
             }
         }
@@ -218,9 +239,6 @@ fn report(cfg: &Config, enc: &EncryptionConfig, topics: &[String]) -> anyhow::Re
         .iter()
         .filter_map(|b| custos::config::parse_host_port(b).ok())
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let rows = rt
         .block_on(custos::key_report::scan(
             &servers,
@@ -242,31 +260,46 @@ fn shred(cfg: &Config, enc: &EncryptionConfig, subject: &str) -> anyhow::Result<
     if subject.is_empty() {
         bail!("the subject id is empty");
     }
-    let local = protection::subject_store(enc);
-    match local {
+    let rt = runtime()?;
+    let token = cfg.admin.read_token().map_err(anyhow::Error::msg)?;
+    let shared = enc.subject_keys.as_ref().is_some_and(|s| s.topic.is_some());
+    // With the shared topic, a running gateway is asked first: it records
+    // the shredding in its audit log (every gateway applies it either way).
+    if let (true, Some(token)) = (shared, &token) {
+        match admin_post(
+            cfg.admin.listen,
+            &format!("/v1/keys/shred?subject={}", percent_encode(subject)),
+            token,
+        ) {
+            Ok(body) => {
+                println!("shredded by the running gateway: {body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => eprintln!("the running gateway could not be asked ({e:#}); shredding in the topic directly, with no audit record"),
+        }
+    }
+    match rt.block_on(open_store(cfg, enc)) {
         Ok(Some(store)) => {
-            let r = store.shred(subject.as_bytes())?;
+            let r = rt.block_on(store.shred(subject.as_bytes()))?;
+            let place = enc.subject_keys.as_ref().map_or(String::new(), |s| {
+                match (&s.dir, &s.topic) {
+                    (Some(d), _) => d.display().to_string(),
+                    (None, Some(t)) => format!("topic {t}"),
+                    (None, None) => String::new(),
+                }
+            });
             println!(
-                "shredded subject {} (key versions {:?}) in {}",
-                r.token_hex,
-                r.versions_destroyed,
-                enc.subject_keys
-                    .as_ref()
-                    .map(|s| s.dir.display().to_string())
-                    .unwrap_or_default()
+                "shredded subject {} (key versions {:?}) in {place}",
+                r.token_hex, r.versions_destroyed,
             );
             Ok(ExitCode::SUCCESS)
         }
         Ok(None) => bail!("no encryption.subject_keys configured: there are no subject keys"),
         Err(open_error) => {
             // Most likely a running Custos holds the store: ask it.
-            let token = cfg
-                .admin
-                .read_token()
-                .map_err(anyhow::Error::msg)?
-                .with_context(|| {
-                    format!("{open_error}; and admin.token_file is not set, so the running gateway cannot be asked")
-                })?;
+            let token = token.with_context(|| {
+                format!("{open_error}; and admin.token_file is not set, so the running gateway cannot be asked")
+            })?;
             let body = admin_post(
                 cfg.admin.listen,
                 &format!("/v1/keys/shred?subject={}", percent_encode(subject)),

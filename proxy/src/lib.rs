@@ -38,6 +38,7 @@ pub mod server;
 pub mod session;
 pub mod stages;
 pub mod stream;
+pub mod subject_topic;
 pub mod tls;
 pub mod upstream;
 pub mod versions;

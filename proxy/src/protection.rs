@@ -11,7 +11,7 @@ use custos_crypto::guarded::{GuardConfig, GuardedKms};
 use custos_crypto::keyring::{LocalKeyring, MasterKey};
 use custos_crypto::keys::{KeyManager, Rotation};
 use custos_crypto::kms::Kms;
-use custos_crypto::subject_store::SubjectKeyStore;
+use custos_crypto::subject_store::{SubjectKeyStore, SubjectKeys};
 use custos_crypto::SubjectTokenizer;
 
 use crate::field_rules::{EncryptionConfig, KmsConfig, LocalKmsConfig, Protection, RuleSet};
@@ -133,21 +133,90 @@ pub fn tokenizer(key: &'static str, path: &Path) -> Result<SubjectTokenizer, Pro
     })
 }
 
-/// The subject key store of `cfg`, if configured.
-pub fn subject_store(cfg: &EncryptionConfig) -> Result<Option<SubjectKeyStore>, ProtectionError> {
+/// The subject key store of `cfg`, if configured: the sled store in
+/// `subject_keys.dir`, or the shared one in `subject_keys.topic` on the
+/// cluster `upstream` reaches (read to its end before this returns, then
+/// tailed until `shutdown`).
+pub async fn subject_store(
+    cfg: &EncryptionConfig,
+    upstream: &Upstream,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Arc<dyn SubjectKeys>>, ProtectionError> {
     let Some(s) = &cfg.subject_keys else {
         return Ok(None);
     };
     let key = read_secret("encryption.subject_keys.token_key_file", &s.token_key_file)?;
-    SubjectKeyStore::open(&s.dir, &key)
-        .map(Some)
-        .map_err(|e| ProtectionError::SubjectKeys(e.to_string()))
+    let err = |e: custos_crypto::subject_store::StoreError| ProtectionError::SubjectKeys(e.to_string());
+    if let Some(dir) = &s.dir {
+        return Ok(Some(Arc::new(SubjectKeyStore::open(dir, &key).map_err(err)?)));
+    }
+    let Some(topic) = &s.topic else {
+        return Err(ProtectionError::SubjectKeys("neither `dir` nor `topic` is set".into()));
+    };
+    let own = crate::upstream::OwnTopic {
+        servers: upstream.servers.clone(),
+        security: upstream.security.clone(),
+        timeout: upstream.timeout,
+        topic: topic.clone(),
+        replication_factor: s.replication_factor.unwrap_or(-1),
+        configs: crate::subject_topic::TOPIC_CONFIGS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        client_id: "custos-subject-keys",
+    };
+    let opened = tokio::time::timeout(
+        upstream.timeout.max(Duration::from_secs(30)),
+        crate::subject_topic::TopicSubjectStore::open(own, &key, shutdown.clone()),
+    )
+    .await
+    .map_err(|_| ProtectionError::SubjectKeys(format!("reading topic {topic} timed out")))?
+    .map_err(err)?;
+    Ok(Some(opened))
+}
+
+/// How Custos reaches the upstream cluster with its own credentials.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Bootstrap brokers.
+    pub servers: Vec<(String, u16)>,
+    /// TLS and SASL towards them.
+    pub security: crate::upstream::UpstreamSecurity,
+    /// Connect timeout.
+    pub timeout: Duration,
+}
+
+impl Upstream {
+    /// From the `upstream` section of a configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, ProtectionError> {
+        Ok(Self {
+            servers: cfg
+                .upstream
+                .bootstrap_servers
+                .iter()
+                .filter_map(|b| crate::config::parse_host_port(b).ok())
+                .collect(),
+            security: crate::upstream::UpstreamSecurity {
+                tls: cfg
+                    .upstream
+                    .tls
+                    .as_ref()
+                    .map(crate::tls::UpstreamTls::new)
+                    .transpose()
+                    .map_err(|e| ProtectionError::SubjectKeys(format!("upstream.tls: {e}")))?,
+                sasl: cfg.upstream.sasl.clone(),
+            },
+            timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
+        })
+    }
 }
 
 /// Everything the encrypt and decrypt stages need.
 pub async fn open(
     cfg: &EncryptionConfig,
     metrics: Arc<Metrics>,
+    upstream: &Upstream,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Arc<Protection>, ProtectionError> {
     let rules = RuleSet::compile(&cfg.rules).map_err(|issues| {
         ProtectionError::Rules(
@@ -168,7 +237,7 @@ pub async fn open(
     };
     let guarded: Arc<dyn Kms> =
         Arc::new(GuardedKms::new(inner, guard).with_observer(metrics.clone()));
-    let subjects = subject_store(cfg)?.map(Arc::new);
+    let subjects = subject_store(cfg, upstream, shutdown).await?;
     let mut keys = KeyManager::new(
         guarded,
         Rotation {

@@ -393,6 +393,27 @@ impl fmt::Debug for Segment {
     }
 }
 
+/// The offset after a whole batch passed through as [`Segment::Raw`]
+/// (control batches, old message sets); `None` for a partial trailing one.
+pub fn raw_batch_end(raw: &[u8]) -> Option<i64> {
+    if raw.len() < 17 {
+        return None;
+    }
+    let be_i32 = |b: &[u8]| i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let len = usize::try_from(be_i32(&raw[8..12])).ok()?;
+    if raw.len() < 12 + len {
+        return None;
+    }
+    let base = i64::from_be_bytes(raw[0..8].try_into().ok()?);
+    // v2 batches carry the last offset delta; a v0/v1 entry is one message.
+    let last_delta = if raw[16] == 2 && raw.len() >= 27 {
+        i64::from(be_i32(&raw[23..27]))
+    } else {
+        0
+    };
+    Some(base + last_delta + 1)
+}
+
 /// Splits a records blob (a Produce or Fetch partition's records) into
 /// segments, decoding v2 data batches; decompression is capped at
 /// [`DEFAULT_MAX_DECOMPRESSED`] for the whole blob.

@@ -183,7 +183,15 @@ impl Proxy {
             tokio::spawn(p.clone().watch(shutdown.clone()));
         }
         let protection = match &config.encryption {
-            Some(e) => Some(crate::protection::open(e, metrics.clone()).await?),
+            Some(e) => Some(
+                crate::protection::open(
+                    e,
+                    metrics.clone(),
+                    &crate::protection::Upstream::from_config(&config)?,
+                    &shutdown,
+                )
+                .await?,
+            ),
             None => None,
         };
         if let Some(p) = &protection {

@@ -394,3 +394,120 @@ impl Conn {
         ResponseKind::decode(key, &mut answer, version).map_err(|e| e.to_string())
     }
 }
+
+/// A topic Custos keeps for itself (the audit copy, the shared subject key
+/// store): where to find it, and how to create it when it is missing.
+#[derive(Clone)]
+pub struct OwnTopic {
+    /// Bootstrap brokers.
+    pub servers: Vec<(String, u16)>,
+    /// Custos's own TLS/SASL towards the brokers.
+    pub security: UpstreamSecurity,
+    /// Connect timeout.
+    pub timeout: Duration,
+    /// The topic (one partition).
+    pub topic: String,
+    /// Replication factor when creating it (-1: the broker's default).
+    pub replication_factor: i16,
+    /// Topic configs when creating it.
+    pub configs: Vec<(String, String)>,
+    /// Client id on Custos's connections for it.
+    pub client_id: &'static str,
+}
+
+impl OwnTopic {
+    /// Connects to `host:port`.
+    pub async fn connect(&self, host: &str, port: u16) -> Result<Conn, String> {
+        Conn::open(host, port, &self.security, self.timeout, self.client_id).await
+    }
+
+    /// The leader of partition 0, creating the topic if it is missing.
+    pub async fn leader(&self) -> Result<(String, u16), String> {
+        use kafka_protocol::messages::{create_topics_request, metadata_request};
+        use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+        let name = || TopicName(StrBytes::from_string(self.topic.clone()));
+        let mut last = String::from("no bootstrap server");
+        for (host, port) in &self.servers {
+            let mut conn = match self.connect(host, *port).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            for _ in 0..20 {
+                let md = conn
+                    .call(
+                        ApiKey::Metadata,
+                        12,
+                        RequestKind::Metadata(
+                            MetadataRequest::default()
+                                .with_topics(Some(vec![
+                                    metadata_request::MetadataRequestTopic::default()
+                                        .with_name(Some(name())),
+                                ]))
+                                .with_allow_auto_topic_creation(false),
+                        ),
+                    )
+                    .await?;
+                let ResponseKind::Metadata(md) = md else {
+                    return Err("not a Metadata answer".into());
+                };
+                let topic = md.topics.first().ok_or("empty Metadata answer")?;
+                match topic.error_code {
+                    0 => {
+                        if let Some(p) = topic.partitions.iter().find(|p| p.partition_index == 0) {
+                            if let Some(b) = md.brokers.iter().find(|b| b.node_id == p.leader_id) {
+                                let port = u16::try_from(b.port).map_err(|e| e.to_string())?;
+                                return Ok((b.host.to_string(), port));
+                            }
+                        }
+                    }
+                    // UNKNOWN_TOPIC_OR_PARTITION
+                    3 => {
+                        let configs = self
+                            .configs
+                            .iter()
+                            .map(|(k, v)| {
+                                create_topics_request::CreatableTopicConfig::default()
+                                    .with_name(StrBytes::from_string(k.clone()))
+                                    .with_value(Some(StrBytes::from_string(v.clone())))
+                            })
+                            .collect();
+                        let created = conn
+                            .call(
+                                ApiKey::CreateTopics,
+                                7,
+                                RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(
+                                    vec![create_topics_request::CreatableTopic::default()
+                                        .with_name(name())
+                                        .with_num_partitions(1)
+                                        .with_replication_factor(self.replication_factor)
+                                        .with_configs(configs)],
+                                )),
+                            )
+                            .await?;
+                        if let ResponseKind::CreateTopics(c) = created {
+                            if let Some(t) = c.topics.first() {
+                                // 36: TOPIC_ALREADY_EXISTS (another instance won).
+                                if t.error_code != 0 && t.error_code != 36 {
+                                    return Err(format!(
+                                        "creating {}: error code {} ({})",
+                                        self.topic,
+                                        t.error_code,
+                                        t.error_message.as_deref().unwrap_or("no message")
+                                    ));
+                                }
+                            }
+                        }
+                        tracing::info!(topic = %self.topic, "topic created");
+                    }
+                    e => return Err(format!("Metadata for {}: error code {e}", self.topic)),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            last = format!("no leader for {} yet", self.topic);
+        }
+        Err(last)
+    }
+}

@@ -2,9 +2,10 @@
 //! destroys a data subject's keys (crypto-shredding) and `GET
 //! /v1/keys/report` lists the stored subject keys by KEK version.
 //!
-//! They live here because a running Custos holds the subject key store
+//! They live here because a running Custos holds a sled subject key store
 //! locked, and because shredding must take effect in the running process at
-//! once (its key cache forgets the subject). The bearer token is checked by
+//! once (its key cache forgets the subject; with the shared topic store,
+//! every gateway's cache does, as each applies the shredding). The bearer token is checked by
 //! the `/v1/` dispatcher before these run. Every shredding is recorded in the
 //! audit log under the subject's keyed-hash token, never the raw id.
 
@@ -46,7 +47,7 @@ pub async fn handle<B>(req: &Request<B>, state: &AdminState, peer: SocketAddr) -
                 Some(Err(why)) => return error(StatusCode::BAD_REQUEST, why),
                 _ => return error(StatusCode::BAD_REQUEST, "give ?subject=ID"),
             };
-            match store.shred(subject.as_bytes()) {
+            match store.shred(subject.as_bytes()).await {
                 Ok(r) => {
                     let record = state
                         .auditor
@@ -73,7 +74,7 @@ pub async fn handle<B>(req: &Request<B>, state: &AdminState, peer: SocketAddr) -
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (&Method::GET, "/v1/keys/report") => match store.report() {
+        (&Method::GET, "/v1/keys/report") => match store.report().await {
             Ok(rows) => json_response(
                 StatusCode::OK,
                 &json!({

@@ -735,6 +735,7 @@ async fn per_subject_records_decrypt_until_the_subject_is_shredded() {
         .as_ref()
         .expect("store")
         .shred(b"u1")
+        .await
         .expect("shred");
     assert_eq!(receipt.versions_destroyed, vec![1]);
     let got = fetched(&f.decrypt(true), "alice", &[("prof.a", &stored)]).await;
