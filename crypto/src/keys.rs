@@ -20,9 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::key_ref::KeyRef;
 use crate::kms::{EncryptionContext, Kms, KmsError, DEK_LEN};
-use crate::subject_store::{
-    subject_context, StoreError, SubjectKey, SubjectKeys, SubjectToken,
-};
+use crate::subject_store::{subject_context, StoreError, SubjectKey, SubjectKeys, SubjectToken};
 
 /// Encryptions per DEK must stay below this: AES-GCM with random 96-bit
 /// nonces keeps collision odds negligible only up to about 2^32 messages.
@@ -909,7 +907,10 @@ mod tests {
     }
 
     fn store(f: &Fixture) -> Arc<crate::subject_store::SubjectKeyStore> {
-        Arc::new(crate::subject_store::SubjectKeyStore::open(&f.dir.path().join("subjects"), &[9; 32]).expect("store"))
+        Arc::new(
+            crate::subject_store::SubjectKeyStore::open(&f.dir.path().join("subjects"), &[9; 32])
+                .expect("store"),
+        )
     }
 
     #[tokio::test]

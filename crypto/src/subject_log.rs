@@ -204,8 +204,8 @@ impl SubjectLog {
                 let entries = subject.keys.entry(version).or_default();
                 entries.retain(|e| e.nonce != nonce);
                 if let Some(v) = value {
-                    let v: KeyValue = serde_json::from_slice(v)
-                        .map_err(|e| bad(&format!("key value: {e}")))?;
+                    let v: KeyValue =
+                        serde_json::from_slice(v).map_err(|e| bad(&format!("key value: {e}")))?;
                     let blob = base64::engine::general_purpose::STANDARD
                         .decode(&v.blob)
                         .map_err(|_| bad("wrapped key is not base64"))?;
@@ -303,9 +303,7 @@ impl SubjectLog {
         versions.extend(s.keys.keys().copied());
         let mut out = vec![LogRecord {
             key: erased_record_key(token),
-            value: Some(
-                serde_json::to_vec(&ErasedValue { versions, at }).unwrap_or_default(),
-            ),
+            value: Some(serde_json::to_vec(&ErasedValue { versions, at }).unwrap_or_default()),
         }];
         for (version, entries) in &s.keys {
             for e in entries {
@@ -395,7 +393,10 @@ mod tests {
         for (o, r) in all {
             newest.insert(r.key.clone(), (*o, r.clone()));
         }
-        let mut out: Vec<_> = newest.into_values().filter(|(_, r)| r.value.is_some()).collect();
+        let mut out: Vec<_> = newest
+            .into_values()
+            .filter(|(_, r)| r.value.is_some())
+            .collect();
         out.sort_by_key(|(o, _)| *o);
         out
     }
@@ -461,7 +462,10 @@ mod tests {
             write(&mut log, &[r]);
         }
         assert_eq!(log.current(&t), Some((1, rewrapped.clone())));
-        assert_eq!(replay(&compact(&all)).current(&t), Some((1, rewrapped.clone())));
+        assert_eq!(
+            replay(&compact(&all)).current(&t),
+            Some((1, rewrapped.clone()))
+        );
         // A stale rewrap (from the old key) is refused.
         assert!(log.rewrap_records(&t, 1, &w(1), &w(9), 0).is_none());
     }

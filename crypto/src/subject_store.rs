@@ -99,8 +99,7 @@ pub trait SubjectKeys: Send + Sync + 'static {
     fn on_shred(&self, listener: ShredListener);
 
     /// The subject's newest unshredded key, if any.
-    async fn current(&self, token: &SubjectToken)
-        -> Result<Option<(u32, WrappedKey)>, StoreError>;
+    async fn current(&self, token: &SubjectToken) -> Result<Option<(u32, WrappedKey)>, StoreError>;
 
     /// One version of the subject's key: wrapped, erased, or unknown.
     async fn lookup(&self, token: &SubjectToken, version: u32) -> Result<SubjectKey, StoreError>;
@@ -455,10 +454,7 @@ impl SubjectKeys for SubjectKeyStore {
             .push(listener);
     }
 
-    async fn current(
-        &self,
-        token: &SubjectToken,
-    ) -> Result<Option<(u32, WrappedKey)>, StoreError> {
+    async fn current(&self, token: &SubjectToken) -> Result<Option<(u32, WrappedKey)>, StoreError> {
         SubjectKeyStore::current(self, token)
     }
 
@@ -473,18 +469,17 @@ impl SubjectKeys for SubjectKeyStore {
     ) -> Result<(u32, WrappedKey), StoreError> {
         // sled's flush waits for the disk: keep it off the executor.
         let (db, tree, token, w) = (self.db.clone(), self.tree.clone(), *token, wrapped.clone());
-        let version = match tokio::task::spawn_blocking(move || add_version(&db, &tree, &token, &w))
-            .await
-        {
-            Ok(r) => r?,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => {
-                return Err(StoreError::Db {
-                    op: "store a new subject key (task cancelled)",
-                    source: sled::Error::Io(std::io::Error::other("cancelled")),
-                })
-            }
-        };
+        let version =
+            match tokio::task::spawn_blocking(move || add_version(&db, &tree, &token, &w)).await {
+                Ok(r) => r?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {
+                    return Err(StoreError::Db {
+                        op: "store a new subject key (task cancelled)",
+                        source: sled::Error::Io(std::io::Error::other("cancelled")),
+                    })
+                }
+            };
         Ok((version, wrapped.clone()))
     }
 

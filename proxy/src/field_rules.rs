@@ -150,7 +150,10 @@ impl EncryptionConfig {
                 _ => {}
             }
             if s.replication_factor.is_some_and(|r| r < 1) {
-                bad("subject_keys.replication_factor", "must be at least 1".into());
+                bad(
+                    "subject_keys.replication_factor",
+                    "must be at least 1".into(),
+                );
             }
             if !s.token_key_file.is_file() {
                 bad(

@@ -307,7 +307,11 @@ fn section_errors_name_the_key() {
             "encryption.subject_keys",
             "not both",
         ),
-        ("{token_key_file: token.key}", "encryption.subject_keys", "`topic`"),
+        (
+            "{token_key_file: token.key}",
+            "encryption.subject_keys",
+            "`topic`",
+        ),
         (
             "{topic: \"bad topic!\", token_key_file: token.key}",
             "encryption.subject_keys.topic",

@@ -281,13 +281,14 @@ fn shred(cfg: &Config, enc: &EncryptionConfig, subject: &str) -> anyhow::Result<
     match rt.block_on(open_store(cfg, enc)) {
         Ok(Some(store)) => {
             let r = rt.block_on(store.shred(subject.as_bytes()))?;
-            let place = enc.subject_keys.as_ref().map_or(String::new(), |s| {
-                match (&s.dir, &s.topic) {
-                    (Some(d), _) => d.display().to_string(),
-                    (None, Some(t)) => format!("topic {t}"),
-                    (None, None) => String::new(),
-                }
-            });
+            let place =
+                enc.subject_keys
+                    .as_ref()
+                    .map_or(String::new(), |s| match (&s.dir, &s.topic) {
+                        (Some(d), _) => d.display().to_string(),
+                        (None, Some(t)) => format!("topic {t}"),
+                        (None, None) => String::new(),
+                    });
             println!(
                 "shredded subject {} (key versions {:?}) in {place}",
                 r.token_hex, r.versions_destroyed,

@@ -146,12 +146,17 @@ pub async fn subject_store(
         return Ok(None);
     };
     let key = read_secret("encryption.subject_keys.token_key_file", &s.token_key_file)?;
-    let err = |e: custos_crypto::subject_store::StoreError| ProtectionError::SubjectKeys(e.to_string());
+    let err =
+        |e: custos_crypto::subject_store::StoreError| ProtectionError::SubjectKeys(e.to_string());
     if let Some(dir) = &s.dir {
-        return Ok(Some(Arc::new(SubjectKeyStore::open(dir, &key).map_err(err)?)));
+        return Ok(Some(Arc::new(
+            SubjectKeyStore::open(dir, &key).map_err(err)?,
+        )));
     }
     let Some(topic) = &s.topic else {
-        return Err(ProtectionError::SubjectKeys("neither `dir` nor `topic` is set".into()));
+        return Err(ProtectionError::SubjectKeys(
+            "neither `dir` nor `topic` is set".into(),
+        ));
     };
     let own = crate::upstream::OwnTopic {
         servers: upstream.servers.clone(),

@@ -250,7 +250,9 @@ impl TopicSubjectStore {
                             match state.apply(at, key, r.value.as_deref()) {
                                 Ok(Applied::Shredded(t)) => shredded.push(t),
                                 Ok(Applied::Quiet) => {}
-                                Err(e) => tracing::error!(topic = %self.own.topic, error = %e, "skipped"),
+                                Err(e) => {
+                                    tracing::error!(topic = %self.own.topic, error = %e, "skipped")
+                                }
                             }
                         }
                         state.skip_to(
@@ -328,21 +330,29 @@ impl TopicSubjectStore {
                         last = e;
                         continue;
                     }
-                    Err(_) => return Err(unavailable("connecting to the partition leader timed out")),
+                    Err(_) => {
+                        return Err(unavailable("connecting to the partition leader timed out"))
+                    }
                 }
             }
-            let Some(conn) = writer.as_mut() else { continue };
+            let Some(conn) = writer.as_mut() else {
+                continue;
+            };
             let request = ProduceRequest::default()
                 .with_acks(-1)
                 .with_timeout_ms(10_000)
                 .with_topic_data(vec![produce_request::TopicProduceData::default()
                     .with_name(topic_name(&self.own.topic))
-                    .with_partition_data(vec![produce_request::PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(bytes.clone()))])]);
-            let answer =
-                tokio::time::timeout(SETTLE_TIMEOUT, conn.call(ApiKey::Produce, 9, RequestKind::Produce(request)))
-                    .await;
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(bytes.clone())),
+                    ])]);
+            let answer = tokio::time::timeout(
+                SETTLE_TIMEOUT,
+                conn.call(ApiKey::Produce, 9, RequestKind::Produce(request)),
+            )
+            .await;
             let part = match answer {
                 Ok(Ok(ResponseKind::Produce(p))) => p
                     .responses
@@ -409,7 +419,9 @@ impl TopicSubjectStore {
                 let (host, port) = self.own.leader().await.map_err(unavailable)?;
                 *writer = Some(self.own.connect(&host, port).await.map_err(unavailable)?);
             }
-            let conn = writer.as_mut().ok_or_else(|| unavailable("no connection"))?;
+            let conn = writer
+                .as_mut()
+                .ok_or_else(|| unavailable("no connection"))?;
             match self.high_watermark(conn).await {
                 Ok(end) => end,
                 Err(e) => {
@@ -439,10 +451,7 @@ impl SubjectKeys for TopicSubjectStore {
             .push(listener);
     }
 
-    async fn current(
-        &self,
-        token: &SubjectToken,
-    ) -> Result<Option<(u32, WrappedKey)>, StoreError> {
+    async fn current(&self, token: &SubjectToken) -> Result<Option<(u32, WrappedKey)>, StoreError> {
         Ok(self.lock().current(token))
     }
 

@@ -478,13 +478,15 @@ impl OwnTopic {
                             .call(
                                 ApiKey::CreateTopics,
                                 7,
-                                RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(
-                                    vec![create_topics_request::CreatableTopic::default()
-                                        .with_name(name())
-                                        .with_num_partitions(1)
-                                        .with_replication_factor(self.replication_factor)
-                                        .with_configs(configs)],
-                                )),
+                                RequestKind::CreateTopics(
+                                    CreateTopicsRequest::default().with_topics(vec![
+                                        create_topics_request::CreatableTopic::default()
+                                            .with_name(name())
+                                            .with_num_partitions(1)
+                                            .with_replication_factor(self.replication_factor)
+                                            .with_configs(configs),
+                                    ]),
+                                ),
                             )
                             .await?;
                         if let ResponseKind::CreateTopics(c) = created {
