@@ -195,6 +195,20 @@ impl Proxy {
             None => None,
         };
         if let Some(p) = &protection {
+            if let Some(store) = p.subjects.as_ref().filter(|s| s.kind() == "kafka") {
+                // A shredding made through another gateway (or the CLI) is
+                // recorded here when this gateway applies it: every gateway's
+                // log shows when it stopped revealing that subject.
+                let auditor = auditor.clone();
+                store.on_shred(Box::new(move |token| {
+                    auditor.event(
+                        auditor
+                            .record(custos_audit::EventKind::KeyShredding)
+                            .with_detail("subject_token", custos_crypto::subject_store::hex(token))
+                            .with_detail("applied_from", "subject key topic"),
+                    );
+                }));
+            }
             if let Some(k) = p.keyring.clone() {
                 tokio::spawn(crate::protection::watch_keyring(
                     k,

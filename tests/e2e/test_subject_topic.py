@@ -32,9 +32,13 @@ permit (principal, action in [Action::"All", Action::"Decrypt"], resource);
 '''
 
 
-def config(d):
+def config(d, name):
     return f'''authorization:
   policies: ["{d / 'policies.cedar'}"]
+audit:
+  dir: "{d / name / 'audit'}"
+  signing_key: "{d / 'audit.key'}"
+  mode: async
 encryption:
   kms:
     local:
@@ -55,7 +59,7 @@ encryption:
 
 
 def gateway(kafka, d, name, defer_start=False):
-    return start_gateway(kafka, d / name, name, extra_yaml=config(d), defer_start=defer_start,
+    return start_gateway(kafka, d / name, name, extra_yaml=config(d, name), defer_start=defer_start,
                          admin_extra=f"  token_file: \"{d / 'admin.token'}\"\n")
 
 
@@ -67,6 +71,9 @@ def pair(kafka, tmp_path_factory):
     (d / "policies.cedar").write_text(POLICIES)
     (d / "admin.token").write_text(ADMIN_TOKEN + "\n")
     (d / "admin.token").chmod(0o600)
+    r = subprocess.run([CUSTOS_BIN, "audit", "keygen", "--out", str(d / "audit.key")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     a = gateway(kafka, d, "custos-subj-a", defer_start=True)
     r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(a.config_path), "create", "shared-kek"],
                        capture_output=True, text=True, timeout=60)
@@ -79,6 +86,13 @@ def pair(kafka, tmp_path_factory):
     for g in (a, b):
         if g.proc is not None:
             stop_gateway(g)
+
+
+def audit(gw, kind):
+    req = urllib.request.Request(f"http://{gw.host}:{gw.admin_port}/v1/audit?kind={kind}&limit=100")
+    req.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["records"]
 
 
 def doc(user, n):
@@ -146,6 +160,12 @@ def test_gateways_share_subject_keys_and_shredding(pair, kafka):
         return docs if all(docs[n]["name"] == "custos:erased" for n in (0, 2)) else None
     docs = wait_until(erased_on_a, 10, "alice erased on the other gateway")
     assert docs[1]["name"] == "Name of bob"
+    # Each gateway's audit log: B records the request, A records applying it.
+    on_b = audit(b, "key_shredding")
+    assert [r["details"].get("applied_from") for r in on_b].count(None) == 1, on_b
+    on_a = wait_until(lambda: audit(a, "key_shredding"), 10, "the shredding in A's audit log")
+    assert [r["details"]["applied_from"] for r in on_a] == ["subject key topic"], on_a
+    assert on_a[0]["details"]["subject_token"] == receipt["subject_token"]
 
     # A restarted gateway rebuilds its state from the topic.
     stop_gateway(a)
