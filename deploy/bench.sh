@@ -26,7 +26,14 @@
 # runs, e.g. BENCH_PATHS="authz json enc-value enc-json"; the latency and
 # own-time measures need direct and proxy, the idle-connection one proxy.
 #
-# Env: BENCH_PATHS, BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
+# BENCH_PAYLOAD=file makes the paths without a payload file of their own
+# (direct, proxy, authz, audit, audit-async, enc-value) send 1000 distinct
+# pre-drawn records of random letters instead: the perf producer then does
+# not draw ~1 KiB of fresh random bytes per record, which on a small machine
+# keeps one core busy and so charges the proxy's CPU to the producer one for
+# one. Default: random (the tool's --record-size).
+#
+# Env: BENCH_PATHS, BENCH_PAYLOAD, BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
 #      BENCH_IDLE_CONNS (1000), CUSTOS_BIN (default: target/release/custos,
 #      built if missing).
 set -euo pipefail
@@ -50,6 +57,11 @@ AUDIT_ASYNC_ADMIN=127.0.0.1:49430
 ENC=127.0.0.1:49540
 ENC_ADMIN=127.0.0.1:49440
 PATHS="${BENCH_PATHS:-direct proxy authz audit audit-async json enc-value enc-json}"
+PAYLOAD_MODE="${BENCH_PAYLOAD:-random}"
+case "$PAYLOAD_MODE" in
+  random|file) ;;
+  *) echo "bench.sh: BENCH_PAYLOAD must be random or file, not '$PAYLOAD_MODE'" >&2; exit 2 ;;
+esac
 for p in $PATHS; do
   case "$p" in
     direct|proxy|authz|audit|audit-async|json|enc-value|enc-json) ;;
@@ -174,6 +186,16 @@ for i in range(1000):
     print(line)
 PY
 
+# BENCH_PAYLOAD=file: 1000 records of SIZE random letters, one a line.
+python3 - "$SIZE" > "$RUN/payload-random.txt" <<'PY'
+import random, string, sys
+size = int(sys.argv[1]); rnd = random.Random(11)
+for _ in range(1000):
+    print("".join(rnd.choice(string.ascii_uppercase) for _ in range(size)))
+PY
+PLAIN_PAYLOAD=""
+[[ "$PAYLOAD_MODE" == file ]] && PLAIN_PAYLOAD="$RUN/payload-random.txt"
+
 tool() { deploy/kafka.sh tool "$@"; }
 for t in bench bench.json bench.enc.value bench.enc.json; do
   tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$DIRECT" --create \
@@ -200,10 +222,11 @@ echo "round,path,produce_rec_s,consume_rec_s" > "$RUN/throughput.csv"
 # Where each path goes: bootstrap, topic, payload file (none: random bytes).
 route() {
   case "$1" in
-    direct) echo "$DIRECT bench" ;; proxy) echo "$PROXY bench" ;; authz) echo "$AUTHZ bench" ;;
-    audit) echo "$AUDIT bench" ;; audit-async) echo "$AUDIT_ASYNC bench" ;;
+    direct) echo "$DIRECT bench $PLAIN_PAYLOAD" ;; proxy) echo "$PROXY bench $PLAIN_PAYLOAD" ;;
+    authz) echo "$AUTHZ bench $PLAIN_PAYLOAD" ;;
+    audit) echo "$AUDIT bench $PLAIN_PAYLOAD" ;; audit-async) echo "$AUDIT_ASYNC bench $PLAIN_PAYLOAD" ;;
     json) echo "$AUTHZ bench.json $RUN/payload.jsonl" ;;
-    enc-value) echo "$ENC bench.enc.value" ;;
+    enc-value) echo "$ENC bench.enc.value $PLAIN_PAYLOAD" ;;
     enc-json) echo "$ENC bench.enc.json $RUN/payload.jsonl" ;;
   esac
 }
@@ -247,7 +270,7 @@ if has direct && has proxy; then
   for r in $(seq 1 "$ROUNDS"); do
     for path in direct proxy; do
       b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
-      line=$(produce "$b" "$RATE")
+      line=$(produce "$b" "$RATE" bench "$PLAIN_PAYLOAD")
       echo "$r,$path,$(echo "$line" | field_pct 50th),$(echo "$line" | field_pct 99th)" | tee -a "$RUN/latency.csv"
     done
   done
@@ -314,7 +337,7 @@ fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
 echo
-echo "== results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B; paths: $PATHS) =="
+echo "== results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B, payload $PAYLOAD_MODE; paths: $PATHS) =="
 if has direct && has proxy; then
   echo "produce records/s: direct $DP, through Custos $PP, ratio of medians $(ratio "$PP" "$DP"), median paired ratio $(paired 3)"
   echo "consume records/s: direct $DC, through Custos $PC, ratio of medians $(ratio "$PC" "$DC"), median paired ratio $(paired 4)"
