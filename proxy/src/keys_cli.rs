@@ -196,7 +196,7 @@ async fn open_store(
     // A topic store is tailed while the command runs (its writes wait to see
     // themselves); the tail ends with the command's runtime.
     let forever = tokio_util::sync::CancellationToken::new();
-    Ok(protection::subject_store(enc, &upstream, &forever).await?)
+    Ok(protection::subject_store(enc, &upstream, None, &forever).await?)
 }
 
 fn report(cfg: &Config, enc: &EncryptionConfig, topics: &[String]) -> anyhow::Result<ExitCode> {

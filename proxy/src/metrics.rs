@@ -142,6 +142,11 @@ pub struct Metrics {
     pub dek_cache_hits: Gauge,
     /// Data-key cache misses (copied from the key manager at scrape time).
     pub dek_cache_misses: Gauge,
+    /// The offset after the last record of the shared subject key topic
+    /// applied (`encryption.subject_keys.topic`).
+    pub subject_keys_offset: Gauge,
+    /// Failed reads and writes of the shared subject key topic.
+    pub subject_keys_failures: Counter,
     /// The key manager whose cache counters are exported, once set.
     pub key_stats: std::sync::OnceLock<std::sync::Arc<custos_crypto::keys::KeyManager>>,
     next_conn_id: AtomicU64,
@@ -218,6 +223,18 @@ impl Metrics {
         let kms_latency = upstream_histogram();
         let dek_cache_hits = Gauge::default();
         let dek_cache_misses = Gauge::default();
+        let subject_keys_offset = Gauge::default();
+        let subject_keys_failures = Counter::default();
+        registry.register(
+            "subject_keys_topic_offset",
+            "Offset after the last record of the shared subject key topic applied",
+            subject_keys_offset.clone(),
+        );
+        registry.register(
+            "subject_keys_topic_failures",
+            "Failed reads and writes of the shared subject key topic",
+            subject_keys_failures.clone(),
+        );
         registry.register(
             "encrypted_records",
             "Produced records whose protected parts were encrypted",
@@ -343,6 +360,8 @@ impl Metrics {
             kms_latency,
             dek_cache_hits,
             dek_cache_misses,
+            subject_keys_offset,
+            subject_keys_failures,
             key_stats: std::sync::OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
             labels: (0..LABEL_SLOTS)

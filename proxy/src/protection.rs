@@ -140,6 +140,7 @@ pub fn tokenizer(key: &'static str, path: &Path) -> Result<SubjectTokenizer, Pro
 pub async fn subject_store(
     cfg: &EncryptionConfig,
     upstream: &Upstream,
+    metrics: Option<Arc<Metrics>>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<Arc<dyn SubjectKeys>>, ProtectionError> {
     let Some(s) = &cfg.subject_keys else {
@@ -172,7 +173,7 @@ pub async fn subject_store(
     };
     let opened = tokio::time::timeout(
         upstream.timeout.max(Duration::from_secs(30)),
-        crate::subject_topic::TopicSubjectStore::open(own, &key, shutdown.clone()),
+        crate::subject_topic::TopicSubjectStore::open(own, &key, metrics, shutdown.clone()),
     )
     .await
     .map_err(|_| ProtectionError::SubjectKeys(format!("reading topic {topic} timed out")))?
@@ -242,7 +243,7 @@ pub async fn open(
     };
     let guarded: Arc<dyn Kms> =
         Arc::new(GuardedKms::new(inner, guard).with_observer(metrics.clone()));
-    let subjects = subject_store(cfg, upstream, shutdown).await?;
+    let subjects = subject_store(cfg, upstream, Some(metrics.clone()), shutdown).await?;
     let mut keys = KeyManager::new(
         guarded,
         Rotation {

@@ -34,6 +34,7 @@ use kafka_protocol::records::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::record_batch::{self, Segment};
 use crate::upstream::{Conn, OwnTopic};
 
@@ -66,6 +67,7 @@ pub struct TopicSubjectStore {
     writer: tokio::sync::Mutex<Option<Conn>>,
     /// Why the tail last failed, while it is failing.
     tail_error: Mutex<Option<String>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -85,10 +87,12 @@ fn topic_name(t: &str) -> TopicName {
 
 impl TopicSubjectStore {
     /// Opens the store on `own` (creating the topic if missing), reads it to
-    /// its end, and keeps tailing it until `shutdown`.
+    /// its end, and keeps tailing it until `shutdown`; progress and failures
+    /// go to `metrics` when given.
     pub async fn open(
         own: OwnTopic,
         token_key: &[u8],
+        metrics: Option<Arc<Metrics>>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let tokenizer = SubjectTokenizer::new(token_key)?;
@@ -101,6 +105,7 @@ impl TopicSubjectStore {
             listeners: Arc::new(Mutex::new(Vec::new())),
             writer: tokio::sync::Mutex::new(None),
             tail_error: Mutex::new(None),
+            metrics,
         });
         let (host, port) = store.own.leader().await.map_err(unavailable)?;
         let mut conn = store.own.connect(&host, port).await.map_err(unavailable)?;
@@ -133,6 +138,7 @@ impl TopicSubjectStore {
                 continue;
             };
             tracing::warn!(topic = %self.own.topic, error = %e, "reading the subject key topic failed; reconnecting");
+            self.failed();
             *self.tail_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             loop {
                 tokio::select! {
@@ -276,7 +282,11 @@ impl TopicSubjectStore {
             }
         }
         drop(listeners);
-        self.applied.send_replace(self.next_offset());
+        let next = self.next_offset();
+        if let Some(m) = &self.metrics {
+            m.subject_keys_offset.set(next);
+        }
+        self.applied.send_replace(next);
         Ok(())
     }
 
@@ -384,10 +394,17 @@ impl TopicSubjectStore {
                 }
             }
         }
+        self.failed();
         Err(unavailable(format!(
             "writing to {} failed: {last}",
             self.own.topic
         )))
+    }
+
+    fn failed(&self) {
+        if let Some(m) = &self.metrics {
+            m.subject_keys_failures.inc();
+        }
     }
 
     /// Waits until the tail has applied every record before `offset`.

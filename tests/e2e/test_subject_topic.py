@@ -11,6 +11,7 @@ holds no subject id."""
 import base64
 import json
 import os
+import re
 import subprocess
 import threading
 import urllib.request
@@ -178,6 +179,13 @@ def test_gateways_share_subject_keys_and_shredding(pair, kafka):
     for g in (a, b):
         assert names(g, 64)[3]["name"] == "Name of alice"
 
+    # Both gateways report how far into the key topic they have applied.
+    for g in (a, b):
+        with urllib.request.urlopen(f"http://{g.host}:{g.admin_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        m = re.search(r"^custos_subject_keys_topic_offset (\d+)", text, re.M)
+        assert m and int(m.group(1)) >= 33, (g.name, m and m.group(0))
+        assert "custos_subject_keys_topic_failures_total 0" in text, g.name
     # The key topic: compacted, and no subject id in it.
     admin = rd_admin(kafka.bootstrap)
     res = ConfigResource(ConfigResource.Type.TOPIC, KEY_TOPIC)
