@@ -89,6 +89,13 @@ def pair(kafka, tmp_path_factory):
             stop_gateway(g)
 
 
+def keys(gw, *args):
+    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(gw.config_path), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"custos keys {args}: {r.stdout}\n{r.stderr}"
+    return r
+
+
 def audit(gw, kind):
     req = urllib.request.Request(f"http://{gw.host}:{gw.admin_port}/v1/audit?kind={kind}&limit=100")
     req.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
@@ -168,7 +175,16 @@ def test_gateways_share_subject_keys_and_shredding(pair, kafka):
     assert [r["details"]["applied_from"] for r in on_a] == ["subject key topic"], on_a
     assert on_a[0]["details"]["subject_token"] == receipt["subject_token"]
 
-    # A restarted gateway rebuilds its state from the topic.
+    # Rotate the KEK and rewrap every stored subject key while both gateways
+    # run (the topic is never locked); the report reads the topic.
+    keys(a, "rotate", "shared-kek")
+    out = keys(a, "rewrap").stdout
+    assert "rewrapped 31 subject keys (0 skipped, 0 failed)" in out, out
+    report = keys(a, "report", "--topic", TOPIC).stdout
+    assert re.search(r"shared-kek\s+2\s+31\b", report), report
+    assert not re.search(r"shared-kek\s+1\s+\d", report), report
+    # A restarted gateway rebuilds its state from the topic, and unwraps the
+    # rewrapped keys under version 2.
     stop_gateway(a)
     a.start()
     docs = names(a, 63)
@@ -194,3 +210,19 @@ def test_gateways_share_subject_keys_and_shredding(pair, kafka):
     stored = rd_consume(kafka.bootstrap, KEY_TOPIC, 1, extra_s=2)
     assert stored and not any(b"alice" in (r.k or b"") + (r.v or b"") for r in stored)
     assert any(r.v is None for r in stored), "shredding left tombstones"
+
+
+def test_a_key_topic_that_cannot_be_created_stops_the_start(pair, kafka):
+    """One broker cannot hold three replicas: the gateway does not start, and
+    says which setting and what the broker answered."""
+    _, _, d = pair
+    bad = (d / "custos-subj-a" / "custos.yaml").read_text().replace(
+        f"topic: {KEY_TOPIC}\n    replication_factor: 1", "topic: _custos_subject_keys_rf3\n    replication_factor: 3")
+    assert "replication_factor: 3" in bad
+    cfg = d / "rf3.yaml"
+    # Other ports, so it cannot clash with the running pair.
+    cfg.write_text(re.sub(r"(port[a-z_]*: |listen: [0-9.]+:)(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + 400), bad)
+                   .replace(str(d / "custos-subj-a" / "audit"), str(d / "rf3-audit")))
+    run = subprocess.run([CUSTOS_BIN, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=90)
+    assert run.returncode != 0
+    assert "subject_keys" in run.stderr and "error code 38" in run.stderr, run.stderr[-2000:]
