@@ -72,6 +72,15 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"{gw.name} ({state}) log tail: {gw.log_path}", t or "(empty)"))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Gateways a failed fixture set-up never reached the teardown of would
+    outlive the run (and keep reconnecting to a Kafka that is gone)."""
+    for gw in list(ACTIVE_GATEWAYS):
+        if getattr(gw, "proc", None) is not None and gw.proc.poll() is None:
+            gw.proc.kill()
+            gw.proc.wait(10)
+
+
 def pytest_report_header(config):
     mode = "DIRECT (no proxy)" if DIRECT else f"through Custos ({CUSTOS_BIN})"
     return [f"custos e2e: {mode}"]
