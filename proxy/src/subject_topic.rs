@@ -42,6 +42,8 @@ use crate::upstream::{Conn, OwnTopic};
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
 /// How long a fetch waits at the broker for new records.
 const FETCH_WAIT_MS: i32 = 500;
+/// Least time between two catch-ups for keys not known yet.
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a write waits to see itself in the log.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Topic configs on creation: compacted (the newest record per key stays),
@@ -67,6 +69,8 @@ pub struct TopicSubjectStore {
     writer: tokio::sync::Mutex<Option<Conn>>,
     /// Why the tail last failed, while it is failing.
     tail_error: Mutex<Option<String>>,
+    /// When a lookup of an unknown key last caught up with the log's end.
+    last_sync: Mutex<Option<std::time::Instant>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -105,6 +109,7 @@ impl TopicSubjectStore {
             listeners: Arc::new(Mutex::new(Vec::new())),
             writer: tokio::sync::Mutex::new(None),
             tail_error: Mutex::new(None),
+            last_sync: Mutex::new(None),
             metrics,
         });
         let (host, port) = store.own.leader().await.map_err(unavailable)?;
@@ -478,7 +483,19 @@ impl SubjectKeys for TopicSubjectStore {
             known => return Ok(known),
         }
         // Written by another gateway a moment ago, perhaps: catch up once.
-        self.sync().await?;
+        // At most one catch-up per interval, so records naming keys that
+        // never existed cannot turn every fetch into a round trip.
+        let due = {
+            let mut last = self.last_sync.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= MIN_SYNC_INTERVAL);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            self.sync().await?;
+        }
         Ok(self.lock().lookup(token, version))
     }
 
