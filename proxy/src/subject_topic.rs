@@ -116,7 +116,12 @@ impl TopicSubjectStore {
         let mut conn = store.own.connect(&host, port).await.map_err(unavailable)?;
         let end = store.high_watermark(&mut conn).await?;
         while store.next_offset() < end {
+            let before = store.next_offset();
             store.fetch_once(&mut conn, 0).await?;
+            if store.next_offset() == before {
+                // Held back by a quota: wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         tracing::info!(topic = %store.own.topic, records = end, "subject key topic read");
         tokio::spawn(store.clone().tail(conn, shutdown));
@@ -242,13 +247,23 @@ impl TopicSubjectStore {
                 )))
             }
         }
-        let Some(records) = &p.records else {
-            return Ok(());
+        let segments = match &p.records {
+            Some(records) => record_batch::decode(records).map_err(|e| StoreError::Corrupt {
+                token_hex: String::new(),
+                why: format!("subject key topic batch: {e}"),
+            })?,
+            None => Vec::new(),
         };
-        let segments = record_batch::decode(records).map_err(|e| StoreError::Corrupt {
-            token_hex: String::new(),
-            why: format!("subject key topic batch: {e}"),
-        })?;
+        if segments.is_empty() {
+            // Nothing at or after our offset below the high watermark: the
+            // rest of the log was compacted away (or there is nothing new),
+            // unless a quota held the answer back.
+            if f.throttle_time_ms == 0 {
+                self.lock().skip_to(p.high_watermark);
+            }
+            self.applied.send_replace(self.next_offset());
+            return Ok(());
+        }
         let mut shredded = Vec::new();
         {
             let mut state = self.lock();

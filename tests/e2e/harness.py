@@ -695,6 +695,11 @@ def rd_produce(bootstrap, topic, count, *, compression="none", seed=1, size=100,
     transactions also the outcome of each ("commit"/"abort") in the same order."""
     prod = RdProducer(bootstrap, compression=compression, idempotent=idempotent,
                       transactional_id=transactional_id, sec=sec)
+    # Learn the topic's partitions before the first send: messages produced
+    # while librdkafka does not know them wait in its unassigned queue, and
+    # without idempotence they can land after later ones (a send-order check
+    # then fails although every hop kept order).
+    prod.p.list_topics(topic, timeout=10)
     outcomes = {}
     if transactional_id:
         prod.p.init_transactions(timeout)
