@@ -517,19 +517,7 @@ impl LocalKeyring {
     pub fn retire(&self, name: &str, version: u32) -> Result<(), KeyringError> {
         self.mutate(|file, _| {
             let current = current_version(file, name);
-            let versions = file
-                .keys
-                .get_mut(name)
-                .ok_or_else(|| KeyringError::UnknownKek {
-                    name: name.to_owned(),
-                })?;
-            let entry = versions
-                .iter_mut()
-                .find(|v| v.version == version)
-                .ok_or_else(|| KeyringError::UnknownVersion {
-                    name: name.to_owned(),
-                    version,
-                })?;
+            let entry = stored_version(file, name, version)?;
             if entry.state == KekState::Retired {
                 return Ok(());
             }
@@ -549,19 +537,7 @@ impl LocalKeyring {
     /// Irreversible. Destroying twice is a no-op.
     pub fn destroy(&self, name: &str, version: u32) -> Result<(), KeyringError> {
         self.mutate(|file, _| {
-            let versions = file
-                .keys
-                .get_mut(name)
-                .ok_or_else(|| KeyringError::UnknownKek {
-                    name: name.to_owned(),
-                })?;
-            let entry = versions
-                .iter_mut()
-                .find(|v| v.version == version)
-                .ok_or_else(|| KeyringError::UnknownVersion {
-                    name: name.to_owned(),
-                    version,
-                })?;
+            let entry = stored_version(file, name, version)?;
             match entry.state {
                 KekState::Destroyed => Ok(()),
                 KekState::Active => Err(KeyringError::CannotDestroyUnretired {
@@ -963,6 +939,25 @@ fn open(key: &LessSafeKey, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<[u8; DEK
     }
     out.copy_from_slice(plain);
     Ok(out)
+}
+
+/// The stored entry of `name` version `version`, for a mutation.
+fn stored_version<'f>(
+    file: &'f mut KeyringFile,
+    name: &str,
+    version: u32,
+) -> Result<&'f mut StoredVersion, KeyringError> {
+    file.keys
+        .get_mut(name)
+        .ok_or_else(|| KeyringError::UnknownKek {
+            name: name.to_owned(),
+        })?
+        .iter_mut()
+        .find(|v| v.version == version)
+        .ok_or_else(|| KeyringError::UnknownVersion {
+            name: name.to_owned(),
+            version,
+        })
 }
 
 /// A new random KEK version, encrypted under the master key.

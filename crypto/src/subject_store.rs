@@ -370,16 +370,8 @@ impl SubjectKeyStore {
     pub async fn rewrap_all(&self, kms: &dyn Kms) -> Result<RewrapReport, StoreError> {
         let mut report = RewrapReport::default();
         for (token, version, old) in self.all_wrapped()? {
-            let new = match kms.rewrap(&old, None, &subject_context(&token)).await {
-                Ok(w) => w,
-                Err(e) => {
-                    report.failed.push(RewrapFailure {
-                        token_hex: hex(&token),
-                        version,
-                        error: e.to_string(),
-                    });
-                    continue;
-                }
+            let Some(new) = rewrap_key(kms, &token, version, &old, &mut report).await else {
+                continue;
             };
             let replaced = self.update(&token, |rec| {
                 let Some(v) = rec.versions.iter_mut().find(|v| v.version == version) else {
@@ -404,11 +396,7 @@ impl SubjectKeyStore {
     /// How many stored (unshredded) keys sit under each KEK version:
     /// `(kek_id, kek_version, count)`, sorted.
     pub fn report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
-        let mut counts: BTreeMap<(String, u32), u64> = BTreeMap::new();
-        for (_, _, w) in self.all_wrapped()? {
-            *counts.entry((w.kek_id, w.kek_version)).or_default() += 1;
-        }
-        Ok(counts.into_iter().map(|((k, v), n)| (k, v, n)).collect())
+        Ok(count_by_kek(self.all_wrapped()?))
     }
 
     fn all_wrapped(&self) -> Result<Vec<(SubjectToken, u32, WrappedKey)>, StoreError> {
@@ -600,6 +588,38 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// One stored key re-wrapped under its KEK's current version by the KMS;
+/// `None` (and the failure noted in `report`) when the KMS refused.
+pub async fn rewrap_key(
+    kms: &dyn Kms,
+    token: &SubjectToken,
+    version: u32,
+    old: &WrappedKey,
+    report: &mut RewrapReport,
+) -> Option<WrappedKey> {
+    match kms.rewrap(old, None, &subject_context(token)).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            report.failed.push(RewrapFailure {
+                token_hex: hex(token),
+                version,
+                error: e.to_string(),
+            });
+            None
+        }
+    }
+}
+
+/// Stored keys per KEK version, `(kek_id, version, count)` sorted, from
+/// `(token, version, wrapped)` rows.
+pub fn count_by_kek(keys: Vec<(SubjectToken, u32, WrappedKey)>) -> Vec<(String, u32, u64)> {
+    let mut counts: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    for (_, _, w) in keys {
+        *counts.entry((w.kek_id, w.kek_version)).or_default() += 1;
+    }
+    counts.into_iter().map(|((k, v), n)| (k, v, n)).collect()
 }
 
 /// Lower-case hex of `bytes` (how tokens appear in messages and receipts).

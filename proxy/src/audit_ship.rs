@@ -14,12 +14,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit_trail::Auditor;
@@ -129,43 +126,18 @@ impl Shipper {
             let Some(last) = records.last().map(|r| r.seq) else {
                 continue;
             };
-            let now = crate::audit_trail::unix_ms_now();
             let mut batch = Vec::with_capacity(records.len());
-            for (i, r) in records.iter().enumerate() {
+            for r in &records {
                 let mut json = serde_json::to_value(&r.record).map_err(|e| e.to_string())?;
                 if let Some(o) = json.as_object_mut() {
                     o.insert("hash".into(), custos_audit::hex::encode(&r.hash).into());
                 }
-                batch.push(Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i as i64,
-                    // The encoder keeps records in one batch only while
-                    // offset - sequence stays constant; Kafka takes exactly one
-                    // batch per partition. The batch's base sequence is then the
-                    // first record's, -1: "no idempotence", as it must be.
-                    sequence: i32::try_from(i).unwrap_or(i32::MAX) - 1,
-                    timestamp: now,
-                    key: Some(Bytes::from(format!("{instance}/{}", r.seq))),
-                    value: Some(Bytes::from(json.to_string())),
-                    headers: Default::default(),
-                });
+                batch.push((
+                    Bytes::from(format!("{instance}/{}", r.seq)),
+                    Some(Bytes::from(json.to_string())),
+                ));
             }
-            let mut records_bytes = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut records_bytes,
-                &batch,
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression: Compression::None,
-                },
-            )
-            .map_err(|e| e.to_string())?;
+            let records_bytes = crate::upstream::plain_batch(batch)?;
             let answer = conn
                 .call(
                     ApiKey::Produce,
@@ -179,7 +151,7 @@ impl Shipper {
                                 .with_partition_data(vec![
                                     produce_request::PartitionProduceData::default()
                                         .with_index(0)
-                                        .with_records(Some(records_bytes.freeze())),
+                                        .with_records(Some(records_bytes)),
                                 ])]),
                     ),
                 )

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use custos_crypto::kms::{Kms, WrappedKey};
 use custos_crypto::subject_log::{self, Applied, LogRecord, SubjectLog, NONCE_LEN};
 use custos_crypto::subject_store::{
-    hex, subject_context, RewrapFailure, RewrapReport, ShredListener, ShredReceipt, StoreError,
+    count_by_kek, hex, rewrap_key, RewrapReport, ShredListener, ShredReceipt, StoreError,
     SubjectKey, SubjectKeys, SubjectToken,
 };
 use custos_crypto::SubjectTokenizer;
@@ -28,9 +28,6 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, ProduceRequest, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -313,39 +310,13 @@ impl TopicSubjectStore {
     /// Appends `records` as one batch (all or nothing), acknowledged by every
     /// in-sync replica; returns the offset of the first.
     async fn append(&self, records: &[LogRecord]) -> Result<i64, StoreError> {
-        let now = crate::audit_trail::unix_ms_now();
-        let batch: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // Offset minus sequence must stay constant for the encoder to
-                // keep one batch; -1 then means "no idempotence".
-                sequence: i32::try_from(i).unwrap_or(i32::MAX) - 1,
-                timestamp: now,
-                key: Some(Bytes::from(r.key.clone())),
-                value: r.value.clone().map(Bytes::from),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut bytes = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut bytes,
-            &batch,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
+        let bytes = crate::upstream::plain_batch(
+            records
+                .iter()
+                .map(|r| (Bytes::from(r.key.clone()), r.value.clone().map(Bytes::from)))
+                .collect(),
         )
         .map_err(unavailable)?;
-        let bytes = bytes.freeze();
         let mut writer = self.writer.lock().await;
         let mut last = String::new();
         for _ in 0..3 {
@@ -576,16 +547,8 @@ impl SubjectKeys for TopicSubjectStore {
         let mut report = RewrapReport::default();
         let all = self.lock().all_wrapped();
         for (token, version, old) in all {
-            let new = match kms.rewrap(&old, None, &subject_context(&token)).await {
-                Ok(w) => w,
-                Err(e) => {
-                    report.failed.push(RewrapFailure {
-                        token_hex: hex(&token),
-                        version,
-                        error: e.to_string(),
-                    });
-                    continue;
-                }
+            let Some(new) = rewrap_key(kms, &token, version, &old, &mut report).await else {
+                continue;
             };
             let records = self
                 .lock()
@@ -604,10 +567,6 @@ impl SubjectKeys for TopicSubjectStore {
     }
 
     async fn report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
-        let mut counts = std::collections::BTreeMap::<(String, u32), u64>::new();
-        for (_, _, w) in self.lock().all_wrapped() {
-            *counts.entry((w.kek_id, w.kek_version)).or_default() += 1;
-        }
-        Ok(counts.into_iter().map(|((k, v), n)| (k, v, n)).collect())
+        Ok(count_by_kek(self.lock().all_wrapped()))
     }
 }

@@ -513,3 +513,47 @@ impl OwnTopic {
         Err(last)
     }
 }
+
+/// One uncompressed, non-idempotent record batch of `(key, value)` pairs (a
+/// `None` value is a tombstone), timestamped now: what Custos writes to its
+/// own topics.
+pub fn plain_batch(records: Vec<(Bytes, Option<Bytes>)>) -> Result<Bytes, String> {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let now = crate::audit_trail::unix_ms_now();
+    let batch: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder keeps records in one batch only while offset -
+            // sequence stays constant; Kafka takes exactly one batch per
+            // partition. The batch's base sequence is then the first
+            // record's, -1: "no idempotence", as it must be.
+            sequence: i32::try_from(i).unwrap_or(i32::MAX) - 1,
+            timestamp: now,
+            key: Some(key),
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        &batch,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(out.freeze())
+}
