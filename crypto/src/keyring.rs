@@ -518,7 +518,9 @@ impl LocalKeyring {
         self.mutate(|file, _| {
             let current = current_version(file, name);
             let entry = stored_version(file, name, version)?;
-            if entry.state == KekState::Retired {
+            // Retired already, or destroyed (which must stay destroyed: a
+            // "retired" entry without key bytes would not load).
+            if entry.state != KekState::Active {
                 return Ok(());
             }
             if current == Some(version) {
@@ -1257,6 +1259,8 @@ mod tests {
         kr.destroy("orders", 1).expect("destroy");
         kr.destroy("orders", 1)
             .expect("destroying twice is a no-op");
+        kr.retire("orders", 1)
+            .expect("retiring a destroyed version is a no-op");
         assert!(matches!(
             kr.destroy("orders", 7),
             Err(KeyringError::UnknownVersion { version: 7, .. })
