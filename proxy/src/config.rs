@@ -218,6 +218,15 @@ pub struct LimitsConfig {
     /// Most requests in flight per connection before Custos stops reading.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Fetch answers at least this large that stages rewrite (decryption,
+    /// access audit) are streamed partition by partition instead of being
+    /// read whole first; 0 streams every such answer.
+    #[serde(default = "default_fetch_stream_min_bytes")]
+    pub fetch_stream_min_bytes: usize,
+}
+
+fn default_fetch_stream_min_bytes() -> usize {
+    256 * 1024
 }
 
 impl Default for LimitsConfig {
@@ -226,6 +235,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: default_max_frame_bytes(),
             max_connections: default_max_connections(),
             max_in_flight: default_max_in_flight(),
+            fetch_stream_min_bytes: default_fetch_stream_min_bytes(),
         }
     }
 }

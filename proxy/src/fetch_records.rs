@@ -16,10 +16,14 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::record_batch;
 use crate::wire::{put_bytes_len, Reader, WireError};
 
 /// Fetch versions this module reads.
 pub const VERSIONS: std::ops::RangeInclusive<i16> = 4..=18;
+
+/// Kafka's KAFKA_STORAGE_ERROR: retriable; the consumer fetches again.
+pub const KAFKA_STORAGE_ERROR: i16 = 56;
 
 /// First flexible Fetch version.
 const FIRST_FLEXIBLE: i16 = 12;
@@ -91,54 +95,89 @@ pub fn fetch_partitions(
         return Err(FetchError::UnsupportedVersion(version));
     }
     let mut r = Reader::new(body, version >= FIRST_FLEXIBLE);
-    r.i32("throttle time")?;
-    if version >= 7 {
-        r.i16("error code")?;
-        r.i32("session id")?;
-    }
     let mut out = Vec::new();
-    let topics = r.array_len("responses")?.unwrap_or(0);
+    let topics = read_top(&mut r, version)?;
     for _ in 0..topics {
-        let topic = if version >= FIRST_TOPIC_ID {
-            r.uuid("topic id")?;
-            None
-        } else {
-            Some(r.str("topic name")?)
-        };
-        let partitions = r.array_len("partitions")?.unwrap_or(0);
+        let (topic, partitions) = read_topic(&mut r, version)?;
         for _ in 0..partitions {
-            let partition = r.i32("partition index")?;
-            let error_at = r.position();
-            let error_code = r.i16("partition error code")?;
-            r.i64("high watermark")?;
-            r.i64("last stable offset")?;
-            if version >= 5 {
-                r.i64("log start offset")?;
-            }
-            let aborted = r.array_len("aborted transactions")?.unwrap_or(0);
-            for _ in 0..aborted {
-                r.i64("producer id")?;
-                r.i64("first offset")?;
-                r.tagged_fields()?;
-            }
-            if version >= 11 {
-                r.i32("preferred read replica")?;
-            }
-            let (records, field) = r.records_field("records")?;
-            out.push(PartitionRecords {
-                topic,
-                partition,
-                error_code,
-                error_at,
-                records,
-                field,
-            });
+            out.push(read_partition(&mut r, version, topic)?);
             r.tagged_fields()?;
         }
         r.tagged_fields()?;
     }
     r.tagged_fields()?;
     Ok(out)
+}
+
+/// Whether Fetch `version` is flexible (compact lengths, tagged fields).
+pub fn is_flexible(version: i16) -> bool {
+    version >= FIRST_FLEXIBLE
+}
+
+/// Whether Fetch `version` names topics by id instead of by name.
+pub fn names_topics_by_id(version: i16) -> bool {
+    version >= FIRST_TOPIC_ID
+}
+
+/// Reads the fields of a Fetch response before its topics; returns how
+/// many topics follow.
+pub fn read_top(r: &mut Reader<'_>, version: i16) -> Result<usize, WireError> {
+    r.i32("throttle time")?;
+    if version >= 7 {
+        r.i16("error code")?;
+        r.i32("session id")?;
+    }
+    Ok(r.array_len("responses")?.unwrap_or(0))
+}
+
+/// Reads a topic's name (`None` where topics are named by id) and how many
+/// partitions follow.
+pub fn read_topic<'a>(
+    r: &mut Reader<'a>,
+    version: i16,
+) -> Result<(Option<&'a str>, usize), WireError> {
+    let topic = if version >= FIRST_TOPIC_ID {
+        r.uuid("topic id")?;
+        None
+    } else {
+        Some(r.str("topic name")?)
+    };
+    Ok((topic, r.array_len("partitions")?.unwrap_or(0)))
+}
+
+/// Reads one partition of a Fetch response, from its index through its
+/// records field (its tagged fields follow), with `r` at its start.
+pub fn read_partition<'a>(
+    r: &mut Reader<'a>,
+    version: i16,
+    topic: Option<&'a str>,
+) -> Result<PartitionRecords<'a>, WireError> {
+    let partition = r.i32("partition index")?;
+    let error_at = r.position();
+    let error_code = r.i16("partition error code")?;
+    r.i64("high watermark")?;
+    r.i64("last stable offset")?;
+    if version >= 5 {
+        r.i64("log start offset")?;
+    }
+    let aborted = r.array_len("aborted transactions")?.unwrap_or(0);
+    for _ in 0..aborted {
+        r.i64("producer id")?;
+        r.i64("first offset")?;
+        r.tagged_fields()?;
+    }
+    if version >= 11 {
+        r.i32("preferred read replica")?;
+    }
+    let (records, field) = r.records_field("records")?;
+    Ok(PartitionRecords {
+        topic,
+        partition,
+        error_code,
+        error_at,
+        records,
+        field,
+    })
 }
 
 /// A Fetch response frame (`frame`, whose body starts at `body_at`) with
@@ -191,6 +230,72 @@ pub fn splice_records(
     }
     out.push(frame.slice(copied..));
     out.retain(|b| !b.is_empty());
+    Ok(out)
+}
+
+/// `len` bytes that every client reads as a truncated trailing batch, the
+/// kind brokers end fetched records with when a batch does not fit, and
+/// skips: a base offset (`next`, where the next batch would start), a batch
+/// length claiming more bytes than are there, then magic 2 and zeros. Under
+/// 12 bytes it is zeros (too short to name a length); from 12 the length is
+/// at least 49, a v2 header's, which readers check before anything else.
+pub fn filler(len: usize, next: i64) -> Bytes {
+    let mut b = BytesMut::zeroed(len);
+    if len >= 12 {
+        b[..8].copy_from_slice(&next.to_be_bytes());
+        let claimed = i32::try_from((len - 11).max(49)).unwrap_or(i32::MAX);
+        b[8..12].copy_from_slice(&claimed.to_be_bytes());
+    }
+    if len > 16 {
+        b[16] = 2;
+    }
+    b.freeze()
+}
+
+/// Why new records cannot take the place of a partition's records in a
+/// streamed answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not even the first of {have} bytes of new records fits in the {room} bytes the broker sent"
+)]
+pub struct NoRoom {
+    /// Bytes of new records.
+    pub have: usize,
+    /// Bytes to fill.
+    pub room: usize,
+}
+
+/// New records (whole batches, in pieces laid end to end) fitted to exactly
+/// `room` bytes, the length of the records they replace: shorter ones are
+/// followed by a [`filler`]; longer ones lose whole batches from the end
+/// (the client fetches those again from the next offset). Fails when not
+/// even the first batch fits.
+pub fn fit_records(pieces: Vec<Bytes>, room: usize) -> Result<Vec<Bytes>, NoRoom> {
+    let have: usize = pieces.iter().map(Bytes::len).sum();
+    let mut out = Vec::with_capacity(pieces.len() + 1);
+    let mut used = 0;
+    let mut next = None;
+    for p in pieces {
+        let (whole, end) = record_batch::whole_batches_within(&p, room - used);
+        if whole == p.len() {
+            next = end.or(next);
+            used += whole;
+            out.push(p);
+            continue;
+        }
+        if whole > 0 {
+            next = end;
+            used += whole;
+            out.push(p.slice(..whole));
+        }
+        break;
+    }
+    if used == 0 && have > 0 {
+        return Err(NoRoom { have, room });
+    }
+    if used < room {
+        out.push(filler(room - used, next.unwrap_or(0)));
+    }
     Ok(out)
 }
 

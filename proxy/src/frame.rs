@@ -140,6 +140,20 @@ pub async fn write_frame_parts<W: AsyncWrite + Unpin>(
     w.write_all_buf(&mut buf).await
 }
 
+/// Writes pieces of a frame laid end to end (no length prefix is added),
+/// with vectored writes.
+pub async fn write_pieces<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: &[Bytes],
+) -> std::io::Result<()> {
+    let mut buf = Parts {
+        prefix: [0; 4],
+        prefix_at: 4,
+        parts: parts.iter().filter(|p| !p.is_empty()).cloned().collect(),
+    };
+    w.write_all_buf(&mut buf).await
+}
+
 /// A length prefix and pieces, as one [`Buf`].
 struct Parts {
     prefix: [u8; 4],

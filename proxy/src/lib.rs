@@ -5,7 +5,8 @@
 //! one (`upstream.rs`); `session.rs` reads frames (`frame.rs`), decodes the
 //! header (`message.rs`), checks the allow-list (`versions.rs`), runs the
 //! stages (`pipeline.rs`, one file each under `stages/`), and forwards; the
-//! response comes back through the same session and stages. Broker addresses
+//! response comes back through the same session and stages (large Fetch
+//! answers partition by partition, `fetch_stream.rs`). Broker addresses
 //! are mapped in `broker_map.rs`; `admin.rs` and `metrics.rs` serve operators;
 //! `config.rs` reads the one configuration file. Authorization is the
 //! `authorize` stage (policies loaded by `policy_store.rs`, resource names read
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod broker_map;
 pub mod config;
 pub mod fetch_records;
+pub mod fetch_stream;
 pub mod field_rules;
 pub mod frame;
 pub mod handshake;

@@ -134,6 +134,11 @@ pub struct Metrics {
     pub encrypt_failures: Family<ReasonLabel, Counter>,
     /// Fetch partitions withheld because their keys could not be had.
     pub decrypt_failures: Counter,
+    /// Fetch answers streamed through the stages partition by partition.
+    pub fetch_streamed: Counter,
+    /// Partitions of streamed answers withheld because their new records
+    /// were longer than the broker's.
+    pub fetch_stream_no_room: Counter,
     /// KMS calls, by KMS, operation and outcome.
     pub kms_calls: Family<KmsLabel, Counter>,
     /// KMS call latency.
@@ -219,6 +224,8 @@ impl Metrics {
         let decrypted_masked_total = Counter::default();
         let encrypt_failures = Family::<ReasonLabel, Counter>::default();
         let decrypt_failures = Counter::default();
+        let fetch_streamed = Counter::default();
+        let fetch_stream_no_room = Counter::default();
         let kms_calls = Family::<KmsLabel, Counter>::default();
         let kms_latency = upstream_histogram();
         let dek_cache_hits = Gauge::default();
@@ -259,6 +266,16 @@ impl Metrics {
             "decrypt_failures",
             "Fetch partitions withheld because a key could not be had",
             decrypt_failures.clone(),
+        );
+        registry.register(
+            "fetch_streamed",
+            "Fetch answers streamed through the stages partition by partition",
+            fetch_streamed.clone(),
+        );
+        registry.register(
+            "fetch_stream_no_room",
+            "Partitions of streamed Fetch answers withheld because their new records did not fit",
+            fetch_stream_no_room.clone(),
         );
         registry.register(
             "kms_calls",
@@ -356,6 +373,8 @@ impl Metrics {
             decrypted_masked_total,
             encrypt_failures,
             decrypt_failures,
+            fetch_streamed,
+            fetch_stream_no_room,
             kms_calls,
             kms_latency,
             dek_cache_hits,

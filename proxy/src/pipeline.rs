@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use custos_policy::DecisionCache;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 
@@ -125,6 +126,45 @@ impl StageError {
     }
 }
 
+/// A Fetch answer being streamed through the stages partition by partition
+/// (`fetch_stream.rs`): what its partitions' hooks share.
+#[derive(Debug, Clone)]
+pub struct FetchAnswer {
+    /// Fetch version of the exchange.
+    pub api_version: i16,
+    /// Correlation id of the exchange.
+    pub correlation_id: i32,
+    /// Audit records of the exchange so far.
+    pub audit: crate::audit_trail::AuditNotes,
+}
+
+/// One partition of a streamed Fetch answer, as the broker sent it.
+#[derive(Debug, Clone)]
+pub struct FetchPartition {
+    /// Topic name; `None` from v13 on, where topics are named by id.
+    pub topic: Option<Arc<str>>,
+    /// Topic id as text, from v13 on.
+    pub topic_id: Option<Arc<str>>,
+    /// Partition index.
+    pub partition: i32,
+    /// The partition's error code.
+    pub error_code: i16,
+    /// Its whole record batches (a truncated trailing batch is left out: a
+    /// streamed partition keeps its length, and what replaces the records
+    /// is padded to it with a truncated batch of Custos's own).
+    pub records: Bytes,
+}
+
+/// What a stage changes in a streamed partition.
+#[derive(Debug, Default)]
+pub struct PartitionEdit {
+    /// New records, whole batches in pieces laid end to end, no longer than
+    /// the broker's (longer ones lose batches from the end).
+    pub records: Option<Vec<Bytes>>,
+    /// A new error code; the partition's records are then withheld.
+    pub error_code: Option<i16>,
+}
+
 /// One step of the pipeline. Hooks default to doing nothing.
 #[async_trait]
 pub trait Stage: Send + Sync + 'static {
@@ -146,6 +186,26 @@ pub trait Stage: Send + Sync + 'static {
     /// needs is forwarded undecoded, and a large one as it arrives.
     fn wants_response_version(&self, _key: ApiKey, _version: i16) -> bool {
         true
+    }
+
+    /// Whether this stage can take a large Fetch answer at `version` one
+    /// partition at a time through
+    /// [`on_fetch_partition`](Self::on_fetch_partition) instead of whole
+    /// through [`on_response`](Self::on_response). An answer streams only
+    /// when every stage that wants it can.
+    fn streams_fetch(&self, _version: i16) -> bool {
+        false
+    }
+
+    /// Inspects or changes one partition of a streamed Fetch answer.
+    /// Partitions of one answer may be handled concurrently.
+    async fn on_fetch_partition(
+        &self,
+        _session: &SessionInfo,
+        _answer: &FetchAnswer,
+        _partition: &FetchPartition,
+    ) -> Result<Option<PartitionEdit>, StageError> {
+        Ok(None)
     }
 
     /// Inspects or changes a request before it is forwarded.
@@ -216,6 +276,44 @@ impl Pipeline {
         self.by_response_key[slot(key)]
             .iter()
             .any(|&i| self.stages[i].wants_response_version(key, version))
+    }
+
+    /// Whether a large Fetch answer at `version` can be streamed: some stage
+    /// wants it, and every stage that does can take it partition by
+    /// partition.
+    pub fn streams_fetch(&self, version: i16) -> bool {
+        let mut wanted = self.by_response_key[slot(ApiKey::Fetch)]
+            .iter()
+            .map(|&i| &self.stages[i])
+            .filter(|s| s.wants_response_version(ApiKey::Fetch, version))
+            .peekable();
+        wanted.peek().is_some() && wanted.all(|s| s.streams_fetch(version))
+    }
+
+    /// Runs the partition hooks of a streamed Fetch answer, in response
+    /// order. Each stage sees the broker's partition; of their edits, the
+    /// last one's records and the first one's error code are kept.
+    pub async fn on_fetch_partition(
+        &self,
+        session: &SessionInfo,
+        answer: &FetchAnswer,
+        partition: &FetchPartition,
+    ) -> Result<Option<PartitionEdit>, StageError> {
+        let mut edit: Option<PartitionEdit> = None;
+        for &i in &self.by_response_key[slot(ApiKey::Fetch)] {
+            let stage = &self.stages[i];
+            if !stage.wants_response_version(ApiKey::Fetch, answer.api_version) {
+                continue;
+            }
+            if let Some(e) = stage.on_fetch_partition(session, answer, partition).await? {
+                let merged = edit.get_or_insert_with(PartitionEdit::default);
+                if e.records.is_some() {
+                    merged.records = e.records;
+                }
+                merged.error_code = merged.error_code.or(e.error_code);
+            }
+        }
+        Ok(edit)
     }
 
     /// Runs the request stages for this request's api key.

@@ -414,6 +414,30 @@ pub fn raw_batch_end(raw: &[u8]) -> Option<i64> {
     Some(base + last_delta + 1)
 }
 
+/// The longest run of whole batches at the start of `records` that fits in
+/// `room` bytes: its length, and the offset after its last batch (`None`
+/// when the run is empty). A truncated trailing batch, or anything whose
+/// length does not parse, ends the run.
+pub fn whole_batches_within(records: &[u8], room: usize) -> (usize, Option<i64>) {
+    let mut pos = 0;
+    let mut next = None;
+    while records.len() - pos > MAGIC_AT {
+        let Ok(size) = usize::try_from(be_i32(&records[pos + LENGTH_AT..])) else {
+            break;
+        };
+        let end = pos + LOG_OVERHEAD + size;
+        if end > records.len() || end > room {
+            break;
+        }
+        match raw_batch_end(&records[pos..end]) {
+            Some(n) => next = Some(n),
+            None => break,
+        }
+        pos = end;
+    }
+    (pos, next)
+}
+
 /// Splits a records blob (a Produce or Fetch partition's records) into
 /// segments, decoding v2 data batches; decompression is capped at
 /// [`DEFAULT_MAX_DECOMPRESSED`] for the whole blob.

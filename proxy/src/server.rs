@@ -255,6 +255,8 @@ impl Proxy {
             max_frame_bytes: config.limits.max_frame_bytes,
             max_in_flight: config.limits.max_in_flight,
             auditor: auditor.clone(),
+            fetch_stream_min_bytes: config.limits.fetch_stream_min_bytes,
+            fetch_lanes: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         });
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let auth = match &config.listen.auth {

@@ -89,6 +89,11 @@ pub struct SessionCtx {
     pub max_in_flight: usize,
     /// Where audit records go before a response is released.
     pub auditor: crate::audit_trail::Auditor,
+    /// Fetch answers at least this large that stages rewrite are streamed
+    /// partition by partition (`fetch_stream.rs`), not read whole first.
+    pub fetch_stream_min_bytes: usize,
+    /// Partitions of a streamed Fetch answer handled at once.
+    pub fetch_lanes: usize,
 }
 
 /// An entry of the response queue.
@@ -255,6 +260,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut frames = FramedRead::new(upstream_r, FrameCodec::new(MAX_RESPONSE_BYTES));
+    // Fetch answers still to read whole before streaming again.
+    let mut whole_fetches = 0u32;
     let result = async {
         loop {
             let pending = tokio::select! {
@@ -288,7 +295,23 @@ where
                 } => {
                     let wanted = ctx.pipeline.wants_response_at(api_key, api_version)
                         || !amends.0.is_empty();
-                    let taken = if wanted {
+                    let streams = wanted
+                        && api_key == ApiKey::Fetch
+                        && amends.0.is_empty()
+                        && ctx.pipeline.streams_fetch(api_version);
+                    let taken = if streams && whole_fetches == 0 {
+                        let answer = crate::pipeline::FetchAnswer {
+                            api_version,
+                            correlation_id,
+                            audit: audit.clone(),
+                        };
+                        tokio::select! {
+                            biased;
+                            _ = abort.cancelled() => return Ok(()),
+                            s = stream_fetch(&mut frames, &mut client_w, info, ctx, &answer, &mut whole_fetches) => s?,
+                        }
+                    } else if wanted {
+                        whole_fetches = whole_fetches.saturating_sub(u32::from(streams));
                         CutThrough::NotTaken
                     } else {
                         // No stage reads it, so no stage adds audit records:
@@ -411,6 +434,125 @@ struct Streamed {
     bytes: u64,
 }
 
+/// What the first bytes of the broker's next frame say.
+enum Peek {
+    /// It answers the exchange and is at least as large as asked: its size,
+    /// length prefix included.
+    Large(usize),
+    /// Small, or not the answer expected, or its length is bad: for the
+    /// framer to read (and report).
+    Other,
+    /// The broker closed the connection.
+    Closed,
+}
+
+/// Reads the length and correlation id of the broker's next frame into the
+/// framer's own buffer (so the whole-frame path finds them if the frame is
+/// not taken here) and says whether it is an answer to `correlation_id` of
+/// at least `min` bytes.
+async fn peek<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    correlation_id: i32,
+    min: usize,
+) -> Result<Peek, SessionError> {
+    while frames.read_buffer().len() < 8 {
+        let mut head = [0u8; 8];
+        let want = 8 - frames.read_buffer().len();
+        let n = frames
+            .get_mut()
+            .read(&mut head[..want])
+            .await
+            .map_err(|e| fail(Blame::Upstream, format!("reading from broker: {e}")))?;
+        if n == 0 {
+            return Ok(Peek::Closed);
+        }
+        frames.read_buffer_mut().extend_from_slice(&head[..n]);
+    }
+    let buffered = frames.read_buffer();
+    let len = i32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]);
+    let corr = i32::from_be_bytes([buffered[4], buffered[5], buffered[6], buffered[7]]);
+    let total = usize::try_from(len).map_or(0, |len| len + 4);
+    if (min + 4..=MAX_RESPONSE_BYTES + 4).contains(&total) && corr == correlation_id {
+        Ok(Peek::Large(total))
+    } else {
+        Ok(Peek::Other)
+    }
+}
+
+/// The frame in the framer's buffer, if it is whole there.
+fn decode_buffered<R>(frames: &mut FramedRead<R, FrameCodec>) -> Result<CutThrough, SessionError> {
+    let mut codec = *frames.decoder();
+    match codec.decode(frames.read_buffer_mut()) {
+        Ok(Some(raw)) => Ok(CutThrough::Whole(raw)),
+        Ok(None) => Ok(CutThrough::NotTaken),
+        Err(e) => Err(fail(Blame::Upstream, format!("bad frame from broker: {e}"))),
+    }
+}
+
+/// Streams the broker's next frame, a Fetch answer, to the client through
+/// the stages' partition hooks (`fetch_stream.rs`) if it is at least
+/// `ctx.fetch_stream_min_bytes` long; the exchange's audit records are
+/// submitted before its last bytes go out. Any other frame is returned whole
+/// if it is whole in the buffer, else left for the framer.
+async fn stream_fetch<R, W>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    client_w: &mut W,
+    info: &SessionInfo,
+    ctx: &SessionCtx,
+    answer: &crate::pipeline::FetchAnswer,
+    whole_fetches: &mut u32,
+) -> Result<CutThrough, SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let total = match peek(frames, answer.correlation_id, ctx.fetch_stream_min_bytes).await? {
+        Peek::Large(total) => total,
+        Peek::Other => return decode_buffered(frames),
+        Peek::Closed => return Ok(CutThrough::NotTaken),
+    };
+    let arrived_at = Instant::now();
+    // Bytes after this frame in the buffer are the next frame's: they stay.
+    let take = frames.read_buffer().len().min(total);
+    let buf = frames.read_buffer_mut().split_to(take);
+    let sctx = crate::fetch_stream::StreamCtx {
+        pipeline: &ctx.pipeline,
+        session: info,
+        answer,
+        lanes: ctx.fetch_lanes,
+    };
+    use crate::fetch_stream::StreamError as E;
+    let streamed = crate::fetch_stream::stream(frames.get_mut(), buf, total, client_w, &sctx)
+        .await
+        .map_err(|e| match e {
+            E::Client(e) => client_write_error(e),
+            E::Stage(e) => fail(e.blame, e.to_string()),
+            e @ (E::Broker(_) | E::BrokerClosed(..) | E::Malformed(_)) => {
+                fail(Blame::Upstream, e.to_string())
+            }
+        })?;
+    ctx.metrics.fetch_streamed.inc();
+    if streamed.no_room > 0 {
+        ctx.metrics.fetch_stream_no_room.inc_by(streamed.no_room);
+        *whole_fetches = WHOLE_FETCHES_AFTER_NO_ROOM;
+    }
+    // Strict audit: the answer is not whole until its records are durable.
+    submit_audit(ctx, &answer.audit, ApiKey::Fetch).await?;
+    crate::frame::write_pieces(client_w, std::slice::from_ref(&streamed.held))
+        .await
+        .map_err(client_write_error)?;
+    client_w.flush().await.map_err(client_write_error)?;
+    Ok(CutThrough::Streamed(Streamed {
+        arrived_at,
+        first_out: streamed.first_out.unwrap_or_else(Instant::now),
+        bytes: total as u64,
+    }))
+}
+
+/// Fetch answers read whole after a streamed one had a partition whose new
+/// records did not fit: whole, they fit, so the partition moves on.
+const WHOLE_FETCHES_AFTER_NO_ROOM: u32 = 8;
+
 /// Forwards the broker's next frame to the client as it arrives, if it is
 /// large, not yet whole in the framer's buffer, and answers
 /// `correlation_id`. A frame already whole in the buffer is returned; any
@@ -427,40 +569,15 @@ where
 {
     let from_broker =
         |e: std::io::Error| fail(Blame::Upstream, format!("reading from broker: {e}"));
-    // The length and correlation id, read into the framer's own buffer so
-    // that the whole-frame path finds them if this one is not taken.
-    while frames.read_buffer().len() < 8 {
-        let mut head = [0u8; 8];
-        let want = 8 - frames.read_buffer().len();
-        let n = frames
-            .get_mut()
-            .read(&mut head[..want])
-            .await
-            .map_err(from_broker)?;
-        if n == 0 {
-            return Ok(CutThrough::NotTaken);
-        }
-        frames.read_buffer_mut().extend_from_slice(&head[..n]);
-    }
+    let total = match peek(frames, correlation_id, CUT_THROUGH_MIN_BYTES).await? {
+        // A frame already whole here is dealt with now, not after the
+        // broker's next bytes: the framer decodes only after reading more.
+        Peek::Large(total) if frames.read_buffer().len() < total => total,
+        Peek::Large(_) | Peek::Other => return decode_buffered(frames),
+        Peek::Closed => return Ok(CutThrough::NotTaken),
+    };
     let arrived_at = Instant::now();
     let buffered = frames.read_buffer();
-    let len = i32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]);
-    let corr = i32::from_be_bytes([buffered[4], buffered[5], buffered[6], buffered[7]]);
-    let total = usize::try_from(len).map_or(0, |len| len + 4);
-    if !(CUT_THROUGH_MIN_BYTES + 4..=MAX_RESPONSE_BYTES + 4).contains(&total)
-        || corr != correlation_id
-        || buffered.len() >= total
-    {
-        // The framer decodes only after reading more, so a frame already
-        // whole here (or a bad length) is dealt with now, not after the
-        // broker's next bytes.
-        let mut codec = *frames.decoder();
-        return match codec.decode(frames.read_buffer_mut()) {
-            Ok(Some(raw)) => Ok(CutThrough::Whole(raw)),
-            Ok(None) => Ok(CutThrough::NotTaken),
-            Err(e) => Err(fail(Blame::Upstream, format!("bad frame from broker: {e}"))),
-        };
-    }
     client_w
         .write_all(buffered)
         .await
@@ -552,6 +669,8 @@ mod tests {
             max_frame_bytes: 1 << 20,
             max_in_flight: 8,
             auditor: crate::audit_trail::Auditor::disabled(),
+            fetch_stream_min_bytes: CUT_THROUGH_MIN_BYTES,
+            fetch_lanes: 2,
         })
     }
 

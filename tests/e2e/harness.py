@@ -262,7 +262,8 @@ class CustosGateway:
                  name: str = "custos", max_frame_bytes: int = 104857600, extra_yaml: str = "",
                  listen_tls: Optional[dict] = None, upstream_tls: Optional[dict] = None,
                  client_sec: Optional[Sec] = None, listen_extra: str = "",
-                 upstream_sasl: Optional[dict] = None, admin_extra: str = ""):
+                 upstream_sasl: Optional[dict] = None, admin_extra: str = "",
+                 limits_extra: str = ""):
         self.binary = binary
         self.kafka = kafka
         self.workdir = Path(workdir)
@@ -278,6 +279,7 @@ class CustosGateway:
         self.listen_extra = listen_extra
         self.upstream_sasl = upstream_sasl
         self.admin_extra = admin_extra   # more `admin:` keys, each line indented two spaces
+        self.limits_extra = limits_extra  # more `limits:` keys, likewise
         self.listen_tls = listen_tls
         self.upstream_tls = upstream_tls
         self.client_sec = client_sec or PLAIN
@@ -333,6 +335,7 @@ class CustosGateway:
             + upstream_tls +
             "limits:\n"
             f"  max_frame_bytes: {self.max_frame_bytes}\n"
+            + self.limits_extra +
             "admin:\n"
             f"  listen: {self.host}:{self.admin_port}\n"
             + self.admin_extra + self.extra_yaml)

@@ -21,7 +21,9 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::audit_trail::Auditor;
 use crate::message::{Request, Response};
-use crate::pipeline::{Blame, SessionInfo, Stage, StageError, Verdict};
+use crate::pipeline::{
+    Blame, FetchAnswer, FetchPartition, PartitionEdit, SessionInfo, Stage, StageError, Verdict,
+};
 use crate::resources;
 use crate::wire::{Reader, WireError};
 
@@ -85,6 +87,32 @@ fn base(session: &SessionInfo, request: &Request, kind: EventKind) -> AuditRecor
             request.version(),
             request.correlation_id(),
         )
+}
+
+/// An exchange's Fetch record, with what the decrypt stage noted in a
+/// `partial` one (keys used, plaintext or masked).
+fn fetch_record(
+    session: &SessionInfo,
+    notes: &crate::audit_trail::AuditNotes,
+    version: i16,
+    correlation_id: i32,
+    partial: Option<AuditRecord>,
+) -> AuditRecord {
+    let mut record = AuditRecord::new(EventKind::Fetch, notes.instance())
+        .at(SystemTime::now())
+        .with_action("Fetch")
+        .with_principal(
+            session.principal_label.to_string(),
+            session.principal.auth_method.as_str(),
+        )
+        .with_client(session.client_label.to_string(), None)
+        .with_request(ApiKey::Fetch as i16, version, correlation_id);
+    if let Some(p) = partial {
+        record.key_ids = p.key_ids;
+        record.subject_tokens = p.subject_tokens;
+        record.details.extend(p.details);
+    }
+    record
 }
 
 /// (record count, first base offset) of the record batches in `records`.
@@ -217,6 +245,69 @@ impl Stage for AuditAccess {
 
     fn response_api_keys(&self) -> &[ApiKey] {
         &[ApiKey::Produce, ApiKey::Fetch]
+    }
+
+    fn streams_fetch(&self, _version: i16) -> bool {
+        true
+    }
+
+    async fn on_fetch_partition(
+        &self,
+        session: &SessionInfo,
+        answer: &FetchAnswer,
+        part: &FetchPartition,
+    ) -> Result<Option<PartitionEdit>, StageError> {
+        let notes = &answer.audit;
+        if !notes.enabled() || part.records.is_empty() {
+            return Ok(None);
+        }
+        let (count, first) = batch_stats(&part.records);
+        let name = part
+            .topic
+            .as_deref()
+            .or(part.topic_id.as_deref())
+            .unwrap_or_default();
+        notes.update(|records| {
+            // The first partition makes the record (or completes the one the
+            // decrypt stage left); partitions may come in any order.
+            let at = match records.iter().position(|r| r.kind == EventKind::Fetch) {
+                Some(i) if records[i].action.is_some() => i,
+                found => {
+                    let partial = found.map(|i| records.remove(i));
+                    records.push(fetch_record(
+                        session,
+                        notes,
+                        answer.api_version,
+                        answer.correlation_id,
+                        partial,
+                    ));
+                    records.len() - 1
+                }
+            };
+            if count == 0 {
+                return;
+            }
+            let rec = &mut records[at];
+            let res = match rec
+                .resources
+                .iter()
+                .position(|r| r.kind == ResourceType::Topic && r.name == name)
+            {
+                Some(i) => &mut rec.resources[i],
+                None => {
+                    rec.resources.push(Resource::topic(name));
+                    let last = rec.resources.len() - 1;
+                    &mut rec.resources[last]
+                }
+            };
+            *res = std::mem::replace(res, Resource::topic("")).with_partition(
+                part.partition,
+                first,
+                count,
+                part.records.len() as u64,
+            );
+        });
+        Ok(None)
     }
 
     async fn on_request(
@@ -368,27 +459,14 @@ impl Stage for AuditAccess {
                 });
                 // An empty fetch (a long poll that timed out) accessed nothing.
                 if !resources.is_empty() {
-                    let mut record = AuditRecord::new(EventKind::Fetch, notes.instance())
-                        .at(SystemTime::now())
-                        .with_action("Fetch")
-                        .with_principal(
-                            session.principal_label.to_string(),
-                            session.principal.auth_method.as_str(),
-                        )
-                        .with_client(session.client_label.to_string(), None)
-                        .with_request(
-                            response.api_key as i16,
-                            response.api_version,
-                            response.correlation_id,
-                        );
-                    for r in resources {
-                        record = record.with_resource(r);
-                    }
-                    if let Some(p) = partial {
-                        record.key_ids = p.key_ids;
-                        record.subject_tokens = p.subject_tokens;
-                        record.details.extend(p.details);
-                    }
+                    let mut record = fetch_record(
+                        session,
+                        &notes,
+                        response.api_version,
+                        response.correlation_id,
+                        partial,
+                    );
+                    record.resources = resources;
                     notes.push(record);
                 }
             }

@@ -19,17 +19,16 @@ use custos_crypto::kms::KmsError;
 use custos_policy::{Action, Authorizer, RequestContext, Resource};
 use kafka_protocol::messages::ApiKey;
 
-use crate::fetch_records;
+use crate::fetch_records::{self, KAFKA_STORAGE_ERROR};
 use crate::field_rules::{self, Access, KeyLookup, KeyTable, Protection, RevealError};
 use crate::message::Response;
 use crate::metrics::Metrics;
-use crate::pipeline::{Blame, SessionInfo, Stage, StageError};
+use crate::pipeline::{
+    Blame, FetchAnswer, FetchPartition, PartitionEdit, SessionInfo, Stage, StageError,
+};
 use crate::record_batch::{self, RewriteError};
 
 const NAME: &str = "decrypt";
-
-/// Kafka's KAFKA_STORAGE_ERROR: retriable; the consumer fetches again.
-const KAFKA_STORAGE_ERROR: i16 = 56;
 
 /// Kafka's UNSUPPORTED_VERSION.
 const UNSUPPORTED_VERSION: i16 = 35;
@@ -128,6 +127,71 @@ impl Stage for Decrypt {
         &[ApiKey::Fetch]
     }
 
+    fn streams_fetch(&self, version: i16) -> bool {
+        fetch_records::VERSIONS.contains(&version)
+    }
+
+    async fn on_fetch_partition(
+        &self,
+        session: &SessionInfo,
+        answer: &FetchAnswer,
+        part: &FetchPartition,
+    ) -> Result<Option<PartitionEdit>, StageError> {
+        if part.records.is_empty() {
+            return Ok(None);
+        }
+        let Some(topic) = part.topic.as_deref() else {
+            // As in whole answers: topics named by id cannot be matched.
+            return Ok(Some(PartitionEdit {
+                records: None,
+                error_code: Some(UNSUPPORTED_VERSION),
+            }));
+        };
+        let Some(rule) = self.protection.rules.for_topic(topic) else {
+            return Ok(None);
+        };
+        let access = self.access(session, topic, rule);
+        let piece = Piece {
+            seq: 0,
+            replacement: 0,
+            topic: topic.to_string(),
+            access,
+            records: part.records.clone(),
+        };
+        // The session's task keeps reading and writing the answer meanwhile.
+        let (mut outcomes, keys) = self.reveal_all(vec![piece], Placement::Away).await;
+        let Some((_, outcome)) = outcomes.pop() else {
+            return Ok(None);
+        };
+        crate::protection::note_keys(
+            &answer.audit,
+            custos_audit::EventKind::Fetch,
+            keys.key_refs(),
+            &[(
+                format!("revealed.{topic}"),
+                access_label(access).to_string(),
+            )],
+        );
+        Ok(Some(match outcome {
+            Ok((records, n)) => {
+                self.metrics
+                    .decrypted_records(n, access == Access::Plaintext);
+                PartitionEdit {
+                    records: Some(vec![records]),
+                    error_code: None,
+                }
+            }
+            Err(why) => {
+                self.metrics.decrypt_failure();
+                tracing::warn!(topic, partition = part.partition, why = %why, "fetched records withheld");
+                PartitionEdit {
+                    records: None,
+                    error_code: Some(KAFKA_STORAGE_ERROR),
+                }
+            }
+        }))
+    }
+
     async fn on_response(
         &self,
         session: &SessionInfo,
@@ -212,7 +276,12 @@ impl Stage for Decrypt {
         for (seq, p) in pieces.iter_mut().enumerate() {
             p.seq = seq;
         }
-        let (outcomes, keys) = self.reveal_all(pieces, lanes > 1).await;
+        let placement = if lanes > 1 {
+            Placement::Spread
+        } else {
+            Placement::Here
+        };
+        let (outcomes, keys) = self.reveal_all(pieces, placement).await;
         // Records revealed per replacement, and whether in plaintext.
         let mut revealed = vec![(0u64, false); replacements.len()];
         for (piece, outcome) in outcomes {
@@ -248,11 +317,7 @@ impl Stage for Decrypt {
             .map(|(topic, access)| {
                 (
                     format!("revealed.{topic}"),
-                    match access {
-                        Access::Plaintext => "plaintext",
-                        Access::Masked => "masked",
-                    }
-                    .to_string(),
+                    access_label(*access).to_string(),
                 )
             })
             .collect();
@@ -282,6 +347,25 @@ impl Stage for Decrypt {
             .map_err(|e| StageError::codec(NAME, Blame::Internal, e))?;
         Ok(())
     }
+}
+
+/// How an access reads in audit details.
+fn access_label(access: Access) -> &'static str {
+    match access {
+        Access::Plaintext => "plaintext",
+        Access::Masked => "masked",
+    }
+}
+
+/// Where the passes over an answer's pieces run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// All on the session's task.
+    Here,
+    /// One group per lane, one of them on the session's task.
+    Spread,
+    /// All on the blocking pool: the session's task has other work.
+    Away,
 }
 
 /// Protected records at least this large in one answer are revealed in
@@ -362,14 +446,14 @@ fn reveal_piece(
 }
 
 impl Decrypt {
-    /// Reveals every piece, in parallel on the blocking pool when asked:
+    /// Reveals every piece, on the threads `placement` says:
     /// passes with the keys known, then one lookup round for the keys the
     /// passes found missing, then passes again over the pieces that missed
     /// some. Returns each piece with its outcome, and the keys used.
     async fn reveal_all(
         &self,
         pieces: Vec<Piece>,
-        parallel: bool,
+        placement: Placement,
     ) -> (Vec<(Piece, Outcome)>, KeyTable) {
         let mut keys = Arc::new(KeyTable::default());
         let mut pending = pieces;
@@ -378,7 +462,7 @@ impl Decrypt {
         // their failure); the bound only guards against a key that the
         // table somehow never answers.
         for round in 0..3 {
-            let passes = self.run_passes(pending, &keys, parallel).await;
+            let passes = self.run_passes(pending, &keys, placement).await;
             let mut retry = Vec::new();
             let mut lookups = Vec::new();
             for (piece, pass) in passes {
@@ -417,9 +501,9 @@ impl Decrypt {
         &self,
         pieces: Vec<Piece>,
         keys: &Arc<KeyTable>,
-        parallel: bool,
+        placement: Placement,
     ) -> Vec<(Piece, Result<(Bytes, u64), PassError>)> {
-        if !parallel || pieces.len() < 2 {
+        if placement == Placement::Here || (placement == Placement::Spread && pieces.len() < 2) {
             return pieces
                 .into_iter()
                 .map(|p| {
@@ -441,7 +525,10 @@ impl Decrypt {
                 g.1.push(p);
             }
         }
-        let here = groups.pop().map(|(_, g)| g).unwrap_or_default();
+        let here = match placement {
+            Placement::Away => Vec::new(),
+            _ => groups.pop().map(|(_, g)| g).unwrap_or_default(),
+        };
         let tasks: Vec<_> = groups
             .into_iter()
             .map(|(_, group)| {
