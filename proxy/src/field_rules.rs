@@ -9,6 +9,7 @@
 //! file only knows records.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use custos_crypto::SubjectTokenizer;
 use serde::Deserialize;
 
 use crate::auth::ConfigIssue;
+use crate::record_batch::{Field, RecordView};
 
 /// Field encryption: where keys come from and what to protect.
 #[derive(Debug, Clone, Deserialize)]
@@ -926,67 +928,87 @@ impl Clone for KeyTable {
     }
 }
 
-/// Replaces every protected part of `rec` by its plaintext or its mask.
-/// Parts that are not ciphertext (written before the rule, or around
-/// Custos) are left alone for `Plaintext` and masked for `Masked`.
+/// Replaces every protected part of `rec` by its plaintext or its mask,
+/// written to `scratch`. Parts that are not ciphertext (written before the
+/// rule, or around Custos) are left alone for `Plaintext` and masked for
+/// `Masked`.
 pub fn reveal_record(
     rule: &Rule,
     topic: &str,
-    rec: &mut crate::record_batch::Record,
+    rec: &mut RecordView<'_>,
+    scratch: &mut Vec<u8>,
     access: Access,
     keys: &KeyTable,
     tokenizer: Option<&SubjectTokenizer>,
 ) -> Result<bool, RevealError> {
     let mut changed = false;
-    // One opaque part: the plaintext, its mask, or a placeholder.
-    let reveal_bytes = |field: &str, b: &Bytes| -> Result<Option<Option<Bytes>>, RevealError> {
-        let plain = if envelope::is_envelope(b) {
-            match open(topic, field, b, keys)? {
-                Opened::Plain(p) => p,
-                Opened::Erased => return Ok(Some(Some(Bytes::from_static(mask::ERASED_BYTES)))),
-                Opened::Bad => return Ok(Some(Some(Bytes::from_static(UNDECRYPTABLE)))),
+    // One opaque part: the plaintext, its mask, or a placeholder, written
+    // to the scratch buffer; `None` when it stays as it is.
+    let reveal_bytes = |field: &str,
+                        b: &[u8],
+                        scratch: &mut Vec<u8>|
+     -> Result<Option<Field<'static>>, RevealError> {
+        let start = scratch.len();
+        let new = |scratch: &Vec<u8>| Some(Field::New(start..scratch.len()));
+        if envelope::is_envelope(b) {
+            match open(topic, field, b, keys, scratch)? {
+                Opened::Plain => {}
+                Opened::Erased => {
+                    scratch.extend_from_slice(mask::ERASED_BYTES);
+                    return Ok(new(scratch));
+                }
+                Opened::Bad => {
+                    scratch.extend_from_slice(UNDECRYPTABLE);
+                    return Ok(new(scratch));
+                }
             }
         } else if access == Access::Plaintext {
             return Ok(None);
         } else {
-            b.to_vec()
-        };
-        Ok(Some(match access {
-            Access::Plaintext => Some(Bytes::from(plain)),
-            Access::Masked => rule
-                .config
-                .mask
-                .mask_bytes(&plain, tokenizer)
-                .map(Bytes::from),
-        }))
+            scratch.extend_from_slice(b);
+        }
+        if access == Access::Plaintext {
+            return Ok(new(scratch));
+        }
+        let masked = rule.config.mask.mask_bytes(&scratch[start..], tokenizer);
+        scratch.truncate(start);
+        Ok(match masked {
+            None => Some(Field::Null),
+            Some(m) => {
+                scratch.extend_from_slice(&m);
+                new(scratch)
+            }
+        })
     };
     if rule.config.key {
-        if let Some(k) = &rec.key {
-            if let Some(new) = reveal_bytes(FIELD_KEY, k)? {
+        if let Field::Read(k) = rec.key {
+            if let Some(new) = reveal_bytes(FIELD_KEY, k, scratch)? {
                 rec.key = new;
                 changed = true;
             }
         }
     }
-    for h in rec.headers.iter_mut() {
-        let Ok(name) = std::str::from_utf8(&h.key) else {
-            continue;
-        };
-        if !rule.config.headers.iter().any(|x| x == name) {
-            continue;
-        }
-        if let Some(v) = &h.value {
-            if let Some(new) = reveal_bytes(&header_field(name), v)? {
-                h.value = new;
-                changed = true;
+    if !rule.config.headers.is_empty() {
+        for (name, value) in rec.headers.iter_mut() {
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            if !rule.config.headers.iter().any(|x| x == name) {
+                continue;
+            }
+            if let Field::Read(v) = *value {
+                if let Some(new) = reveal_bytes(&header_field(name), v, scratch)? {
+                    *value = new;
+                    changed = true;
+                }
             }
         }
     }
-    let Some(value) = rec.value.clone() else {
+    let Field::Read(value) = rec.value else {
         return Ok(changed);
     };
     if rule.config.value {
-        if let Some(new) = reveal_bytes(FIELD_VALUE, &value)? {
+        if let Some(new) = reveal_bytes(FIELD_VALUE, value, scratch)? {
             rec.value = new;
             changed = true;
         }
@@ -995,64 +1017,88 @@ pub fn reveal_record(
     if rule.paths.is_empty() {
         return Ok(changed);
     }
-    let found = match json_fields::locate(&value, &rule.paths) {
+    let found = match json_fields::locate(value, &rule.paths) {
         Ok(f) => f,
         Err(_) if access == Access::Plaintext => return Ok(changed),
         Err(_) => {
             // Not JSON, so the fields cannot be found: mask it all rather
             // than let an unprotected value through.
-            rec.value = rule
-                .config
-                .mask
-                .mask_bytes(&value, tokenizer)
-                .map(Bytes::from);
+            rec.value = match rule.config.mask.mask_bytes(value, tokenizer) {
+                None => Field::Null,
+                Some(m) => {
+                    let start = scratch.len();
+                    scratch.extend_from_slice(&m);
+                    Field::New(start..scratch.len())
+                }
+            };
             return Ok(true);
         }
     };
-    let mut reps: Vec<(std::ops::Range<usize>, Vec<u8>)> = Vec::with_capacity(found.len());
+    // Each field's new text goes to the scratch buffer, then the document
+    // with those texts spliced in.
+    let mut reps: Vec<(Range<usize>, Range<usize>)> = Vec::with_capacity(found.len());
     for l in found {
         let raw = &value[l.span.clone()];
         let field = &rule.path_bindings[l.path];
-        let new = match json_fields::decode_ciphertext(raw) {
-            Some(env) => match open(topic, field, &env, keys)? {
-                Opened::Plain(p) => match access {
-                    Access::Plaintext => p,
-                    Access::Masked => rule.config.mask.mask_json_value(&p, tokenizer),
-                },
-                Opened::Erased => mask::ERASED_JSON.to_vec(),
-                Opened::Bad => json_string(UNDECRYPTABLE),
+        let start = scratch.len();
+        match json_fields::decode_ciphertext(raw) {
+            Some(env) => match open(topic, field, &env, keys, scratch)? {
+                Opened::Plain => {
+                    if access == Access::Masked {
+                        let m = rule
+                            .config
+                            .mask
+                            .mask_json_value(&scratch[start..], tokenizer);
+                        scratch.truncate(start);
+                        scratch.extend_from_slice(&m);
+                    }
+                }
+                Opened::Erased => scratch.extend_from_slice(mask::ERASED_JSON),
+                Opened::Bad => {
+                    scratch.push(b'"');
+                    scratch.extend_from_slice(UNDECRYPTABLE);
+                    scratch.push(b'"');
+                }
             },
             None if access == Access::Plaintext => continue,
-            None => rule.config.mask.mask_json_value(raw, tokenizer),
-        };
-        reps.push((l.span, new));
+            None => scratch.extend_from_slice(&rule.config.mask.mask_json_value(raw, tokenizer)),
+        }
+        reps.push((l.span, start..scratch.len()));
     }
-    if !reps.is_empty() {
-        let r: Vec<(std::ops::Range<usize>, &[u8])> = reps
-            .iter()
-            .map(|(s, b)| (s.clone(), b.as_slice()))
-            .collect();
-        rec.value = Some(Bytes::from(json_fields::splice(&value, &r)));
-        changed = true;
+    if reps.is_empty() {
+        return Ok(changed);
     }
-    Ok(changed)
+    let start = scratch.len();
+    let mut pos = 0;
+    for (span, new) in reps {
+        scratch.extend_from_slice(&value[pos..span.start]);
+        scratch.extend_from_within(new);
+        pos = span.end;
+    }
+    scratch.extend_from_slice(&value[pos..]);
+    rec.value = Field::New(start..scratch.len());
+    Ok(true)
 }
 
-fn json_string(b: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(b.len() + 2);
-    v.push(b'"');
-    v.extend_from_slice(b);
-    v.push(b'"');
-    v
-}
-
+/// What [`open`] found.
 enum Opened {
-    Plain(Vec<u8>),
+    /// The plaintext, appended to the output.
+    Plain,
+    /// The subject's key was shredded.
     Erased,
+    /// The envelope does not open.
     Bad,
 }
 
-fn open(topic: &str, field: &str, b: &[u8], keys: &KeyTable) -> Result<Opened, RevealError> {
+/// Opens an envelope, appending its plaintext to `out` (nothing else is
+/// left there).
+fn open(
+    topic: &str,
+    field: &str,
+    b: &[u8],
+    keys: &KeyTable,
+    out: &mut Vec<u8>,
+) -> Result<Opened, RevealError> {
     let Ok(env) = envelope::parse(b) else {
         return Ok(Opened::Bad);
     };
@@ -1061,10 +1107,13 @@ fn open(topic: &str, field: &str, b: &[u8], keys: &KeyTable) -> Result<Opened, R
             let Some(key) = dek.prepared() else {
                 return Ok(Opened::Bad);
             };
-            let mut out = Vec::with_capacity(b.len());
-            match env.open_prepared(key, &Binding { topic, field }, &mut out) {
-                Ok(()) => Ok(Opened::Plain(out)),
-                Err(_) => Ok(Opened::Bad),
+            let start = out.len();
+            match env.open_prepared(key, &Binding { topic, field }, out) {
+                Ok(()) => Ok(Opened::Plain),
+                Err(_) => {
+                    out.truncate(start);
+                    Ok(Opened::Bad)
+                }
             }
         }
         Some(KeyLookup::Erased) => Ok(Opened::Erased),

@@ -12,6 +12,32 @@ use custos_crypto::subject_store::SubjectKeyStore;
 
 // ---------------------------------------------------------------- fixtures
 
+/// [`reveal_record`] on a whole [`Record`], the way `record_batch::rewrite`
+/// runs it on a view of the batch.
+fn reveal_whole(
+    rule: &Rule,
+    topic: &str,
+    rec: &mut Record,
+    access: Access,
+    keys: &KeyTable,
+    tokenizer: Option<&SubjectTokenizer>,
+) -> Result<bool, RevealError> {
+    let before = rec.clone();
+    let mut view = before.view();
+    let mut scratch = Vec::new();
+    let changed = reveal_record(
+        rule,
+        topic,
+        &mut view,
+        &mut scratch,
+        access,
+        keys,
+        tokenizer,
+    )?;
+    *rec = view.to_record(&scratch);
+    Ok(changed)
+}
+
 /// Real keys: a keyring with KEKs `kek` and `other`, a subject store.
 struct Keys {
     dir: tempfile::TempDir,
@@ -116,8 +142,7 @@ async fn reveal(
 ) -> (Record, bool) {
     let keys = lookups(k, rule, topic, rec).await;
     let mut out = rec.clone();
-    let changed =
-        reveal_record(rule, topic, &mut out, access, &keys, tokenizer).expect("reveal_record");
+    let changed = reveal_whole(rule, topic, &mut out, access, &keys, tokenizer).expect("reveal");
     (out, changed)
 }
 
@@ -711,7 +736,7 @@ async fn a_ciphertext_moved_to_another_field_or_topic_reads_as_undecryptable() {
     // original topic's), but the ciphertext is bound to its topic.
     let keys_of_source = lookups(&k, whole, "t.a", &sealed).await;
     let mut moved = sealed.clone();
-    reveal_record(
+    reveal_whole(
         whole,
         "t.b",
         &mut moved,
@@ -741,7 +766,7 @@ async fn a_ciphertext_moved_to_another_field_or_topic_reads_as_undecryptable() {
     }
     let mut moved = sealed.clone();
     let changed =
-        reveal_record(whole, "t.b", &mut moved, Access::Masked, &refused, None).expect("reveal");
+        reveal_whole(whole, "t.b", &mut moved, Access::Masked, &refused, None).expect("reveal");
     assert!(changed);
     assert_eq!(moved.value, placeholder);
     assert_eq!(moved.headers[0].value, placeholder);
@@ -784,11 +809,11 @@ async fn a_key_that_cannot_be_had_fails_the_reveal_rather_than_showing_ciphertex
         down.insert_ref(r, KeyLookup::Unavailable("KMS unavailable".into()));
     }
     let mut r = sealed.clone();
-    let err = reveal_record(rule, "t.a", &mut r, Access::Masked, &down, None).expect_err("no key");
+    let err = reveal_whole(rule, "t.a", &mut r, Access::Masked, &down, None).expect_err("no key");
     assert_eq!(err.to_string(), "key unavailable: KMS unavailable");
     // An unresolved reference is an error too, never a pass-through.
     let mut r = sealed.clone();
-    assert!(reveal_record(
+    assert!(reveal_whole(
         rule,
         "t.a",
         &mut r,

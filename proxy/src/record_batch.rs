@@ -280,6 +280,108 @@ impl fmt::Debug for Redacted<'_> {
     }
 }
 
+/// A field of a record being rewritten ([`RecordView`]): null, the batch's
+/// own bytes, or bytes an edit wrote to the rewrite's scratch buffer.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Field<'a> {
+    /// Null.
+    #[default]
+    Null,
+    /// The bytes as read.
+    Read(&'a [u8]),
+    /// New bytes, at this range of the scratch buffer.
+    New(std::ops::Range<usize>),
+}
+
+impl<'a> Field<'a> {
+    /// A nullable field as read.
+    pub fn read(b: Option<&'a [u8]>) -> Self {
+        b.map_or(Field::Null, Field::Read)
+    }
+
+    /// The field's bytes (`None` for null); `scratch` holds the new ones.
+    pub fn get<'s>(&'s self, scratch: &'s [u8]) -> Option<&'s [u8]> {
+        match self {
+            Field::Null => None,
+            Field::Read(b) => Some(b),
+            Field::New(r) => Some(&scratch[r.clone()]),
+        }
+    }
+}
+
+impl fmt::Debug for Field<'_> {
+    // Payload: only the size is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Null => f.write_str("null"),
+            Field::Read(b) => write!(f, "<{} bytes as read>", b.len()),
+            Field::New(r) => write!(f, "<{} new bytes>", r.len()),
+        }
+    }
+}
+
+/// A record of a batch being rewritten ([`rewrite`]), read in place: its
+/// fields borrow the batch, and what an edit puts in their place goes to a
+/// scratch buffer, so a rewrite allocates nothing and counts no references
+/// per record.
+#[derive(Debug, Default)]
+pub struct RecordView<'a> {
+    /// Record attributes (unused by Kafka so far, kept as read).
+    pub attributes: i8,
+    /// Timestamp relative to the batch's base timestamp.
+    pub timestamp_delta: i64,
+    /// Offset relative to the batch's base offset.
+    pub offset_delta: i32,
+    /// Record key.
+    pub key: Field<'a>,
+    /// Record value.
+    pub value: Field<'a>,
+    /// Headers in wire order, duplicates included: name and value.
+    pub headers: Vec<(&'a [u8], Field<'a>)>,
+}
+
+impl Record {
+    /// This record as a [`RecordView`] of its own bytes (for tests of edits).
+    #[cfg(test)]
+    pub(crate) fn view(&self) -> RecordView<'_> {
+        RecordView {
+            attributes: self.attributes,
+            timestamp_delta: self.timestamp_delta,
+            offset_delta: self.offset_delta,
+            key: Field::read(self.key.as_deref()),
+            value: Field::read(self.value.as_deref()),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| (&h.key[..], Field::read(h.value.as_deref())))
+                .collect(),
+        }
+    }
+}
+
+impl RecordView<'_> {
+    /// The record the view now describes, copied out (for tests of edits).
+    #[cfg(test)]
+    pub(crate) fn to_record(&self, scratch: &[u8]) -> Record {
+        let own = |f: &Field<'_>| f.get(scratch).map(Bytes::copy_from_slice);
+        Record {
+            attributes: self.attributes,
+            timestamp_delta: self.timestamp_delta,
+            offset_delta: self.offset_delta,
+            key: own(&self.key),
+            value: own(&self.value),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| Header {
+                    key: Bytes::copy_from_slice(k),
+                    value: own(v),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A decoded v2 batch, with its original bytes for an untouched write-back.
 #[derive(Clone)]
 pub struct Batch {
@@ -656,6 +758,10 @@ pub fn split_batches(records: &Bytes, pieces: usize) -> Vec<Bytes> {
     out
 }
 
+/// What [`rewrite`] does to each record: it may replace fields of the view
+/// with bytes it writes to the scratch buffer, and says whether it did.
+pub type RecordEdit<'e, E> = dyn FnMut(&mut RecordView<'_>, &mut Vec<u8>) -> Result<bool, E> + 'e;
+
 /// Why [`rewrite`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RewriteError<E> {
@@ -675,19 +781,21 @@ pub enum RewriteError<E> {
 /// 0/1, control batches, a truncated tail) are copied untouched. Returns the
 /// number of records handed to `edit`.
 ///
-/// Unlike [`decode`] and [`encode`], no record list is built: one `Record`
-/// is reused for the whole blob and rebuilt batches are written straight
-/// into `out`, which is what keeps the fetch path cheap. On an error `out`
-/// holds a partial result the caller must discard.
+/// Unlike [`decode`] and [`encode`], no record list is built: each record is
+/// a [`RecordView`] borrowing the batch, an edit writes new fields to a
+/// scratch buffer (passed with the view, emptied per record) and rebuilt
+/// batches are written straight into `out`, which is what keeps the fetch
+/// path cheap. On an error `out` holds a partial result the caller must
+/// discard.
 pub fn rewrite<E>(
     records: &Bytes,
     max_decompressed: usize,
     out: &mut BytesMut,
-    edit: &mut dyn FnMut(&mut Record) -> Result<bool, E>,
+    edit: &mut RecordEdit<'_, E>,
 ) -> Result<u64, RewriteError<E>> {
     let mut budget = max_decompressed;
     let mut count = 0u64;
-    let mut rec = Record::default();
+    let mut scratch = Vec::new();
     let mut plain = Vec::new();
     for entry in Entries::new(records) {
         let entry = match entry? {
@@ -703,15 +811,17 @@ pub fn rewrite<E>(
         out.put_slice(&entry[..HEADER_LEN]);
         let mut c = Cursor { buf: &data, pos: 0 };
         let mut changed = false;
+        let mut rec = RecordView::default();
         plain.clear();
         for _ in 0..header.record_count {
-            read_record(&mut c, &mut rec)?;
+            read_view(&mut c, &mut rec)?;
             count += 1;
-            changed |= edit(&mut rec).map_err(RewriteError::Edit)?;
+            scratch.clear();
+            changed |= edit(&mut rec, &mut scratch).map_err(RewriteError::Edit)?;
             if codec == Compression::None {
-                write_record(out, &rec)?;
+                write_view(out, &rec, &scratch)?;
             } else {
-                write_record(&mut plain, &rec)?;
+                write_view(&mut plain, &rec, &scratch)?;
             }
         }
         if c.remaining() != 0 {
@@ -743,13 +853,13 @@ fn seal_batch(out: &mut BytesMut, start: usize) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// A cursor over decompressed records that hands out zero-copy slices.
+/// A cursor over decompressed records that hands out borrowed slices.
 struct Cursor<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     pos: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
     fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -799,17 +909,18 @@ impl Cursor<'_> {
         })
     }
 
-    fn slice(&mut self, what: &'static str, n: usize) -> Result<Bytes, BatchError> {
+    fn slice(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], BatchError> {
         if n > self.remaining() {
             return Err(BatchError::Truncated { what, at: self.pos });
         }
-        let s = self.buf.slice(self.pos..self.pos + n);
+        let buf: &'a [u8] = self.buf;
+        let s = &buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
     }
 
     /// A varint length then that many bytes; -1 is null, below that invalid.
-    fn nullable(&mut self, what: &'static str) -> Result<Option<Bytes>, BatchError> {
+    fn nullable(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, BatchError> {
         let at = self.pos;
         match self.varint(what)? {
             -1 => Ok(None),
@@ -826,10 +937,26 @@ impl Cursor<'_> {
 fn read_records(data: &Bytes, count: usize) -> Result<Vec<Record>, BatchError> {
     let mut c = Cursor { buf: data, pos: 0 };
     let mut records = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
+    let mut view = RecordView::default();
+    // Fields become zero-copy slices of `data`.
+    let own = |f: &Field<'_>| f.get(&[]).map(|b| data.slice_ref(b));
     for _ in 0..count {
-        let mut rec = Record::default();
-        read_record(&mut c, &mut rec)?;
-        records.push(rec);
+        read_view(&mut c, &mut view)?;
+        records.push(Record {
+            attributes: view.attributes,
+            timestamp_delta: view.timestamp_delta,
+            offset_delta: view.offset_delta,
+            key: own(&view.key),
+            value: own(&view.value),
+            headers: view
+                .headers
+                .iter()
+                .map(|(k, v)| Header {
+                    key: data.slice_ref(k),
+                    value: own(v),
+                })
+                .collect(),
+        });
     }
     if c.remaining() != 0 {
         return Err(BatchError::TrailingBytes {
@@ -840,7 +967,7 @@ fn read_records(data: &Bytes, count: usize) -> Result<Vec<Record>, BatchError> {
 }
 
 /// Reads the record at the cursor into `rec`, reusing its header list.
-fn read_record(c: &mut Cursor<'_>, rec: &mut Record) -> Result<(), BatchError> {
+fn read_view<'a>(c: &mut Cursor<'a>, rec: &mut RecordView<'a>) -> Result<(), BatchError> {
     let at = c.pos;
     let len = c.varint("record length")?;
     if len < 0 || len as usize > c.remaining() {
@@ -854,8 +981,8 @@ fn read_record(c: &mut Cursor<'_>, rec: &mut Record) -> Result<(), BatchError> {
     rec.attributes = c.byte("record attributes")? as i8;
     rec.timestamp_delta = c.varlong("timestamp delta")?;
     rec.offset_delta = c.varint("offset delta")?;
-    rec.key = c.nullable("record key")?;
-    rec.value = c.nullable("record value")?;
+    rec.key = Field::read(c.nullable("record key")?);
+    rec.value = Field::read(c.nullable("record value")?);
     let hat = c.pos;
     let n = c.varint("header count")?;
     if n < 0 {
@@ -876,7 +1003,7 @@ fn read_record(c: &mut Cursor<'_>, rec: &mut Record) -> Result<(), BatchError> {
             value: -1,
         })?;
         let value = c.nullable("header value")?;
-        rec.headers.push(Header { key, value });
+        rec.headers.push((key, Field::read(value)));
     }
     // Java refuses a record whose fields do not fill its declared length.
     if c.pos != end {
@@ -919,14 +1046,14 @@ fn len32(what: &'static str, n: usize) -> Result<i32, BatchError> {
 }
 
 /// Wire size of a nullable varint-length-prefixed field.
-fn nullable_size(what: &'static str, b: Option<&Bytes>) -> Result<usize, BatchError> {
+fn nullable_size(what: &'static str, b: Option<&[u8]>) -> Result<usize, BatchError> {
     Ok(match b {
         None => 1,
         Some(b) => uvarint_len(zigzag32(len32(what, b.len())?)) + b.len(),
     })
 }
 
-fn put_nullable(out: &mut impl BufMut, b: Option<&Bytes>) {
+fn put_nullable(out: &mut impl BufMut, b: Option<&[u8]>) {
     match b {
         None => put_uvarint(out, zigzag32(-1)),
         Some(b) => {
@@ -937,29 +1064,71 @@ fn put_nullable(out: &mut impl BufMut, b: Option<&Bytes>) {
     }
 }
 
-fn write_record(out: &mut impl BufMut, r: &Record) -> Result<(), BatchError> {
+/// A record's fields, however they are held, for [`write_fields`].
+struct Fields<'r, H> {
+    attributes: i8,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&'r [u8]>,
+    value: Option<&'r [u8]>,
+    headers: H,
+}
+
+fn write_fields<'r, H>(out: &mut impl BufMut, r: Fields<'r, H>) -> Result<(), BatchError>
+where
+    H: ExactSizeIterator<Item = (&'r [u8], Option<&'r [u8]>)> + Clone,
+{
     let mut size = 1
         + uvarint_len(zigzag64(r.timestamp_delta))
         + uvarint_len(zigzag32(r.offset_delta))
-        + nullable_size("record key", r.key.as_ref())?
-        + nullable_size("record value", r.value.as_ref())?
+        + nullable_size("record key", r.key)?
+        + nullable_size("record value", r.value)?
         + uvarint_len(zigzag32(len32("headers", r.headers.len())?));
-    for h in &r.headers {
-        size += nullable_size("header key", Some(&h.key))?;
-        size += nullable_size("header value", h.value.as_ref())?;
+    for (k, v) in r.headers.clone() {
+        size += nullable_size("header key", Some(k))?;
+        size += nullable_size("header value", v)?;
     }
     put_uvarint(out, zigzag32(len32("record", size)?));
     out.put_i8(r.attributes);
     put_uvarint(out, zigzag64(r.timestamp_delta));
     put_uvarint(out, zigzag32(r.offset_delta));
-    put_nullable(out, r.key.as_ref());
-    put_nullable(out, r.value.as_ref());
+    put_nullable(out, r.key);
+    put_nullable(out, r.value);
     put_uvarint(out, zigzag32(r.headers.len() as i32));
-    for h in &r.headers {
-        put_nullable(out, Some(&h.key));
-        put_nullable(out, h.value.as_ref());
+    for (k, v) in r.headers {
+        put_nullable(out, Some(k));
+        put_nullable(out, v);
     }
     Ok(())
+}
+
+fn write_record(out: &mut impl BufMut, r: &Record) -> Result<(), BatchError> {
+    write_fields(
+        out,
+        Fields {
+            attributes: r.attributes,
+            timestamp_delta: r.timestamp_delta,
+            offset_delta: r.offset_delta,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: r.headers.iter().map(|h| (&h.key[..], h.value.as_deref())),
+        },
+    )
+}
+
+/// Writes a rewritten record; `scratch` holds its new fields.
+fn write_view(out: &mut impl BufMut, r: &RecordView<'_>, scratch: &[u8]) -> Result<(), BatchError> {
+    write_fields(
+        out,
+        Fields {
+            attributes: r.attributes,
+            timestamp_delta: r.timestamp_delta,
+            offset_delta: r.offset_delta,
+            key: r.key.get(scratch),
+            value: r.value.get(scratch),
+            headers: r.headers.iter().map(|(k, v)| (*k, v.get(scratch))),
+        },
+    )
 }
 
 fn codec_err(codec: Compression) -> impl Fn(std::io::Error) -> BatchError {

@@ -736,3 +736,80 @@ fn split_batches_cuts_at_batch_boundaries_and_lays_back_whole() {
     );
     assert_eq!(split_batches(&Bytes::new(), 3), vec![Bytes::new()]);
 }
+
+#[test]
+fn rewrite_edits_views_in_place_for_every_codec() {
+    let g = golden();
+    let plain = one_batch(decode(&g).expect("decode"));
+    for codec in CODECS {
+        let mut h = plain.header.clone();
+        h.attributes = codec.id();
+        let batch = build(h.clone(), plain.records.clone());
+        // Two batches and a truncated tail, which is copied as it is.
+        let mut blob = BytesMut::new();
+        blob.extend_from_slice(&batch);
+        blob.extend_from_slice(&batch);
+        blob.extend_from_slice(&batch[..20]);
+        let blob = blob.freeze();
+
+        // An edit that changes nothing leaves every byte as it was.
+        let mut out = BytesMut::new();
+        let n = rewrite::<()>(&blob, DEFAULT_MAX_DECOMPRESSED, &mut out, &mut |_, _| {
+            Ok(false)
+        })
+        .expect("rewrite");
+        assert_eq!((n, &out[..]), (4, &blob[..]), "{codec}");
+
+        // The first record's value and the second "h" header's (null)
+        // value become new bytes; the second record's key stays null.
+        let mut out = BytesMut::new();
+        let mut edit = |r: &mut RecordView<'_>, scratch: &mut Vec<u8>| {
+            if r.offset_delta != 0 {
+                return Ok::<_, ()>(false);
+            }
+            scratch.extend_from_slice(&[b'x'; 3000]);
+            r.value = Field::New(0..3000);
+            scratch.extend_from_slice(b"set");
+            r.headers[1].1 = Field::New(3000..3003);
+            Ok(true)
+        };
+        let n = rewrite(&blob, DEFAULT_MAX_DECOMPRESSED, &mut out, &mut edit).expect("rewrite");
+        assert_eq!(n, 4);
+        assert_eq!(&out[out.len() - 20..], &batch[..20], "{codec}: the tail");
+        let back = decode(&out.freeze().slice(..)).expect("decode");
+        let mut want = golden_records();
+        want[0].value = Some(Bytes::from(vec![b'x'; 3000]));
+        want[0].headers[1].value = Some(b("set"));
+        for seg in &back[..2] {
+            let Segment::Batch(b) = seg else {
+                panic!("{codec}: expected a batch");
+            };
+            crc_verifies(&b.original);
+            assert_eq!(b.records, want, "{codec}");
+            assert_eq!(b.compression().expect("codec"), codec);
+            assert_eq!(stable(&b.header), stable(&h), "{codec}");
+        }
+        assert!(matches!(back[2], Segment::Raw(_)), "{codec}");
+
+        // A refused record stops the rewrite with the edit's error.
+        let mut out = BytesMut::new();
+        let err = rewrite(&blob, DEFAULT_MAX_DECOMPRESSED, &mut out, &mut |_, _| {
+            Err("no")
+        })
+        .expect_err("refused");
+        assert!(matches!(err, RewriteError::Edit("no")), "{codec}");
+    }
+}
+
+#[test]
+fn a_view_and_its_record_agree() {
+    for rec in golden_records() {
+        let view = rec.view();
+        assert_eq!(view.to_record(&[]), rec);
+        let mut one = BytesMut::new();
+        write_record(&mut one, &rec).expect("write");
+        let mut two = BytesMut::new();
+        write_view(&mut two, &view, &[]).expect("write");
+        assert_eq!(one, two);
+    }
+}

@@ -410,21 +410,24 @@ fn reveal_piece(
     let tokenizer = protection.tokenizer.as_ref();
     let mut out = BytesMut::with_capacity(piece.records.len());
     let mut missing: Vec<field_rules::Unresolved> = Vec::new();
-    let mut edit = |r: &mut record_batch::Record| match field_rules::reveal_record(
-        rule,
-        &piece.topic,
-        r,
-        piece.access,
-        keys,
-        tokenizer,
-    ) {
-        Err(RevealError::Unresolved(k)) => {
-            if !missing.iter().any(|m| m.bytes == k.bytes) {
-                missing.push(*k);
+    let mut edit = |r: &mut record_batch::RecordView<'_>, scratch: &mut Vec<u8>| {
+        match field_rules::reveal_record(
+            rule,
+            &piece.topic,
+            r,
+            scratch,
+            piece.access,
+            keys,
+            tokenizer,
+        ) {
+            Err(RevealError::Unresolved(k)) => {
+                if !missing.iter().any(|m| m.bytes == k.bytes) {
+                    missing.push(*k);
+                }
+                Ok(false)
             }
-            Ok(false)
+            other => other,
         }
-        other => other,
     };
     let result = record_batch::rewrite(
         &piece.records,
