@@ -851,9 +851,22 @@ pub fn encode_ciphertext(envelope: &[u8]) -> Vec<u8> {
 /// the value is anything else (another string, a number, padded or corrupt
 /// base64).
 pub fn decode_ciphertext(json_value: &[u8]) -> Option<Vec<u8>> {
-    let inner = json_value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    let b64 = inner.strip_prefix(CIPHERTEXT_PREFIX.as_bytes())?;
-    STANDARD_NO_PAD.decode(b64).ok()
+    let mut out = Vec::new();
+    decode_ciphertext_into(json_value, &mut out).then_some(out)
+}
+
+/// As [`decode_ciphertext`], into `out` (cleared first) so a caller can
+/// reuse one buffer across fields; `false` when it is not ciphertext.
+pub fn decode_ciphertext_into(json_value: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let Some(b64) = json_value
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .and_then(|v| v.strip_prefix(CIPHERTEXT_PREFIX.as_bytes()))
+    else {
+        return false;
+    };
+    STANDARD_NO_PAD.decode_vec(b64, out).is_ok()
 }
 
 /// The text of a JSON string literal (quotes included in `raw`), unescaped;

@@ -928,6 +928,24 @@ impl Clone for KeyTable {
     }
 }
 
+/// Who reads records being revealed, and with which keys.
+pub struct Reader<'k> {
+    /// What the reader may see.
+    pub access: Access,
+    /// The data keys found so far.
+    pub keys: &'k KeyTable,
+    /// Key of `token` masks, when configured.
+    pub tokenizer: Option<&'k SubjectTokenizer>,
+}
+
+/// Buffers [`reveal_record`] reuses from one record to the next.
+#[derive(Default)]
+pub struct RevealBuffers {
+    located: Vec<json_fields::Located>,
+    envelope: Vec<u8>,
+    reps: Vec<(Range<usize>, Range<usize>)>,
+}
+
 /// Replaces every protected part of `rec` by its plaintext or its mask,
 /// written to `scratch`. Parts that are not ciphertext (written before the
 /// rule, or around Custos) are left alone for `Plaintext` and masked for
@@ -937,10 +955,14 @@ pub fn reveal_record(
     topic: &str,
     rec: &mut RecordView<'_>,
     scratch: &mut Vec<u8>,
-    access: Access,
-    keys: &KeyTable,
-    tokenizer: Option<&SubjectTokenizer>,
+    bufs: &mut RevealBuffers,
+    reader: &Reader<'_>,
 ) -> Result<bool, RevealError> {
+    let Reader {
+        access,
+        keys,
+        tokenizer,
+    } = *reader;
     let mut changed = false;
     // One opaque part: the plaintext, its mask, or a placeholder, written
     // to the scratch buffer; `None` when it stays as it is.
@@ -1017,8 +1039,13 @@ pub fn reveal_record(
     if rule.paths.is_empty() {
         return Ok(changed);
     }
-    let found = match json_fields::locate(value, &rule.paths) {
-        Ok(f) => f,
+    let RevealBuffers {
+        located,
+        envelope,
+        reps,
+    } = bufs;
+    match json_fields::locate_into(value, &rule.paths, located) {
+        Ok(()) => {}
         Err(_) if access == Access::Plaintext => return Ok(changed),
         Err(_) => {
             // Not JSON, so the fields cannot be found: mask it all rather
@@ -1033,16 +1060,16 @@ pub fn reveal_record(
             };
             return Ok(true);
         }
-    };
+    }
     // Each field's new text goes to the scratch buffer, then the document
     // with those texts spliced in.
-    let mut reps: Vec<(Range<usize>, Range<usize>)> = Vec::with_capacity(found.len());
-    for l in found {
+    reps.clear();
+    for l in located.iter() {
         let raw = &value[l.span.clone()];
         let field = &rule.path_bindings[l.path];
         let start = scratch.len();
-        match json_fields::decode_ciphertext(raw) {
-            Some(env) => match open(topic, field, &env, keys, scratch)? {
+        match json_fields::decode_ciphertext_into(raw, envelope) {
+            true => match open(topic, field, envelope, keys, scratch)? {
                 Opened::Plain => {
                     if access == Access::Masked {
                         let m = rule
@@ -1060,17 +1087,17 @@ pub fn reveal_record(
                     scratch.push(b'"');
                 }
             },
-            None if access == Access::Plaintext => continue,
-            None => scratch.extend_from_slice(&rule.config.mask.mask_json_value(raw, tokenizer)),
+            false if access == Access::Plaintext => continue,
+            false => scratch.extend_from_slice(&rule.config.mask.mask_json_value(raw, tokenizer)),
         }
-        reps.push((l.span, start..scratch.len()));
+        reps.push((l.span.clone(), start..scratch.len()));
     }
     if reps.is_empty() {
         return Ok(changed);
     }
     let start = scratch.len();
     let mut pos = 0;
-    for (span, new) in reps {
+    for (span, new) in reps.drain(..) {
         scratch.extend_from_slice(&value[pos..span.start]);
         scratch.extend_from_within(new);
         pos = span.end;

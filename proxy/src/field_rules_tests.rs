@@ -25,15 +25,13 @@ fn reveal_whole(
     let before = rec.clone();
     let mut view = before.view();
     let mut scratch = Vec::new();
-    let changed = reveal_record(
-        rule,
-        topic,
-        &mut view,
-        &mut scratch,
+    let reader = Reader {
         access,
         keys,
         tokenizer,
-    )?;
+    };
+    let mut bufs = RevealBuffers::default();
+    let changed = reveal_record(rule, topic, &mut view, &mut scratch, &mut bufs, &reader)?;
     *rec = view.to_record(&scratch);
     Ok(changed)
 }

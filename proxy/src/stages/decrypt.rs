@@ -407,19 +407,16 @@ fn reveal_piece(
     let Some(rule) = protection.rules.for_topic(&piece.topic) else {
         return Err(PassError::Withhold("no rule".into()));
     };
-    let tokenizer = protection.tokenizer.as_ref();
+    let reader = field_rules::Reader {
+        access: piece.access,
+        keys,
+        tokenizer: protection.tokenizer.as_ref(),
+    };
+    let mut bufs = field_rules::RevealBuffers::default();
     let mut out = BytesMut::with_capacity(piece.records.len());
     let mut missing: Vec<field_rules::Unresolved> = Vec::new();
     let mut edit = |r: &mut record_batch::RecordView<'_>, scratch: &mut Vec<u8>| {
-        match field_rules::reveal_record(
-            rule,
-            &piece.topic,
-            r,
-            scratch,
-            piece.access,
-            keys,
-            tokenizer,
-        ) {
+        match field_rules::reveal_record(rule, &piece.topic, r, scratch, &mut bufs, &reader) {
             Err(RevealError::Unresolved(k)) => {
                 if !missing.iter().any(|m| m.bytes == k.bytes) {
                     missing.push(*k);
