@@ -363,19 +363,25 @@ impl RecordView<'_> {
     /// The record the view now describes, copied out (for tests of edits).
     #[cfg(test)]
     pub(crate) fn to_record(&self, scratch: &[u8]) -> Record {
-        let own = |f: &Field<'_>| f.get(scratch).map(Bytes::copy_from_slice);
+        self.record_with(scratch, Bytes::copy_from_slice)
+    }
+
+    /// The record the view describes, each field's bytes made into `Bytes`
+    /// by `own`; `scratch` holds the new ones.
+    fn record_with(&self, scratch: &[u8], own: impl Fn(&[u8]) -> Bytes) -> Record {
+        let field = |f: &Field<'_>| f.get(scratch).map(&own);
         Record {
             attributes: self.attributes,
             timestamp_delta: self.timestamp_delta,
             offset_delta: self.offset_delta,
-            key: own(&self.key),
-            value: own(&self.value),
+            key: field(&self.key),
+            value: field(&self.value),
             headers: self
                 .headers
                 .iter()
                 .map(|(k, v)| Header {
-                    key: Bytes::copy_from_slice(k),
-                    value: own(v),
+                    key: own(k),
+                    value: field(v),
                 })
                 .collect(),
         }
@@ -938,25 +944,10 @@ fn read_records(data: &Bytes, count: usize) -> Result<Vec<Record>, BatchError> {
     let mut c = Cursor { buf: data, pos: 0 };
     let mut records = Vec::with_capacity(count.min(data.len() / MIN_RECORD_LEN));
     let mut view = RecordView::default();
-    // Fields become zero-copy slices of `data`.
-    let own = |f: &Field<'_>| f.get(&[]).map(|b| data.slice_ref(b));
     for _ in 0..count {
         read_view(&mut c, &mut view)?;
-        records.push(Record {
-            attributes: view.attributes,
-            timestamp_delta: view.timestamp_delta,
-            offset_delta: view.offset_delta,
-            key: own(&view.key),
-            value: own(&view.value),
-            headers: view
-                .headers
-                .iter()
-                .map(|(k, v)| Header {
-                    key: data.slice_ref(k),
-                    value: own(v),
-                })
-                .collect(),
-        });
+        // Fields become zero-copy slices of `data`.
+        records.push(view.record_with(&[], |b| data.slice_ref(b)));
     }
     if c.remaining() != 0 {
         return Err(BatchError::TrailingBytes {
