@@ -42,6 +42,7 @@ pub mod stages;
 pub mod stream;
 pub mod subject_topic;
 pub mod tls;
+pub mod topic_ids;
 pub mod upstream;
 pub mod versions;
 pub mod wire;

@@ -27,6 +27,17 @@ pub struct TopicRef<'a> {
     pub span: Range<usize>,
 }
 
+/// One topic named by id in a request (share-group apis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicIdRef {
+    /// Topic id.
+    pub id: crate::topic_ids::TopicId,
+    /// Partition indexes named for it.
+    pub partitions: Vec<i32>,
+    /// Byte range of the topic's whole entry in the body.
+    pub span: Range<usize>,
+}
+
 /// The resources one request touches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touches<'a> {
@@ -62,6 +73,11 @@ pub struct Touches<'a> {
     pub configs: Vec<ConfigRef<'a>>,
     /// Byte range of the config resource array (count prefix included).
     pub configs_span: Option<Range<usize>>,
+    /// Topics named by id (ShareFetch, ShareAcknowledge), in request order;
+    /// `topics_span` is then their array's range.
+    pub topic_ids: Vec<TopicIdRef>,
+    /// ShareFetch, ShareAcknowledge: the request named no group (null).
+    pub no_group: bool,
 }
 
 /// A config resource named in a request.
@@ -149,7 +165,31 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
         | ApiKey::ConsumerGroupHeartbeat => {
             t.groups.push(r.str("group id").map_err(wire)?);
         }
-        ApiKey::DescribeGroups | ApiKey::DeleteGroups | ApiKey::ConsumerGroupDescribe => {
+        ApiKey::ShareGroupHeartbeat => {
+            t.groups.push(r.str("group id").map_err(wire)?);
+            r.str("member id").map_err(wire)?;
+            r.i32("member epoch").map_err(wire)?;
+            r.nullable_str("rack id").map_err(wire)?;
+            // Null: unchanged since the last heartbeat.
+            if let Some(n) = r.array_len("subscribed topic names").map_err(wire)? {
+                for _ in 0..n {
+                    let entry = r.position();
+                    let name = r.str("topic name").map_err(wire)?;
+                    t.topics.push(TopicRef {
+                        name,
+                        partitions: vec![],
+                        span: entry..r.position(),
+                    });
+                }
+            }
+        }
+        ApiKey::ShareFetch | ApiKey::ShareAcknowledge => {
+            share_fetch(&mut r, api, &mut t).map_err(wire)?
+        }
+        ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups
+        | ApiKey::ConsumerGroupDescribe
+        | ApiKey::ShareGroupDescribe => {
             let start = r.position();
             let n = r.array_len("groups").map_err(wire)?.unwrap_or(0);
             for _ in 0..n {
@@ -280,6 +320,62 @@ fn topic_array<'a>(
     }
     t.topics_span = Some(start..r.position());
     Ok(())
+}
+
+/// ShareFetch and ShareAcknowledge (v1): a group, then topics by id, each
+/// with partitions carrying acknowledgement batches.
+fn share_fetch<'a>(r: &mut Reader<'a>, api: ApiKey, t: &mut Touches<'a>) -> Result<(), WireError> {
+    match r.nullable_str("group id")? {
+        Some(g) => t.groups.push(g),
+        None => t.no_group = true,
+    }
+    r.nullable_str("member id")?;
+    r.i32("share session epoch")?;
+    if api == ApiKey::ShareFetch {
+        r.i32("max wait")?;
+        r.i32("min bytes")?;
+        r.i32("max bytes")?;
+        r.i32("max records")?;
+        r.i32("batch size")?;
+    }
+    let start = r.position();
+    let n = r.array_len("topics")?.unwrap_or(0);
+    for _ in 0..n {
+        let entry = r.position();
+        let id = r.uuid("topic id")?;
+        let np = r.array_len("partitions")?.unwrap_or(0);
+        let mut partitions = Vec::with_capacity(np.min(64));
+        for _ in 0..np {
+            partitions.push(r.i32("partition")?);
+            let nb = r.array_len("acknowledgement batches")?.unwrap_or(0);
+            for _ in 0..nb {
+                r.i64("first offset")?;
+                r.i64("last offset")?;
+                let nt = r.array_len("acknowledge types")?.unwrap_or(0);
+                r.skip("acknowledge types", nt)?;
+                r.tagged_fields()?;
+            }
+            r.tagged_fields()?;
+        }
+        r.tagged_fields()?;
+        t.topic_ids.push(TopicIdRef {
+            id,
+            partitions,
+            span: entry..r.position(),
+        });
+    }
+    t.topics_span = Some(start..r.position());
+    if api == ApiKey::ShareFetch {
+        // Topics the member drops from its share session: nothing is read.
+        let n = r.array_len("forgotten topics")?.unwrap_or(0);
+        for _ in 0..n {
+            r.uuid("forgotten topic id")?;
+            let np = r.array_len("forgotten partitions")?.unwrap_or(0);
+            r.skip("forgotten partitions", np.saturating_mul(4))?;
+            r.tagged_fields()?;
+        }
+    }
+    r.tagged_fields()
 }
 
 fn produce<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), WireError> {

@@ -231,6 +231,7 @@ impl Proxy {
             auditor: auditor.clone(),
             audit: Arc::new(custos_audit::DiscardSink),
             metrics: metrics.clone(),
+            topic_ids: Arc::new(crate::topic_ids::TopicIds::new()),
         })));
         tracing::info!(stages = ?pipeline.names(), "pipeline ready");
         let acceptor = config.listen.tls.as_ref().map(tls::acceptor).transpose()?;

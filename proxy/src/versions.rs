@@ -9,8 +9,9 @@
 //! Deliberately absent: broker-to-broker and controller APIs (a client has no
 //! business sending them), SASL and delegation tokens (clients authenticate to
 //! Custos, not through it), DescribeQuorum (its answer names controller
-//! addresses Custos does not map), and share groups (KIP-932: their answers
-//! carry broker endpoints that are not rewritten yet).
+//! addresses Custos does not map), the share-group state apis brokers send
+//! each other, and the share-group offset admin apis (KIP-932's Describe,
+//! Alter and DeleteShareGroupOffsets: not mapped to policies yet).
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::VersionRange;
@@ -69,6 +70,10 @@ pub const FORWARDED: &[ApiKey] = &[
     ApiKey::PushTelemetry,
     ApiKey::ListConfigResources,
     ApiKey::DescribeTopicPartitions,
+    ApiKey::ShareGroupHeartbeat,
+    ApiKey::ShareGroupDescribe,
+    ApiKey::ShareFetch,
+    ApiKey::ShareAcknowledge,
 ];
 
 /// Versions of `key` Custos accepts, or `None` when the API is refused.
@@ -96,8 +101,9 @@ mod tests {
             ApiKey::Vote,
             ApiKey::BrokerHeartbeat,
             ApiKey::DescribeQuorum,
-            ApiKey::ShareFetch,
             ApiKey::CreateDelegationToken,
+            ApiKey::ReadShareGroupState,
+            ApiKey::DescribeShareGroupOffsets,
         ] {
             assert!(allowed(k).is_none(), "{k:?} must be refused");
         }

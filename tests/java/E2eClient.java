@@ -21,8 +21,20 @@
 //            [--isolation read_committed|read_uncommitted] [--extra-ms MS]
 //            [--follow]   (group member that runs until "quit" or EOF on stdin; prints
 //                          {"t":"assignment","partitions":[...]} on every change)
+//   share-consume --bootstrap B --topic T --group G --count N [--extra-ms MS]
+//            [--reset earliest|latest|by_duration:PnDTnHnMn.nS] [--ack-mode implicit|explicit]
+//            KIP-932 share group member (KafkaShareConsumer; the broker needs the feature
+//            share.version=1). --reset first sets the group config share.auto.offset.reset
+//            (a new share group starts at latest otherwise). After every poll the records are
+//            acknowledged (ACCEPT) with commitSync before they are printed. Record lines as
+//            for consume plus "dc" (delivery count); a failed acknowledgement prints
+//            {"t":"ack_error","topic":T,"p":P,"error":...}; ends with {"t":"summary","count":N,
+//            "distinct":D,"ack_errors":E,"ok":B,"digest":HEX} (digest over distinct records).
 //   admin    create-topic|describe-topic|delete-topic|list-topics|describe-config|describe-group
+//            |describe-share-group|set-group-config
 //            --bootstrap B [--topic T] [--group G] [--partitions P] [--replication-factor R] [--config k=v]
+//            (describe-config takes --topic, or --group for a group's configs; set-group-config
+//            --group G --config k=v... sets group configs, e.g. share.auto.offset.reset=earliest)
 //   metadata --bootstrap B [--topic T]
 //   ping     --bootstrap B [--expect-brokers N] [--expect-node ID]
 // Common: --timeout-ms MS (default 60000), --property k=v (extra client config, repeatable).
@@ -44,6 +56,7 @@ import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Properties;
 import java.util.Set;
 import java.util.TreeSet;
@@ -61,6 +74,7 @@ import org.apache.kafka.clients.admin.DeleteTopicsOptions;
 import org.apache.kafka.clients.admin.DescribeClusterOptions;
 import org.apache.kafka.clients.admin.DescribeClusterResult;
 import org.apache.kafka.clients.admin.DescribeTopicsOptions;
+import org.apache.kafka.clients.admin.AlterConfigOp;
 import org.apache.kafka.clients.admin.ListTopicsOptions;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.TopicDescription;
@@ -68,7 +82,9 @@ import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRebalanceListener;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
+import org.apache.kafka.clients.consumer.AcknowledgeType;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.KafkaShareConsumer;
 import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
@@ -76,6 +92,9 @@ import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.Node;
 import org.apache.kafka.common.PartitionInfo;
+import org.apache.kafka.common.KafkaException;
+import org.apache.kafka.common.TopicIdPartition;
+import org.apache.kafka.common.config.ConfigResource;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.header.Header;
@@ -281,7 +300,7 @@ public final class E2eClient {
 
     public static void main(String[] argv) {
         if (argv.length < 1) {
-            System.err.println("usage: E2eClient produce|consume|admin|metadata|ping ...");
+            System.err.println("usage: E2eClient produce|consume|share-consume|admin|metadata|ping ...");
             System.exit(2);
         }
         String cmd = argv[0];
@@ -294,6 +313,7 @@ public final class E2eClient {
             switch (cmd) {
                 case "produce": rc = produce(a); break;
                 case "consume": rc = consume(a); break;
+                case "share-consume": rc = shareConsume(a); break;
                 case "admin": rc = admin(a); break;
                 case "metadata": rc = metadata(a, false); break;
                 case "ping": rc = metadata(a, true); break;
@@ -572,12 +592,124 @@ public final class E2eClient {
         emit(obj("t", "assignment", "event", event, "changed", ch, "partitions", now));
     }
 
+    // ------------------------------------------------------------ share-consume (KIP-932)
+
+    // Sets group configs (resource type GROUP), e.g. share.auto.offset.reset=earliest.
+    static void setGroupConfigs(Admin admin, String group, Map<String, String> configs) throws Exception {
+        ConfigResource res = new ConfigResource(ConfigResource.Type.GROUP, group);
+        List<AlterConfigOp> ops = new ArrayList<>();
+        for (Map.Entry<String, String> e : configs.entrySet())
+            ops.add(new AlterConfigOp(new ConfigEntry(e.getKey(), e.getValue()), AlterConfigOp.OpType.SET));
+        admin.incrementalAlterConfigs(Collections.singletonMap(res, ops)).all().get();
+    }
+
+    static Map<String, String> configArgs(Args a) {
+        Map<String, String> configs = new LinkedHashMap<>();
+        for (String kv : a.all("config")) {
+            int eq = kv.indexOf('=');
+            if (eq < 0) throw new IllegalArgumentException("--config wants k=v, got " + kv);
+            configs.put(kv.substring(0, eq), kv.substring(eq + 1));
+        }
+        return configs;
+    }
+
+    static int shareConsume(Args a) throws Exception {
+        String topic = a.need("topic");
+        String group = a.need("group");
+        int count = a.getInt("count", Integer.MAX_VALUE);
+        long extraMs = a.getLong("extra-ms", 0);
+        String reset = a.get("reset", null);
+        String ackMode = a.get("ack-mode", "implicit");
+        if (!ackMode.equals("implicit") && !ackMode.equals("explicit"))
+            throw new IllegalArgumentException("--ack-mode is implicit or explicit");
+
+        if (reset != null) {
+            try (Admin admin = Admin.create(adminProps(a))) {
+                setGroupConfigs(admin, group, Collections.singletonMap("share.auto.offset.reset", reset));
+            }
+            emit(obj("t", "group_config", "group", group, "share.auto.offset.reset", reset));
+        }
+
+        Properties p = new Properties();
+        common(p, a);
+        p.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        p.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
+        p.put(ConsumerConfig.GROUP_ID_CONFIG, group);
+        p.put(ConsumerConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "20000");
+        p.put(ConsumerConfig.SHARE_ACKNOWLEDGEMENT_MODE_CONFIG, ackMode);
+        // (auto.offset.reset, isolation.level, session/heartbeat settings, group.protocol are
+        // rejected by KafkaShareConsumer: they are group configs of a share group)
+
+        int got = 0, ackErrors = 0;
+        Digest digest = new Digest();
+        KafkaShareConsumer<byte[], byte[]> consumer = new KafkaShareConsumer<>(p);
+        try {
+            consumer.subscribe(Collections.singletonList(topic));
+            long extraUntil = -1;
+            try {
+                while (true) {
+                    if (got >= count) {
+                        if (extraUntil < 0) extraUntil = System.currentTimeMillis() + extraMs;
+                        if (System.currentTimeMillis() >= extraUntil) break;
+                    }
+                    if (remaining() == 0) break;
+                    ConsumerRecords<byte[], byte[]> recs = consumer.poll(Duration.ofMillis(Math.min(200, Math.max(1, remaining()))));
+                    if (recs.isEmpty()) continue;
+                    if (ackMode.equals("explicit"))
+                        for (ConsumerRecord<byte[], byte[]> r : recs) consumer.acknowledge(r, AcknowledgeType.ACCEPT);
+                    // acknowledge before reporting: a record reported here is not delivered again
+                    Map<TopicIdPartition, Optional<KafkaException>> acks =
+                            consumer.commitSync(Duration.ofMillis(Math.max(1000, Math.min(remaining(), 20000))));
+                    for (Map.Entry<TopicIdPartition, Optional<KafkaException>> e : acks.entrySet()) {
+                        if (e.getValue().isPresent()) {
+                            ackErrors++;
+                            KafkaException ex = e.getValue().get();
+                            emit(obj("t", "ack_error", "topic", e.getKey().topic(), "p", e.getKey().partition(),
+                                    "error", ex.getClass().getName() + ": " + ex.getMessage()));
+                        }
+                    }
+                    for (ConsumerRecord<byte[], byte[]> r : recs) {
+                        Map<String, Object> j = recJson(r);
+                        j.put("dc", r.deliveryCount().map(Short::intValue).orElse(null));
+                        emit(j);
+                        digest.add(r.partition(), r.offset(), r.timestamp(), r.key(), r.value(), r.headers());
+                        got++;
+                    }
+                }
+            } catch (org.apache.kafka.common.errors.UnsupportedVersionException
+                     | org.apache.kafka.common.errors.GroupAuthorizationException
+                     | org.apache.kafka.common.errors.TopicAuthorizationException e) {
+                System.err.println("E2eClient share-consume: " + e.getClass().getName() + ": " + e.getMessage()
+                        + (e instanceof org.apache.kafka.common.errors.UnsupportedVersionException
+                           ? " (are share groups enabled? FeatureCommand upgrade --feature share.version=1)" : ""));
+                emit(obj("t", "error", "error", e.getClass().getName() + ": " + e.getMessage()));
+                emit(obj("t", "summary", "count", got, "distinct", digest.lines.size(), "ack_errors", ackErrors,
+                        "ok", false, "digest", digest.hex()));
+                return 1;
+            }
+            emit(obj("t", "closing", "count", got));
+        } finally {
+            // leaves the group and closes the share sessions (bounded: the default is 30 s)
+            consumer.close(Duration.ofMillis(Math.max(1000, Math.min(remaining(), 10000))));
+        }
+        boolean ok = got >= count && ackErrors == 0;
+        emit(obj("t", "summary", "count", got, "distinct", digest.lines.size(), "ack_errors", ackErrors,
+                "ok", ok, "digest", digest.hex()));
+        if (got < count) System.err.println("E2eClient share-consume: got " + got + " of " + count + " records before the deadline");
+        if (ackErrors > 0) System.err.println("E2eClient share-consume: " + ackErrors + " acknowledgement(s) failed");
+        return ok ? 0 : 2;
+    }
+
     // ------------------------------------------------------------ admin
 
     static Properties adminProps(Args a) {
         Properties p = new Properties();
         common(p, a);
-        p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, Long.toString(Math.max(5000, Math.min(remaining(), 30000))));
+        long apiTimeout = Math.max(5000, Math.min(remaining(), 30000));
+        p.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, Long.toString(apiTimeout));
+        // the admin client rejects default.api.timeout.ms < request.timeout.ms (short --timeout-ms)
+        if (apiTimeout < Long.parseLong(p.getProperty("request.timeout.ms")))
+            p.put("request.timeout.ms", Long.toString(apiTimeout));
         return p;
     }
 
@@ -679,14 +811,41 @@ public final class E2eClient {
                             "members", members));
                     return 0;
                 }
+                case "describe-share-group": {
+                    String group = a.need("group");
+                    org.apache.kafka.clients.admin.ShareGroupDescription g =
+                            admin.describeShareGroups(Collections.singletonList(group)).all().get().get(group);
+                    List<Object> members = new ArrayList<>();
+                    for (org.apache.kafka.clients.admin.ShareMemberDescription m : g.members()) {
+                        List<Object> parts = new ArrayList<>();
+                        List<TopicPartition> tps = new ArrayList<>(m.assignment().topicPartitions());
+                        tps.sort((x, y) -> x.topic().equals(y.topic()) ? Integer.compare(x.partition(), y.partition())
+                                : x.topic().compareTo(y.topic()));
+                        for (TopicPartition tp : tps) parts.add(Arrays.asList(tp.topic(), tp.partition()));
+                        members.add(obj("member_id", m.consumerId(), "client_id", m.clientId(),
+                                "member_epoch", m.memberEpoch(), "partitions", parts));
+                    }
+                    emit(obj("t", "share_group", "group", g.groupId(), "state", String.valueOf(g.groupState()),
+                            "group_epoch", g.groupEpoch(), "coordinator", nodeJson(g.coordinator()), "members", members));
+                    return 0;
+                }
+                case "set-group-config": {
+                    String group = a.need("group");
+                    Map<String, String> configs = configArgs(a);
+                    if (configs.isEmpty()) throw new IllegalArgumentException("set-group-config needs --config k=v");
+                    setGroupConfigs(admin, group, configs);
+                    emit(obj("t", "group_config", "group", group, "config", new LinkedHashMap<String, Object>(configs)));
+                    return 0;
+                }
                 case "describe-config": {
-                    String topic = a.need("topic");
-                    org.apache.kafka.common.config.ConfigResource res =
-                            new org.apache.kafka.common.config.ConfigResource(org.apache.kafka.common.config.ConfigResource.Type.TOPIC, topic);
+                    String topic = a.get("topic", null);
+                    String name = topic != null ? topic : a.need("group");
+                    ConfigResource res = new ConfigResource(
+                            topic != null ? ConfigResource.Type.TOPIC : ConfigResource.Type.GROUP, name);
                     Config cfg = admin.describeConfigs(Collections.singletonList(res)).all().get().get(res);
                     Map<String, Object> m = new LinkedHashMap<>();
                     for (ConfigEntry e : cfg.entries()) m.put(e.name(), e.value());
-                    emit(obj("t", "config", "name", topic, "config", m));
+                    emit(obj("t", "config", "name", name, "config", m));
                     return 0;
                 }
                 default:

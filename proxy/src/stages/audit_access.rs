@@ -11,6 +11,7 @@
 //! When the audit store cannot write, Produce and Fetch are refused here with
 //! KAFKA_STORAGE_ERROR (retriable): no data access happens unrecorded.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ use crate::pipeline::{
     Blame, FetchAnswer, FetchPartition, PartitionEdit, SessionInfo, Stage, StageError, Verdict,
 };
 use crate::resources;
+use crate::topic_ids::TopicIds;
 use crate::wire::{Reader, WireError};
 
 const NAME: &str = "audit_access";
@@ -56,17 +58,26 @@ const ADMIN: &[ApiKey] = &[
 pub struct AuditAccess {
     auditor: Auditor,
     request_keys: Vec<ApiKey>,
+    /// Names of the topics ShareFetch answers name by id.
+    ids: Arc<TopicIds>,
 }
 
 impl AuditAccess {
     /// A stage recording into `auditor`'s log.
     pub fn new(auditor: Auditor) -> Self {
-        let mut request_keys = vec![ApiKey::Produce, ApiKey::Fetch];
+        let mut request_keys = vec![ApiKey::Produce, ApiKey::Fetch, ApiKey::ShareFetch];
         request_keys.extend_from_slice(ADMIN);
         Self {
             auditor,
             request_keys,
+            ids: Arc::new(TopicIds::new()),
         }
+    }
+
+    /// Names the topics of ShareFetch answers with `ids`.
+    pub fn with_topic_ids(mut self, ids: Arc<TopicIds>) -> Self {
+        self.ids = ids;
+        self
     }
 }
 
@@ -94,19 +105,20 @@ fn base(session: &SessionInfo, request: &Request, kind: EventKind) -> AuditRecor
 fn fetch_record(
     session: &SessionInfo,
     notes: &crate::audit_trail::AuditNotes,
+    api: ApiKey,
     version: i16,
     correlation_id: i32,
     partial: Option<AuditRecord>,
 ) -> AuditRecord {
     let mut record = AuditRecord::new(EventKind::Fetch, notes.instance())
         .at(SystemTime::now())
-        .with_action("Fetch")
+        .with_action(format!("{api:?}"))
         .with_principal(
             session.principal_label.to_string(),
             session.principal.auth_method.as_str(),
         )
         .with_client(session.client_label.to_string(), None)
-        .with_request(ApiKey::Fetch as i16, version, correlation_id);
+        .with_request(api as i16, version, correlation_id);
     if let Some(p) = partial {
         record.key_ids = p.key_ids;
         record.subject_tokens = p.subject_tokens;
@@ -208,6 +220,14 @@ fn storage_error(api: ApiKey, version: i16, body: &[u8]) -> Result<ResponseKind,
                     .collect(),
             ),
         ),
+        // Named by id: one error for the whole request, nothing acquired.
+        ApiKey::ShareFetch => ResponseKind::ShareFetch(
+            ShareFetchResponse::default()
+                .with_error_code(KAFKA_STORAGE_ERROR)
+                .with_error_message(Some(StrBytes::from_static_str(
+                    "the gateway's audit log is unavailable",
+                ))),
+        ),
         _ => ResponseKind::Fetch(
             FetchResponse::default().with_responses(
                 t.topics
@@ -244,7 +264,7 @@ impl Stage for AuditAccess {
     }
 
     fn response_api_keys(&self) -> &[ApiKey] {
-        &[ApiKey::Produce, ApiKey::Fetch]
+        &[ApiKey::Produce, ApiKey::Fetch, ApiKey::ShareFetch]
     }
 
     fn streams_fetch(&self, _version: i16) -> bool {
@@ -277,6 +297,7 @@ impl Stage for AuditAccess {
                     records.push(fetch_record(
                         session,
                         notes,
+                        ApiKey::Fetch,
                         answer.api_version,
                         answer.correlation_id,
                         partial,
@@ -325,7 +346,9 @@ impl Stage for AuditAccess {
             blame: Blame::Client,
             message,
         };
-        if matches!(api, ApiKey::Produce | ApiKey::Fetch) && !self.auditor.healthy() {
+        if matches!(api, ApiKey::Produce | ApiKey::Fetch | ApiKey::ShareFetch)
+            && !self.auditor.healthy()
+        {
             // Fail closed: no access without its record.
             let why = self.auditor.failure().unwrap_or_default();
             tracing::error!(api = ?api, failure = %why, "audit log unhealthy: data access refused");
@@ -341,7 +364,8 @@ impl Stage for AuditAccess {
                 }
                 request.audit.push(record);
             }
-            ApiKey::Fetch => {}
+            // Their records are made from the answers: what was read.
+            ApiKey::Fetch | ApiKey::ShareFetch => {}
             _ => {
                 let mut record = base(session, request, EventKind::Admin);
                 // Resource names where the api names them; the decisions
@@ -422,57 +446,94 @@ impl Stage for AuditAccess {
                 });
             }
             ResponseKind::Fetch(f) => {
-                let mut resources = Vec::new();
-                for topic in &f.responses {
+                let topics = f.responses.iter().map(|topic| {
                     let name = if topic.topic.0.is_empty() {
                         topic.topic_id.to_string()
                     } else {
                         topic.topic.0.to_string()
                     };
-                    let mut res = Resource::topic(name);
-                    for p in &topic.partitions {
-                        let records: &Bytes = match &p.records {
-                            Some(r) if !r.is_empty() => r,
-                            _ => continue,
-                        };
-                        let (count, first) = batch_stats(records);
-                        if count > 0 {
-                            res = res.with_partition(
-                                p.partition_index,
-                                first,
-                                count,
-                                records.len() as u64,
-                            );
-                        }
-                    }
-                    if !res.partitions.is_empty() {
-                        resources.push(res);
-                    }
-                }
-                // What the decrypt stage noted (keys used, plaintext or
-                // masked) waits in a partial record: take it in here.
-                let mut partial = None;
-                notes.update(|records| {
-                    if let Some(i) = records.iter().position(|r| r.kind == EventKind::Fetch) {
-                        partial = Some(records.remove(i));
-                    }
+                    let parts = topic
+                        .partitions
+                        .iter()
+                        .map(|p| (p.partition_index, p.records.as_ref()));
+                    (name, parts.collect::<Vec<_>>())
                 });
-                // An empty fetch (a long poll that timed out) accessed nothing.
-                if !resources.is_empty() {
-                    let mut record = fetch_record(
-                        session,
-                        &notes,
-                        response.api_version,
-                        response.correlation_id,
-                        partial,
-                    );
-                    record.resources = resources;
-                    notes.push(record);
-                }
+                let resources = read_resources(topics);
+                finish_fetch_record(session, &notes, response, resources);
+            }
+            ResponseKind::ShareFetch(f) => {
+                // Named by id; the authorize stage refused unknown ids, so
+                // the raw id only shows where that stage is off.
+                let topics = f.responses.iter().map(|topic| {
+                    let name = self
+                        .ids
+                        .name(topic.topic_id.as_bytes())
+                        .map_or_else(|| topic.topic_id.to_string(), |n| n.to_string());
+                    let parts = topic
+                        .partitions
+                        .iter()
+                        .map(|p| (p.partition_index, p.records.as_ref()));
+                    (name, parts.collect::<Vec<_>>())
+                });
+                let resources = read_resources(topics);
+                finish_fetch_record(session, &notes, response, resources);
             }
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// One resource per topic that returned records, with each partition's
+/// record count, first offset and bytes.
+fn read_resources<'a>(
+    topics: impl Iterator<Item = (String, Vec<(i32, Option<&'a Bytes>)>)>,
+) -> Vec<Resource> {
+    let mut resources = Vec::new();
+    for (name, parts) in topics {
+        let mut res = Resource::topic(name);
+        for (partition, records) in parts {
+            let Some(records) = records.filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let (count, first) = batch_stats(records);
+            if count > 0 {
+                res = res.with_partition(partition, first, count, records.len() as u64);
+            }
+        }
+        if !res.partitions.is_empty() {
+            resources.push(res);
+        }
+    }
+    resources
+}
+
+/// Pushes the exchange's Fetch record (taking in what the decrypt stage
+/// noted in a partial one: keys used, plaintext or masked).
+fn finish_fetch_record(
+    session: &SessionInfo,
+    notes: &crate::audit_trail::AuditNotes,
+    response: &Response,
+    resources: Vec<Resource>,
+) {
+    let mut partial = None;
+    notes.update(|records| {
+        if let Some(i) = records.iter().position(|r| r.kind == EventKind::Fetch) {
+            partial = Some(records.remove(i));
+        }
+    });
+    // An empty fetch (a long poll that timed out) accessed nothing.
+    if !resources.is_empty() {
+        let mut record = fetch_record(
+            session,
+            notes,
+            response.api_key,
+            response.api_version,
+            response.correlation_id,
+            partial,
+        );
+        record.resources = resources;
+        notes.push(record);
     }
 }
 

@@ -34,6 +34,7 @@ use crate::message::{Amend, Request};
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError, Verdict};
 use crate::resources::{self, ConfigRef, TopicRef, Touches};
+use crate::topic_ids::{TopicId, TopicIds};
 use crate::versions::FORWARDED;
 
 const NAME: &str = "authorize";
@@ -52,6 +53,10 @@ pub mod code {
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     /// OPERATION_NOT_ATTEMPTED.
     pub const OPERATION_NOT_ATTEMPTED: i16 = 55;
+    /// INVALID_REQUEST.
+    pub const INVALID_REQUEST: i16 = 42;
+    /// UNKNOWN_TOPIC_ID.
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 use code::*;
 
@@ -72,6 +77,7 @@ pub struct Authorize {
     sink: Arc<dyn AuditSink>,
     metrics: Arc<Metrics>,
     keys: Vec<ApiKey>,
+    ids: Arc<TopicIds>,
 }
 
 impl Authorize {
@@ -91,7 +97,14 @@ impl Authorize {
             sink,
             metrics,
             keys,
+            ids: Arc::new(TopicIds::new()),
         }
+    }
+
+    /// Resolves topic ids (share-group apis) with `ids`.
+    pub fn with_topic_ids(mut self, ids: Arc<TopicIds>) -> Self {
+        self.ids = ids;
+        self
     }
 }
 
@@ -110,6 +123,7 @@ struct Decider {
     api_version: i16,
     correlation_id: i32,
     notes: AuditNotes,
+    ids: Arc<TopicIds>,
 }
 
 impl Decider {
@@ -303,6 +317,7 @@ impl Stage for Authorize {
             api_version: version,
             correlation_id: request.correlation_id(),
             notes: request.audit.clone(),
+            ids: self.ids.clone(),
         };
         let raw = request.raw().clone();
         let body = &raw[raw.len() - request.body_bytes().len()..];
@@ -949,7 +964,39 @@ fn plan(
                 ),
             })
         }
-        ApiKey::DescribeGroups | ApiKey::ConsumerGroupDescribe => {
+        ApiKey::ShareGroupHeartbeat => {
+            let group = t.groups.first().copied().unwrap_or_default();
+            let refusal = if d.group(Read, group) {
+                // Subscribing is describing: Kafka checks each named topic.
+                let denied: Vec<&str> = t
+                    .topics
+                    .iter()
+                    .filter(|x| !d.topic(Describe, x.name))
+                    .map(|x| x.name)
+                    .collect();
+                (!denied.is_empty()).then(|| {
+                    (
+                        TOPIC_AUTHORIZATION_FAILED,
+                        format!("Topic authorization failed for topics {denied:?}"),
+                    )
+                })
+            } else {
+                Some((
+                    GROUP_AUTHORIZATION_FAILED,
+                    "Group authorization failed.".to_string(),
+                ))
+            };
+            match refusal {
+                None => Plan::forward(),
+                Some((code, message)) => respond(ResponseKind::ShareGroupHeartbeat(
+                    ShareGroupHeartbeatResponse::default()
+                        .with_error_code(code)
+                        .with_error_message(Some(sb(&message))),
+                )),
+            }
+        }
+        ApiKey::ShareFetch | ApiKey::ShareAcknowledge => share(d, api, body, t, flexible),
+        ApiKey::DescribeGroups | ApiKey::ConsumerGroupDescribe | ApiKey::ShareGroupDescribe => {
             let denied: HashSet<String> = t
                 .groups
                 .iter()
@@ -982,6 +1029,18 @@ fn plan(
                         for x in &mut g.groups {
                             if denied.contains(x.group_id.0.as_str()) {
                                 *x = consumer_group_describe_response::DescribedGroup::default()
+                                    .with_group_id(x.group_id.clone())
+                                    .with_error_code(GROUP_AUTHORIZATION_FAILED);
+                            } else {
+                                x.authorized_operations =
+                                    ops(x.group_id.0.as_str(), x.authorized_operations);
+                            }
+                        }
+                    }
+                    ResponseKind::ShareGroupDescribe(g) => {
+                        for x in &mut g.groups {
+                            if denied.contains(x.group_id.0.as_str()) {
+                                *x = share_group_describe_response::DescribedGroup::default()
                                     .with_group_id(x.group_id.clone())
                                     .with_error_code(GROUP_AUTHORIZATION_FAILED);
                             } else {
@@ -1498,6 +1557,145 @@ fn split_topics(
         .collect();
     Plan::Forward {
         body: Some(cut(body, array, &keep, flexible)),
+        amends: vec![amend],
+    }
+}
+
+/// ShareFetch and ShareAcknowledge: Read on the group, then Read on each
+/// topic, named by id and resolved through the ids learned from the broker.
+/// Topics refused (or not known yet, UNKNOWN_TOPIC_ID, on which the client
+/// refreshes its metadata) are cut out, since forwarding a share fetch
+/// acquires records and an acknowledgement settles them, and their error
+/// entries are merged into the answer. A share session also fetches the
+/// partitions earlier requests added without naming them again, so every
+/// ShareFetch answer is checked topic by topic as well.
+fn share(d: &Decider, api: ApiKey, body: &[u8], t: &Touches<'_>, flexible: bool) -> Plan {
+    use Operation::*;
+    let refusal = match t.groups.first() {
+        _ if t.no_group => Some((INVALID_REQUEST, "A share request must name its group.")),
+        Some(g) if d.group(Read, g) => None,
+        _ => Some((GROUP_AUTHORIZATION_FAILED, "Group authorization failed.")),
+    };
+    if let Some((code, message)) = refusal {
+        let message = Some(sb(message));
+        return respond(match api {
+            ApiKey::ShareFetch => ResponseKind::ShareFetch(
+                ShareFetchResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(message),
+            ),
+            _ => ResponseKind::ShareAcknowledge(
+                ShareAcknowledgeResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(message),
+            ),
+        });
+    }
+    let mut allowed: HashSet<TopicId> = HashSet::new();
+    let mut refused: Vec<(TopicId, Vec<i32>, i16)> = Vec::new();
+    let mut keep = Vec::new();
+    for x in &t.topic_ids {
+        let code = match d.ids.name(&x.id) {
+            None => UNKNOWN_TOPIC_ID,
+            Some(name) if !d.topic(Read, &name) => TOPIC_AUTHORIZATION_FAILED,
+            Some(_) => {
+                allowed.insert(x.id);
+                keep.push(x.span.clone());
+                continue;
+            }
+        };
+        refused.push((x.id, x.partitions.clone(), code));
+    }
+    let body = match (&t.topics_span, refused.is_empty()) {
+        (_, true) => None,
+        (Some(array), false) => Some(cut(body, array, &keep, flexible)),
+        (None, false) => return Plan::Close("a share request without a topic array".into()),
+    };
+    if api == ApiKey::ShareAcknowledge && refused.is_empty() {
+        return Plan::Forward {
+            body,
+            amends: vec![],
+        };
+    }
+    let d = d.clone();
+    let amend: Amend = Box::new(move |r| {
+        let topic_id = |id: &TopicId| uuid::Uuid::from_bytes(*id);
+        let no_leader = |l: &mut i32, e: &mut i32| {
+            *l = -1;
+            *e = -1;
+        };
+        match r {
+            ResponseKind::ShareFetch(f) => {
+                for topic in &mut f.responses {
+                    let id = *topic.topic_id.as_bytes();
+                    if allowed.contains(&id) {
+                        continue;
+                    }
+                    let code = match d.ids.name(&id) {
+                        None => UNKNOWN_TOPIC_ID,
+                        Some(name) if !d.topic(Read, &name) => TOPIC_AUTHORIZATION_FAILED,
+                        Some(_) => continue,
+                    };
+                    for p in &mut topic.partitions {
+                        let mut e = share_fetch_response::PartitionData::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(code);
+                        no_leader(
+                            &mut e.current_leader.leader_id,
+                            &mut e.current_leader.leader_epoch,
+                        );
+                        *p = e;
+                    }
+                }
+                f.responses.extend(refused.iter().map(|(id, parts, code)| {
+                    share_fetch_response::ShareFetchableTopicResponse::default()
+                        .with_topic_id(topic_id(id))
+                        .with_partitions(
+                            parts
+                                .iter()
+                                .map(|&p| {
+                                    let mut e = share_fetch_response::PartitionData::default()
+                                        .with_partition_index(p)
+                                        .with_error_code(*code)
+                                        .with_acknowledge_error_code(*code);
+                                    no_leader(
+                                        &mut e.current_leader.leader_id,
+                                        &mut e.current_leader.leader_epoch,
+                                    );
+                                    e
+                                })
+                                .collect(),
+                        )
+                }));
+            }
+            ResponseKind::ShareAcknowledge(a) => {
+                a.responses.extend(refused.iter().map(|(id, parts, code)| {
+                    share_acknowledge_response::ShareAcknowledgeTopicResponse::default()
+                        .with_topic_id(topic_id(id))
+                        .with_partitions(
+                            parts
+                                .iter()
+                                .map(|&p| {
+                                    let mut e =
+                                        share_acknowledge_response::PartitionData::default()
+                                            .with_partition_index(p)
+                                            .with_error_code(*code);
+                                    no_leader(
+                                        &mut e.current_leader.leader_id,
+                                        &mut e.current_leader.leader_epoch,
+                                    );
+                                    e
+                                })
+                                .collect(),
+                        )
+                }));
+            }
+            _ => return Err(wrong(api)),
+        }
+        Ok(())
+    });
+    Plan::Forward {
+        body,
         amends: vec![amend],
     }
 }

@@ -17,7 +17,7 @@ use custos_crypto::key_ref::KeyRef;
 use custos_crypto::keys::KeyError;
 use custos_crypto::kms::KmsError;
 use custos_policy::{Action, Authorizer, RequestContext, Resource};
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
 
 use crate::fetch_records::{self, KAFKA_STORAGE_ERROR};
 use crate::field_rules::{self, Access, KeyLookup, KeyTable, Protection, RevealError};
@@ -27,6 +27,7 @@ use crate::pipeline::{
     Blame, FetchAnswer, FetchPartition, PartitionEdit, SessionInfo, Stage, StageError,
 };
 use crate::record_batch::{self, RewriteError};
+use crate::topic_ids::TopicIds;
 
 const NAME: &str = "decrypt";
 
@@ -40,6 +41,8 @@ pub struct Decrypt {
     metrics: Arc<Metrics>,
     /// Pieces a large answer is cut into: the cores available.
     lanes: usize,
+    /// Names of the topics ShareFetch answers name by id.
+    ids: Arc<TopicIds>,
 }
 
 impl Decrypt {
@@ -54,7 +57,14 @@ impl Decrypt {
             authorizer,
             metrics,
             lanes: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ids: Arc::new(TopicIds::new()),
         }
+    }
+
+    /// Resolves the topic ids of ShareFetch answers with `ids`.
+    pub fn with_topic_ids(mut self, ids: Arc<TopicIds>) -> Self {
+        self.ids = ids;
+        self
     }
 
     /// Cuts large answers into `lanes` pieces revealed in parallel (default:
@@ -124,7 +134,7 @@ impl Stage for Decrypt {
     }
 
     fn response_api_keys(&self) -> &[ApiKey] {
-        &[ApiKey::Fetch]
+        &[ApiKey::Fetch, ApiKey::ShareFetch]
     }
 
     fn streams_fetch(&self, version: i16) -> bool {
@@ -197,6 +207,9 @@ impl Stage for Decrypt {
         session: &SessionInfo,
         response: &mut Response,
     ) -> Result<(), StageError> {
+        if response.api_key == ApiKey::ShareFetch {
+            return self.reveal_share_fetch(session, response).await;
+        }
         // The body is walked, not decoded: only protected partitions'
         // records are rebuilt and spliced in; everything else is copied as
         // the broker sent it.
@@ -345,6 +358,128 @@ impl Stage for Decrypt {
         response
             .replace_frame_parts(pieces)
             .map_err(|e| StageError::codec(NAME, Blame::Internal, e))?;
+        Ok(())
+    }
+}
+
+impl Decrypt {
+    /// ShareFetch answers (KIP-932) are decoded whole, their protected
+    /// partitions' records revealed like a Fetch's, and re-encoded. Topics
+    /// come by id: one whose name is not known cannot be matched to its
+    /// rules, so its records are withheld (the broker redelivers them once
+    /// their acquisition lock expires).
+    async fn reveal_share_fetch(
+        &self,
+        session: &SessionInfo,
+        response: &mut Response,
+    ) -> Result<(), StageError> {
+        let codec = |e| StageError::codec(NAME, Blame::Upstream, e);
+        let mut slots: Vec<(usize, usize)> = Vec::new();
+        let mut withheld: Vec<(usize, usize)> = Vec::new();
+        let mut accesses: Vec<(String, Access)> = Vec::new();
+        let mut pieces = Vec::new();
+        let mut total = 0;
+        {
+            let ResponseKind::ShareFetch(f) = response.body().map_err(codec)? else {
+                return Err(StageError {
+                    stage: NAME,
+                    blame: Blame::Internal,
+                    message: "a ShareFetch exchange without a ShareFetch answer".into(),
+                });
+            };
+            for (ti, topic) in f.responses.iter().enumerate() {
+                let name = self.ids.name(topic.topic_id.as_bytes());
+                for (pi, p) in topic.partitions.iter().enumerate() {
+                    let Some(records) = p.records.as_ref().filter(|r| !r.is_empty()) else {
+                        continue;
+                    };
+                    let Some(name) = name.as_deref() else {
+                        withheld.push((ti, pi));
+                        continue;
+                    };
+                    let Some(rule) = self.protection.rules.for_topic(name) else {
+                        continue;
+                    };
+                    let access = match accesses.iter().find(|(t, _)| t == name) {
+                        Some((_, a)) => *a,
+                        None => {
+                            let a = self.access(session, name, rule);
+                            accesses.push((name.to_string(), a));
+                            a
+                        }
+                    };
+                    total += records.len();
+                    pieces.push(Piece {
+                        seq: pieces.len(),
+                        replacement: slots.len(),
+                        topic: name.to_string(),
+                        access,
+                        records: records.clone(),
+                    });
+                    slots.push((ti, pi));
+                }
+            }
+        }
+        if pieces.is_empty() && withheld.is_empty() {
+            return Ok(());
+        }
+        let placement = if total >= PARALLEL_MIN && pieces.len() > 1 {
+            Placement::Spread
+        } else {
+            Placement::Here
+        };
+        let (outcomes, keys) = self.reveal_all(pieces, placement).await;
+        let ResponseKind::ShareFetch(f) = response.body_mut().map_err(codec)? else {
+            return Ok(());
+        };
+        let withhold = |p: &mut kafka_protocol::messages::share_fetch_response::PartitionData| {
+            p.records = None;
+            p.acquired_records.clear();
+            p.error_code = KAFKA_STORAGE_ERROR;
+        };
+        for &(ti, pi) in &withheld {
+            self.metrics.decrypt_failure();
+            tracing::warn!(
+                partition = f.responses[ti].partitions[pi].partition_index,
+                "share-fetched records of a topic whose id is not known withheld"
+            );
+            withhold(&mut f.responses[ti].partitions[pi]);
+        }
+        let mut count = [0u64; 2];
+        for (piece, outcome) in outcomes {
+            let (ti, pi) = slots[piece.replacement];
+            let p = &mut f.responses[ti].partitions[pi];
+            match outcome {
+                Ok((records, n)) => {
+                    p.records = Some(records);
+                    count[usize::from(piece.access == Access::Plaintext)] += n;
+                }
+                Err(why) => {
+                    self.metrics.decrypt_failure();
+                    tracing::warn!(topic = %piece.topic, partition = p.partition_index, why = %why, "share-fetched records withheld");
+                    withhold(p);
+                }
+            }
+        }
+        self.metrics.decrypted_records(count[1], true);
+        self.metrics.decrypted_records(count[0], false);
+        let details: Vec<(String, String)> = accesses
+            .iter()
+            .map(|(topic, access)| {
+                (
+                    format!("revealed.{topic}"),
+                    access_label(*access).to_string(),
+                )
+            })
+            .collect();
+        if !details.is_empty() {
+            crate::protection::note_keys(
+                &response.audit,
+                custos_audit::EventKind::Fetch,
+                keys.key_refs(),
+                &details,
+            );
+        }
         Ok(())
     }
 }

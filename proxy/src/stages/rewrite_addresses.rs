@@ -66,7 +66,7 @@ impl RewriteAddresses {
     }
 }
 
-/// Whether a Produce or Fetch response at this version can carry node endpoints.
+/// Whether a response of `key` at this version can carry node endpoints.
 fn may_carry_endpoints(key: ApiKey, version: i16) -> bool {
     match key {
         ApiKey::Produce => version >= 10,
@@ -88,6 +88,8 @@ impl Stage for RewriteAddresses {
             ApiKey::DescribeCluster,
             ApiKey::Produce,
             ApiKey::Fetch,
+            ApiKey::ShareFetch,
+            ApiKey::ShareAcknowledge,
         ]
     }
 
@@ -109,6 +111,8 @@ impl Stage for RewriteAddresses {
         let has_endpoints = match response.body().map_err(codec)? {
             ResponseKind::Produce(p) => !p.node_endpoints.is_empty(),
             ResponseKind::Fetch(f) => !f.node_endpoints.is_empty(),
+            ResponseKind::ShareFetch(f) => !f.node_endpoints.is_empty(),
+            ResponseKind::ShareAcknowledge(a) => !a.node_endpoints.is_empty(),
             _ => true,
         };
         if !has_endpoints {
@@ -147,6 +151,12 @@ impl Stage for RewriteAddresses {
                 .node_endpoints
                 .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
             ResponseKind::Fetch(f) => f
+                .node_endpoints
+                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
+            ResponseKind::ShareFetch(f) => f
+                .node_endpoints
+                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
+            ResponseKind::ShareAcknowledge(a) => a
                 .node_endpoints
                 .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
             _ => {}
@@ -296,5 +306,49 @@ mod tests {
         let mut r = Response::parse(plain.clone(), ApiKey::Produce, 11).expect("parse");
         s.on_response(&session(), &mut r).await.expect("stage");
         assert_eq!(r.into_bytes().expect("bytes").as_ptr(), plain.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn share_fetch_and_acknowledge_endpoints_point_at_custos() {
+        use kafka_protocol::messages::{
+            share_acknowledge_response, share_fetch_response, ShareAcknowledgeResponse,
+            ShareFetchResponse,
+        };
+        let s = stage(10);
+        let f = ShareFetchResponse::default().with_node_endpoints(vec![
+            share_fetch_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(1))
+                .with_host(StrBytes::from_static_str("kafka.internal"))
+                .with_port(9092),
+            share_fetch_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(99))
+                .with_host(StrBytes::from_static_str("kafka.internal"))
+                .with_port(9093),
+        ]);
+        let ResponseKind::ShareFetch(f) =
+            run(&s, ApiKey::ShareFetch, 1, ResponseKind::ShareFetch(f)).await
+        else {
+            panic!("not share fetch");
+        };
+        assert_eq!(f.node_endpoints.len(), 1, "an unmappable broker is dropped");
+        assert_eq!(f.node_endpoints[0].host.as_str(), "proxy.example");
+        let a = ShareAcknowledgeResponse::default().with_node_endpoints(vec![
+            share_acknowledge_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(StrBytes::from_static_str("kafka.internal"))
+                .with_port(9092),
+        ]);
+        let ResponseKind::ShareAcknowledge(a) = run(
+            &s,
+            ApiKey::ShareAcknowledge,
+            1,
+            ResponseKind::ShareAcknowledge(a),
+        )
+        .await
+        else {
+            panic!("not share acknowledge");
+        };
+        assert_eq!(a.node_endpoints[0].host.as_str(), "proxy.example");
+        assert_ne!(a.node_endpoints[0].port, 9092);
     }
 }
