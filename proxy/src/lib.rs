@@ -7,7 +7,9 @@
 //! stages (`pipeline.rs`, one file each under `stages/`), and forwards; the
 //! response comes back through the same session and stages (large Fetch
 //! answers partition by partition, `fetch_stream.rs`). Broker addresses
-//! are mapped in `broker_map.rs`; `admin.rs` and `metrics.rs` serve operators;
+//! are mapped in `broker_map.rs`, topic ids to names in `topic_ids.rs` (for
+//! share groups, which name topics only by id); `admin.rs` and `metrics.rs`
+//! serve operators;
 //! `config.rs` reads the one configuration file. Authorization is the
 //! `authorize` stage (policies loaded by `policy_store.rs`, resource names read
 //! by `resources.rs`); audit records travel with each exchange

@@ -45,6 +45,7 @@ use crate::message::{Request, Response};
 use crate::metrics::Metrics;
 use crate::pipeline::{SessionInfo, Stage, Verdict};
 use crate::resources::name_based_max_version;
+use crate::topic_ids::TopicIds;
 use crate::versions::FORWARDED;
 
 /// LEADER_NOT_AVAILABLE: a broker's answer for a topic it just auto-created.
@@ -513,6 +514,17 @@ fn stage(sc: Scenario) -> Authorize {
         Arc::new(DiscardSink),
         Arc::new(Metrics::new()),
     )
+    .with_topic_ids(learned_ids())
+}
+
+/// The ids the stage has learned from broker answers (share-group apis
+/// name topics by id): every topic of [`TOPIC_IDS`], by [`id_bytes`].
+fn learned_ids() -> Arc<TopicIds> {
+    let ids = TopicIds::new();
+    for (name, k) in TOPIC_IDS {
+        ids.learn(id_bytes(k), name);
+    }
+    Arc::new(ids)
 }
 
 fn alice() -> SessionInfo {
@@ -892,6 +904,10 @@ fn table() -> Vec<Api> {
         list_config_resources(),
         describe_topic_partitions(),
         describe_cluster(),
+        share_group_heartbeat(),
+        share_group_describe(),
+        share_fetch(),
+        share_acknowledge(),
     ]
 }
 
@@ -4788,6 +4804,616 @@ fn describe_topic_partitions() -> Api {
     }
 }
 
+// ---- ShareGroupHeartbeat, ShareGroupDescribe, ShareFetch, ShareAcknowledge ----
+
+/// Topics (by id number, see [`TOPIC_IDS`]) and partitions a share request
+/// names: learned "ok" and "no" topics, and id 9, which the stage's map
+/// never learned (UNKNOWN_TOPIC_ID).
+const SHARE_TOPICS: [(u8, &[i32]); 4] = [(1, &[0, 1]), (2, &[0]), (3, &[3]), (9, &[2])];
+/// Share request topics none of which the partial policies let through: a
+/// "no" topic and the unlearned id.
+const REFUSABLE_TOPICS: [(u8, &[i32]); 2] = [(2, &[0]), (9, &[2])];
+/// Topics a share session adds to a ShareFetch answer although the request
+/// does not name them (earlier requests did): "ok-3", "no-3", and id 10,
+/// never learned.
+const SESSION_TOPICS: [(u8, &[i32]); 3] = [(5, &[0]), (6, &[1, 2]), (10, &[0])];
+
+/// The subscription of a ShareGroupHeartbeat, by the second part of its tag:
+/// `None` for a null array (unchanged since the last heartbeat).
+fn share_subscription(names: &str) -> Option<&'static [&'static str]> {
+    match names {
+        "ok" => Some(&["ok-1", "ok-2"]),
+        "mixed" => Some(&["ok-1", "no-1", "ok-2"]),
+        "null" => None,
+        other => panic!("unknown subscription {other}"),
+    }
+}
+
+fn share_group_heartbeat() -> Api {
+    Api {
+        key: ApiKey::ShareGroupHeartbeat,
+        requests: |v| {
+            let mut out = Vec::new();
+            for tag in [
+                "ok-g1/ok",
+                "ok-g1/mixed",
+                "ok-g1/null",
+                "no-g1/ok",
+                "no-g1/mixed",
+                "no-g1/null",
+            ] {
+                let (group, names) = tag.split_once('/').expect("group/names tag");
+                let names = share_subscription(names);
+                let r = ShareGroupHeartbeatRequest::default()
+                    .with_group_id(gid(group))
+                    .with_member_id(s("m-1"))
+                    // A joining member subscribes; a later heartbeat sends null.
+                    .with_member_epoch(if names.is_some() { 0 } else { 4 })
+                    .with_rack_id(Some(s("rack-a")))
+                    .with_subscribed_topic_names(names.map(|ns| ns.iter().map(|n| tn(n)).collect()));
+                out.push((tag, enc(v, RequestKind::ShareGroupHeartbeat(r))));
+            }
+            out
+        },
+        named: |_, r| {
+            let RequestKind::ShareGroupHeartbeat(h) = r else {
+                panic!("not share group heartbeat")
+            };
+            h.subscribed_topic_names
+                .iter()
+                .flatten()
+                .map(|n| (tl(&n.0), String::new()))
+                .collect()
+        },
+        answer: |_, _, _| {
+            ResponseKind::ShareGroupHeartbeat(
+                ShareGroupHeartbeatResponse::default()
+                    .with_member_id(Some(s("m-1")))
+                    .with_member_epoch(5)
+                    .with_heartbeat_interval_ms(5000)
+                    .with_assignment(Some(
+                        share_group_heartbeat_response::Assignment::default().with_topic_partitions(
+                            vec![share_group_heartbeat_response::TopicPartitions::default()
+                                .with_topic_id(uuid!(1))
+                                .with_partitions(vec![0, 1])],
+                        ),
+                    )),
+            )
+        },
+        entries: |_, tag, r| {
+            let ResponseKind::ShareGroupHeartbeat(h) = r else {
+                panic!("not share group heartbeat")
+            };
+            let (group, _) = tag.split_once('/').expect("group/names tag");
+            single(gl(group), h.error_code, h)
+        },
+        expect: |_, tag, m| {
+            use Operation::*;
+            let (group, names) = tag.split_once('/').expect("group/names tag");
+            let names = share_subscription(names).unwrap_or_default();
+            let code = if !m.group(Read, group) {
+                GROUP_AUTHORIZATION_FAILED
+            } else if names.iter().any(|n| !m.topic(Describe, n)) {
+                TOPIC_AUTHORIZATION_FAILED
+            } else {
+                0
+            };
+            whole(&gl(group), code)
+        },
+        check_forwarded: None,
+    }
+}
+
+fn share_group_describe() -> Api {
+    Api {
+        key: ApiKey::ShareGroupDescribe,
+        requests: |v| {
+            let request = |ops: bool| {
+                enc(
+                    v,
+                    RequestKind::ShareGroupDescribe(
+                        ShareGroupDescribeRequest::default()
+                            .with_group_ids(GROUPS.iter().map(|g| gid(g)).collect())
+                            .with_include_authorized_operations(ops),
+                    ),
+                )
+            };
+            vec![("ops", request(true)), ("no-ops", request(false))]
+        },
+        named: |_, r| {
+            let RequestKind::ShareGroupDescribe(d) = r else {
+                panic!("not share group describe")
+            };
+            d.group_ids
+                .iter()
+                .map(|g| (gl(&g.0), String::new()))
+                .collect()
+        },
+        answer: |_, _, r| {
+            use share_group_describe_response as sgd;
+            let RequestKind::ShareGroupDescribe(d) = r else {
+                panic!("not share group describe")
+            };
+            let ops = if d.include_authorized_operations {
+                BROKER_OPS
+            } else {
+                NOT_REQUESTED
+            };
+            ResponseKind::ShareGroupDescribe(
+                ShareGroupDescribeResponse::default().with_groups(
+                    d.group_ids
+                        .iter()
+                        .map(|g| {
+                            sgd::DescribedGroup::default()
+                                .with_group_id(g.clone())
+                                .with_group_state(s("Stable"))
+                                .with_group_epoch(3)
+                                .with_assignment_epoch(3)
+                                .with_assignor_name(s("simple"))
+                                .with_members(vec![sgd::Member::default()
+                                    .with_member_id(s("m-1"))
+                                    .with_member_epoch(3)
+                                    .with_client_id(s("client-1"))
+                                    .with_client_host(s("/10.0.0.9"))
+                                    .with_subscribed_topic_names(vec![tn("ok-1")])
+                                    .with_assignment(sgd::Assignment::default().with_topic_partitions(
+                                        vec![sgd::TopicPartitions::default()
+                                            .with_topic_id(uuid!(1))
+                                            .with_topic_name(tn("ok-1"))
+                                            .with_partitions(vec![0, 1])],
+                                    ))])
+                                .with_authorized_operations(ops)
+                        })
+                        .collect(),
+                ),
+            )
+        },
+        entries: |_, _, r| {
+            let ResponseKind::ShareGroupDescribe(d) = r else {
+                panic!("not share group describe")
+            };
+            let mut out = Vec::new();
+            for g in &d.groups {
+                let label = gl(&g.group_id.0);
+                out.extend(ops_entry(&label, g.authorized_operations));
+                let content = g.clone().with_authorized_operations(0);
+                out.push((label, g.error_code, dbg(&content)));
+            }
+            out
+        },
+        expect: |_, tag, m| groups_masked(m, tag == "ops"),
+        check_forwarded: None,
+    }
+}
+
+/// A topic id's number: the last byte of an [`id_bytes`] id.
+fn share_id_number(id: &uuid::Uuid) -> u8 {
+    let b = id.as_bytes();
+    assert_eq!(b[..15], id_bytes(0)[..15], "not a table id: {id}");
+    b[15]
+}
+
+/// The label of partition `p` of topic id number `k`: its name when the
+/// table names it, else the id's number.
+fn share_label(k: u8, p: i32) -> String {
+    match TOPIC_IDS.iter().find(|(_, x)| *x == k) {
+        Some((n, _)) => tp(n, p),
+        None => tp(&format!("id{k}"), p),
+    }
+}
+
+/// What a topic id named in a share request gets under the model: 0, or
+/// the error entries of its partitions carry.
+fn share_topic_code(m: &Model, k: u8) -> i16 {
+    match TOPIC_IDS.iter().find(|(_, x)| *x == k) {
+        None => UNKNOWN_TOPIC_ID,
+        Some((n, _)) if !m.topic(Operation::Read, n) => TOPIC_AUTHORIZATION_FAILED,
+        Some(_) => 0,
+    }
+}
+
+/// A share request's tag, `group/topics`: the group ("null" for none), the
+/// topics it names, and whether the share session adds [`SESSION_TOPICS`]
+/// to the answer.
+fn share_case(tag: &str) -> (Option<&str>, &'static [(u8, &'static [i32])], bool) {
+    let (group, topics) = tag.split_once('/').expect("group/topics tag");
+    let group = (group != "null").then_some(group);
+    let (topics, session): (&'static [(u8, &'static [i32])], bool) = match topics {
+        // Learned "ok" and "no" topics and an id never learned.
+        "all" => (&SHARE_TOPICS, false),
+        // Learned topics only: forwarded untouched when all are allowed.
+        "known" => (&SHARE_TOPICS[..3], false),
+        // No "ok" topic: cut down to nothing under the partial policies.
+        "refusable" => (&REFUSABLE_TOPICS, false),
+        // As "all", and the session's earlier topics come back too.
+        "session" => (&SHARE_TOPICS, true),
+        // A request naming nothing: only the session's topics come back.
+        "idle" => (&[], true),
+        other => panic!("unknown share topics {other}"),
+    };
+    (group, topics, session)
+}
+
+/// Share requests for `api` (the session's topics only for ShareFetch).
+fn share_tags(api: ApiKey) -> Vec<&'static str> {
+    let mut tags = vec![
+        "ok-g1/all",
+        "ok-g1/known",
+        "ok-g1/refusable",
+        "no-g1/all",
+        "no-g1/known",
+        "null/all",
+    ];
+    if api == ApiKey::ShareFetch {
+        tags.extend(["ok-g1/session", "ok-g1/idle", "no-g1/idle"]);
+    }
+    tags
+}
+
+/// What the client of a ShareFetch or ShareAcknowledge must read.
+fn share_expect(api: ApiKey, tag: &str, m: &Model) -> Outcome {
+    let (group, topics, session) = share_case(tag);
+    let Some(group) = group else {
+        return whole("*", INVALID_REQUEST);
+    };
+    if !m.group(Operation::Read, group) {
+        return whole("*", GROUP_AUTHORIZATION_FAILED);
+    }
+    let (mut codes, mut kept, mut all) = (Vec::new(), Vec::new(), 0);
+    for (k, ps) in topics {
+        let code = share_topic_code(m, *k);
+        for p in *ps {
+            all += 1;
+            let label = share_label(*k, *p);
+            if code == 0 {
+                kept.push(label.clone());
+            } else if api == ApiKey::ShareFetch {
+                // The acknowledgements the request carried were not applied.
+                codes.push((format!("{label}/ack"), code));
+            }
+            codes.push((label, code));
+        }
+    }
+    if session {
+        for (k, ps) in SESSION_TOPICS {
+            let code = share_topic_code(m, k);
+            codes.extend(ps.iter().map(|p| (share_label(k, *p), code)));
+        }
+    }
+    // Even with every topic cut, the request goes on: the share session's
+    // epoch must advance.
+    let fwd = if kept.len() == all {
+        Fwd::Unchanged
+    } else {
+        Fwd::Exactly(kept)
+    };
+    Outcome::Answer { codes, fwd }
+}
+
+/// The acknowledgements a share request carries for each partition.
+fn share_acks() -> Vec<(i64, i64, Vec<i8>)> {
+    vec![(10, 14, vec![1]), (15, 19, vec![1, 2, 1, 3, 1])]
+}
+
+/// A ShareFetch naming `topics` for `group` (no topics: the session's).
+fn share_fetch_request(group: Option<&str>, topics: &[(u8, &[i32])]) -> ShareFetchRequest {
+    use share_fetch_request as sf;
+    ShareFetchRequest::default()
+        .with_group_id(group.map(gid))
+        .with_member_id(Some(s("m-1")))
+        .with_share_session_epoch(3)
+        .with_max_wait_ms(500)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_max_records(500)
+        .with_batch_size(100)
+        .with_topics(
+            topics
+                .iter()
+                .map(|(k, ps)| {
+                    sf::FetchTopic::default()
+                        .with_topic_id(uuid!(*k))
+                        .with_partitions(
+                            ps.iter()
+                                .map(|p| {
+                                    sf::FetchPartition::default()
+                                        .with_partition_index(*p)
+                                        .with_acknowledgement_batches(
+                                            share_acks()
+                                                .into_iter()
+                                                .map(|(first, last, types)| {
+                                                    sf::AcknowledgementBatch::default()
+                                                        .with_first_offset(first)
+                                                        .with_last_offset(last)
+                                                        .with_acknowledge_types(types)
+                                                })
+                                                .collect(),
+                                        )
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+        // Forgotten topics only leave the session: not authorized.
+        .with_forgotten_topics_data(vec![sf::ForgottenTopic::default()
+            .with_topic_id(uuid!(6))
+            .with_partitions(vec![4, 5])])
+}
+
+/// A ShareAcknowledge naming `topics` for `group`.
+fn share_acknowledge_request(
+    group: Option<&str>,
+    topics: &[(u8, &[i32])],
+) -> ShareAcknowledgeRequest {
+    use share_acknowledge_request as sa;
+    ShareAcknowledgeRequest::default()
+        .with_group_id(group.map(gid))
+        .with_member_id(Some(s("m-1")))
+        .with_share_session_epoch(4)
+        .with_topics(
+            topics
+                .iter()
+                .map(|(k, ps)| {
+                    sa::AcknowledgeTopic::default()
+                        .with_topic_id(uuid!(*k))
+                        .with_partitions(
+                            ps.iter()
+                                .map(|p| {
+                                    sa::AcknowledgePartition::default()
+                                        .with_partition_index(*p)
+                                        .with_acknowledgement_batches(
+                                            share_acks()
+                                                .into_iter()
+                                                .map(|(first, last, types)| {
+                                                    sa::AcknowledgementBatch::default()
+                                                        .with_first_offset(first)
+                                                        .with_last_offset(last)
+                                                        .with_acknowledge_types(types)
+                                                })
+                                                .collect(),
+                                        )
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+}
+
+/// An extra entry when an error entry's leader is not "none" (-1/-1).
+fn share_leader_entry(label: &str, code: i16, leader: (i32, i32)) -> Option<Entry> {
+    (code != 0 && leader != (-1, -1)).then(|| {
+        (
+            format!("{label}/leader={}/{}", leader.0, leader.1),
+            code,
+            String::new(),
+        )
+    })
+}
+
+fn share_fetch() -> Api {
+    Api {
+        key: ApiKey::ShareFetch,
+        requests: |v| {
+            share_tags(ApiKey::ShareFetch)
+                .into_iter()
+                .map(|tag| {
+                    let (group, topics, _) = share_case(tag);
+                    let r = share_fetch_request(group, topics);
+                    (tag, enc(v, RequestKind::ShareFetch(r)))
+                })
+                .collect()
+        },
+        named: |_, r| {
+            let RequestKind::ShareFetch(f) = r else {
+                panic!("not share fetch")
+            };
+            f.topics
+                .iter()
+                .flat_map(|t| {
+                    let k = share_id_number(&t.topic_id);
+                    t.partitions
+                        .iter()
+                        .map(move |x| (share_label(k, x.partition_index), dbg(x)))
+                })
+                .collect()
+        },
+        answer: |_, tag, r| {
+            use share_fetch_response as sf;
+            let RequestKind::ShareFetch(f) = r else {
+                panic!("not share fetch")
+            };
+            let mut topics: Vec<(u8, Vec<i32>)> = f
+                .topics
+                .iter()
+                .map(|t| {
+                    let ps = t.partitions.iter().map(|p| p.partition_index).collect();
+                    (share_id_number(&t.topic_id), ps)
+                })
+                .collect();
+            if share_case(tag).2 {
+                topics.extend(SESSION_TOPICS.iter().map(|(k, ps)| (*k, ps.to_vec())));
+            }
+            ResponseKind::ShareFetch(
+                ShareFetchResponse::default()
+                    .with_acquisition_lock_timeout_ms(30_000)
+                    .with_responses(
+                        topics
+                            .into_iter()
+                            .map(|(k, ps)| {
+                                sf::ShareFetchableTopicResponse::default()
+                                    .with_topic_id(uuid!(k))
+                                    .with_partitions(
+                                        ps.into_iter()
+                                            .map(|p| {
+                                                sf::PartitionData::default()
+                                                    .with_partition_index(p)
+                                                    .with_current_leader(
+                                                        sf::LeaderIdAndEpoch::default()
+                                                            .with_leader_id(1)
+                                                            .with_leader_epoch(3),
+                                                    )
+                                                    .with_records(Some(Bytes::from(format!(
+                                                        "records-{k}-{p}"
+                                                    ))))
+                                                    .with_acquired_records(vec![
+                                                        sf::AcquiredRecords::default()
+                                                            .with_first_offset(20)
+                                                            .with_last_offset(29)
+                                                            .with_delivery_count(1),
+                                                    ])
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    )
+                    .with_node_endpoints(vec![sf::NodeEndpoint::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host(s("broker-1"))
+                        .with_port(9092)]),
+            )
+        },
+        entries: |_, _, r| {
+            let ResponseKind::ShareFetch(f) = r else {
+                panic!("not share fetch")
+            };
+            let mut out = Vec::new();
+            for t in &f.responses {
+                let k = share_id_number(&t.topic_id);
+                for p in &t.partitions {
+                    let label = share_label(k, p.partition_index);
+                    if p.acknowledge_error_code != 0 {
+                        out.push((
+                            format!("{label}/ack"),
+                            p.acknowledge_error_code,
+                            String::new(),
+                        ));
+                    }
+                    let leader = (p.current_leader.leader_id, p.current_leader.leader_epoch);
+                    out.extend(share_leader_entry(&label, p.error_code, leader));
+                    out.push((label, p.error_code, dbg(p)));
+                }
+            }
+            if f.error_code != 0 {
+                out.push(("*".into(), f.error_code, String::new()));
+            }
+            out
+        },
+        expect: |_, tag, m| share_expect(ApiKey::ShareFetch, tag, m),
+        check_forwarded: Some(|_, _, r| {
+            let RequestKind::ShareFetch(f) = r else {
+                panic!("not share fetch")
+            };
+            // All but the topic array as the client sent it.
+            let group = f.group_id.as_ref().map(|g| &*g.0);
+            let want = share_fetch_request(group, &[]);
+            let got = f.clone().with_topics(vec![]);
+            (got == want)
+                .then_some(())
+                .ok_or_else(|| format!("forwarded {got:?}, expected {want:?}"))
+        }),
+    }
+}
+
+fn share_acknowledge() -> Api {
+    Api {
+        key: ApiKey::ShareAcknowledge,
+        requests: |v| {
+            share_tags(ApiKey::ShareAcknowledge)
+                .into_iter()
+                .map(|tag| {
+                    let (group, topics, _) = share_case(tag);
+                    let r = share_acknowledge_request(group, topics);
+                    (tag, enc(v, RequestKind::ShareAcknowledge(r)))
+                })
+                .collect()
+        },
+        named: |_, r| {
+            let RequestKind::ShareAcknowledge(a) = r else {
+                panic!("not share acknowledge")
+            };
+            a.topics
+                .iter()
+                .flat_map(|t| {
+                    let k = share_id_number(&t.topic_id);
+                    t.partitions
+                        .iter()
+                        .map(move |x| (share_label(k, x.partition_index), dbg(x)))
+                })
+                .collect()
+        },
+        answer: |_, _, r| {
+            use share_acknowledge_response as sa;
+            let RequestKind::ShareAcknowledge(a) = r else {
+                panic!("not share acknowledge")
+            };
+            ResponseKind::ShareAcknowledge(
+                ShareAcknowledgeResponse::default()
+                    .with_responses(
+                        a.topics
+                            .iter()
+                            .map(|t| {
+                                sa::ShareAcknowledgeTopicResponse::default()
+                                    .with_topic_id(t.topic_id)
+                                    .with_partitions(
+                                        t.partitions
+                                            .iter()
+                                            .map(|p| {
+                                                sa::PartitionData::default()
+                                                    .with_partition_index(p.partition_index)
+                                                    .with_current_leader(
+                                                        sa::LeaderIdAndEpoch::default()
+                                                            .with_leader_id(1)
+                                                            .with_leader_epoch(3),
+                                                    )
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    )
+                    .with_node_endpoints(vec![sa::NodeEndpoint::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host(s("broker-1"))
+                        .with_port(9092)]),
+            )
+        },
+        entries: |_, _, r| {
+            let ResponseKind::ShareAcknowledge(a) = r else {
+                panic!("not share acknowledge")
+            };
+            let mut out = Vec::new();
+            for t in &a.responses {
+                let k = share_id_number(&t.topic_id);
+                for p in &t.partitions {
+                    let label = share_label(k, p.partition_index);
+                    let leader = (p.current_leader.leader_id, p.current_leader.leader_epoch);
+                    out.extend(share_leader_entry(&label, p.error_code, leader));
+                    out.push((label, p.error_code, dbg(p)));
+                }
+            }
+            if a.error_code != 0 {
+                out.push(("*".into(), a.error_code, String::new()));
+            }
+            out
+        },
+        expect: |_, tag, m| share_expect(ApiKey::ShareAcknowledge, tag, m),
+        check_forwarded: Some(|_, _, r| {
+            let RequestKind::ShareAcknowledge(a) = r else {
+                panic!("not share acknowledge")
+            };
+            let group = a.group_id.as_ref().map(|g| &*g.0);
+            let want = share_acknowledge_request(group, &[]);
+            let got = a.clone().with_topics(vec![]);
+            (got == want)
+                .then_some(())
+                .ok_or_else(|| format!("forwarded {got:?}, expected {want:?}"))
+        }),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -4882,6 +5508,10 @@ api_tests! {
     list_config_resources_answers => ApiKey::ListConfigResources,
     describe_topic_partitions_answers => ApiKey::DescribeTopicPartitions,
     describe_cluster_answers => ApiKey::DescribeCluster,
+    share_group_heartbeat_answers => ApiKey::ShareGroupHeartbeat,
+    share_group_describe_answers => ApiKey::ShareGroupDescribe,
+    share_fetch_answers => ApiKey::ShareFetch,
+    share_acknowledge_answers => ApiKey::ShareAcknowledge,
 }
 
 /// acks=0: the broker sends no answer, so a refusal closes the connection
