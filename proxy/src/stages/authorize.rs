@@ -1626,47 +1626,60 @@ fn share(d: &Decider, api: ApiKey, body: &[u8], t: &Touches<'_>, flexible: bool)
         };
         match r {
             ResponseKind::ShareFetch(f) => {
+                // `acked`: the request carried this partition (and maybe
+                // acknowledgements for it), which were not forwarded.
+                let error = |partition: i32, code: i16, acked: bool| {
+                    let mut e = share_fetch_response::PartitionData::default()
+                        .with_partition_index(partition)
+                        .with_error_code(code);
+                    if acked {
+                        e.acknowledge_error_code = code;
+                    }
+                    no_leader(
+                        &mut e.current_leader.leader_id,
+                        &mut e.current_leader.leader_epoch,
+                    );
+                    e
+                };
                 for topic in &mut f.responses {
                     let id = *topic.topic_id.as_bytes();
                     if allowed.contains(&id) {
                         continue;
                     }
-                    let code = match d.ids.name(&id) {
-                        None => UNKNOWN_TOPIC_ID,
-                        Some(name) if !d.topic(Read, &name) => TOPIC_AUTHORIZATION_FAILED,
-                        Some(_) => continue,
+                    // A topic cut from the request still comes back when the
+                    // share session already held it: one entry, with the
+                    // request's partitions added.
+                    let cut = refused.iter().find(|(r, _, _)| *r == id);
+                    let code = match (cut, d.ids.name(&id)) {
+                        (Some((_, _, code)), _) => *code,
+                        (None, None) => UNKNOWN_TOPIC_ID,
+                        (None, Some(name)) if !d.topic(Read, &name) => TOPIC_AUTHORIZATION_FAILED,
+                        (None, Some(_)) => continue,
                     };
+                    let named: &[i32] = cut.map_or(&[], |(_, parts, _)| parts);
                     for p in &mut topic.partitions {
-                        let mut e = share_fetch_response::PartitionData::default()
-                            .with_partition_index(p.partition_index)
-                            .with_error_code(code);
-                        no_leader(
-                            &mut e.current_leader.leader_id,
-                            &mut e.current_leader.leader_epoch,
-                        );
-                        *p = e;
+                        *p = error(p.partition_index, code, named.contains(&p.partition_index));
+                    }
+                    for &p in named {
+                        if !topic.partitions.iter().any(|x| x.partition_index == p) {
+                            topic.partitions.push(error(p, code, true));
+                        }
                     }
                 }
-                f.responses.extend(refused.iter().map(|(id, parts, code)| {
-                    share_fetch_response::ShareFetchableTopicResponse::default()
-                        .with_topic_id(topic_id(id))
-                        .with_partitions(
-                            parts
-                                .iter()
-                                .map(|&p| {
-                                    let mut e = share_fetch_response::PartitionData::default()
-                                        .with_partition_index(p)
-                                        .with_error_code(*code)
-                                        .with_acknowledge_error_code(*code);
-                                    no_leader(
-                                        &mut e.current_leader.leader_id,
-                                        &mut e.current_leader.leader_epoch,
-                                    );
-                                    e
-                                })
-                                .collect(),
-                        )
-                }));
+                let answered: HashSet<TopicId> =
+                    f.responses.iter().map(|t| *t.topic_id.as_bytes()).collect();
+                f.responses.extend(
+                    refused
+                        .iter()
+                        .filter(|(id, _, _)| !answered.contains(id))
+                        .map(|(id, parts, code)| {
+                            share_fetch_response::ShareFetchableTopicResponse::default()
+                                .with_topic_id(topic_id(id))
+                                .with_partitions(
+                                    parts.iter().map(|&p| error(p, *code, true)).collect(),
+                                )
+                        }),
+                );
             }
             ResponseKind::ShareAcknowledge(a) => {
                 a.responses.extend(refused.iter().map(|(id, parts, code)| {
@@ -2144,6 +2157,97 @@ mod tests {
             .expect("header");
         body.encode(&mut b, version).expect("body");
         Request::parse(b.freeze()).expect("parse")
+    }
+
+    /// A topic refused in a ShareFetch is cut from the request, but the
+    /// share session may already hold it (the policy changed mid-session),
+    /// so the broker answers for it too: the client gets one entry for it,
+    /// with no records, covering the partitions of both.
+    #[tokio::test]
+    async fn a_refused_share_topic_the_session_still_holds_is_answered_once() {
+        use kafka_protocol::messages::{share_fetch_request, share_fetch_response};
+        let engine = PolicyEngine::load(
+            r#"permit (principal == User::"alice", action in Action::"Read", resource is ConsumerGroup);"#,
+            TopicCatalog::empty(),
+        )
+        .expect("policies");
+        let ids = Arc::new(TopicIds::new());
+        ids.learn([3; 16], "secret");
+        let stage = Authorize::new(
+            Arc::new(Authorizer::new(engine)),
+            Arc::new(custos_audit::DiscardSink),
+            Arc::new(Metrics::new()),
+        )
+        .with_topic_ids(ids);
+        let topic = share_fetch_request::FetchTopic::default()
+            .with_topic_id(uuid::Uuid::from_bytes([3; 16]))
+            .with_partitions(
+                [0, 1]
+                    .map(|p| share_fetch_request::FetchPartition::default().with_partition_index(p))
+                    .to_vec(),
+            );
+        let body = ShareFetchRequest::default()
+            .with_group_id(Some(GroupId(sb("g"))))
+            .with_member_id(Some(sb("m")))
+            .with_topics(vec![topic]);
+        let mut b = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::ShareFetch as i16)
+            .with_request_api_version(1)
+            .with_correlation_id(9)
+            .encode(&mut b, ApiKey::ShareFetch.request_header_version(1))
+            .expect("header");
+        body.encode(&mut b, 1).expect("body");
+        let mut req = Request::parse(b.freeze()).expect("parse");
+        assert!(matches!(
+            stage.on_request(&alice(), &mut req).await,
+            Ok(Verdict::Forward)
+        ));
+        let RequestKind::ShareFetch(sent) = req.body().expect("decode") else {
+            panic!("not a share fetch");
+        };
+        assert!(sent.topics.is_empty(), "the refused topic is cut");
+        let mut answer = ResponseKind::ShareFetch(ShareFetchResponse::default().with_responses(
+            vec![share_fetch_response::ShareFetchableTopicResponse::default()
+                .with_topic_id(uuid::Uuid::from_bytes([3; 16]))
+                .with_partitions(vec![
+                    share_fetch_response::PartitionData::default()
+                        .with_partition_index(0)
+                        .with_records(Some(Bytes::from_static(b"records")))
+                        .with_acquired_records(vec![Default::default()]),
+                    share_fetch_response::PartitionData::default()
+                        .with_partition_index(2)
+                        .with_records(Some(Bytes::from_static(b"more"))),
+                ])],
+        ));
+        for amend in std::mem::take(&mut req.amends.0) {
+            amend(&mut answer).expect("amend");
+        }
+        let ResponseKind::ShareFetch(f) = answer else {
+            panic!("not a share fetch answer");
+        };
+        assert_eq!(f.responses.len(), 1, "{f:?}");
+        let mut parts: Vec<_> = f.responses[0]
+            .partitions
+            .iter()
+            .map(|p| {
+                let no_records = p.records.as_ref().is_none_or(Bytes::is_empty);
+                assert!(no_records && p.acquired_records.is_empty(), "{p:?}");
+                assert_eq!(p.error_code, TOPIC_AUTHORIZATION_FAILED);
+                (p.partition_index, p.acknowledge_error_code)
+            })
+            .collect();
+        parts.sort_unstable();
+        // Partitions the request named carry the refusal of their
+        // acknowledgements too; the session's own (2) only the error.
+        assert_eq!(
+            parts,
+            vec![
+                (0, TOPIC_AUTHORIZATION_FAILED),
+                (1, TOPIC_AUTHORIZATION_FAILED),
+                (2, 0)
+            ]
+        );
     }
 
     #[tokio::test]

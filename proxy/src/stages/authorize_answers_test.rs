@@ -306,9 +306,8 @@ const CRAFTED_ID: [u8; 16] = [
     0x05, b'o', b'k', b'-', b'1', 0x01, 0x00, 0x00, 0x8e, 0x41, 0x9d, 0x27, 0x6a, 0xc3, 0x10, 0x5b,
 ];
 
-/// A Metadata request topic named by id number `k` only. The crate's uuid
-/// type cannot be named here (no `uuid` dependency); it is reached by
-/// decoding: id bytes, null compact name, no tagged fields.
+/// A Metadata request topic named by id number `k` only, built by decoding:
+/// id bytes, null compact name, no tagged fields.
 fn topic_by_id(k: u8) -> metadata_request::MetadataRequestTopic {
     let mut raw = id_bytes(k).to_vec();
     raw.extend([0, 0]);
@@ -4806,17 +4805,20 @@ fn describe_topic_partitions() -> Api {
 
 // ---- ShareGroupHeartbeat, ShareGroupDescribe, ShareFetch, ShareAcknowledge ----
 
+/// A topic id's number (see [`id_bytes`]) and partitions of it.
+type IdParts = (u8, &'static [i32]);
+
 /// Topics (by id number, see [`TOPIC_IDS`]) and partitions a share request
 /// names: learned "ok" and "no" topics, and id 9, which the stage's map
 /// never learned (UNKNOWN_TOPIC_ID).
-const SHARE_TOPICS: [(u8, &[i32]); 4] = [(1, &[0, 1]), (2, &[0]), (3, &[3]), (9, &[2])];
+const SHARE_TOPICS: [IdParts; 4] = [(1, &[0, 1]), (2, &[0]), (3, &[3]), (9, &[2])];
 /// Share request topics none of which the partial policies let through: a
 /// "no" topic and the unlearned id.
-const REFUSABLE_TOPICS: [(u8, &[i32]); 2] = [(2, &[0]), (9, &[2])];
+const REFUSABLE_TOPICS: [IdParts; 2] = [(2, &[0]), (9, &[2])];
 /// Topics a share session adds to a ShareFetch answer although the request
 /// does not name them (earlier requests did): "ok-3", "no-3", and id 10,
 /// never learned.
-const SESSION_TOPICS: [(u8, &[i32]); 3] = [(5, &[0]), (6, &[1, 2]), (10, &[0])];
+const SESSION_TOPICS: [IdParts; 3] = [(5, &[0]), (6, &[1, 2]), (10, &[0])];
 
 /// The subscription of a ShareGroupHeartbeat, by the second part of its tag:
 /// `None` for a null array (unchanged since the last heartbeat).
@@ -4850,7 +4852,9 @@ fn share_group_heartbeat() -> Api {
                     // A joining member subscribes; a later heartbeat sends null.
                     .with_member_epoch(if names.is_some() { 0 } else { 4 })
                     .with_rack_id(Some(s("rack-a")))
-                    .with_subscribed_topic_names(names.map(|ns| ns.iter().map(|n| tn(n)).collect()));
+                    .with_subscribed_topic_names(
+                        names.map(|ns| ns.iter().map(|n| tn(n)).collect()),
+                    );
                 out.push((tag, enc(v, RequestKind::ShareGroupHeartbeat(r))));
             }
             out
@@ -4872,11 +4876,12 @@ fn share_group_heartbeat() -> Api {
                     .with_member_epoch(5)
                     .with_heartbeat_interval_ms(5000)
                     .with_assignment(Some(
-                        share_group_heartbeat_response::Assignment::default().with_topic_partitions(
-                            vec![share_group_heartbeat_response::TopicPartitions::default()
-                                .with_topic_id(uuid!(1))
-                                .with_partitions(vec![0, 1])],
-                        ),
+                        share_group_heartbeat_response::Assignment::default()
+                            .with_topic_partitions(vec![
+                                share_group_heartbeat_response::TopicPartitions::default()
+                                    .with_topic_id(uuid!(1))
+                                    .with_partitions(vec![0, 1]),
+                            ]),
                     )),
             )
         },
@@ -4956,12 +4961,14 @@ fn share_group_describe() -> Api {
                                     .with_client_id(s("client-1"))
                                     .with_client_host(s("/10.0.0.9"))
                                     .with_subscribed_topic_names(vec![tn("ok-1")])
-                                    .with_assignment(sgd::Assignment::default().with_topic_partitions(
-                                        vec![sgd::TopicPartitions::default()
-                                            .with_topic_id(uuid!(1))
-                                            .with_topic_name(tn("ok-1"))
-                                            .with_partitions(vec![0, 1])],
-                                    ))])
+                                    .with_assignment(
+                                        sgd::Assignment::default().with_topic_partitions(vec![
+                                            sgd::TopicPartitions::default()
+                                                .with_topic_id(uuid!(1))
+                                                .with_topic_name(tn("ok-1"))
+                                                .with_partitions(vec![0, 1]),
+                                        ]),
+                                    )])
                                 .with_authorized_operations(ops)
                         })
                         .collect(),
@@ -5015,10 +5022,10 @@ fn share_topic_code(m: &Model, k: u8) -> i16 {
 /// A share request's tag, `group/topics`: the group ("null" for none), the
 /// topics it names, and whether the share session adds [`SESSION_TOPICS`]
 /// to the answer.
-fn share_case(tag: &str) -> (Option<&str>, &'static [(u8, &'static [i32])], bool) {
+fn share_case(tag: &str) -> (Option<&str>, &'static [IdParts], bool) {
     let (group, topics) = tag.split_once('/').expect("group/topics tag");
     let group = (group != "null").then_some(group);
-    let (topics, session): (&'static [(u8, &'static [i32])], bool) = match topics {
+    let (topics, session): (&'static [IdParts], bool) = match topics {
         // Learned "ok" and "no" topics and an id never learned.
         "all" => (&SHARE_TOPICS, false),
         // Learned topics only: forwarded untouched when all are allowed.
@@ -5096,7 +5103,7 @@ fn share_acks() -> Vec<(i64, i64, Vec<i8>)> {
 }
 
 /// A ShareFetch naming `topics` for `group` (no topics: the session's).
-fn share_fetch_request(group: Option<&str>, topics: &[(u8, &[i32])]) -> ShareFetchRequest {
+fn share_fetch_request(group: Option<&str>, topics: &[IdParts]) -> ShareFetchRequest {
     use share_fetch_request as sf;
     ShareFetchRequest::default()
         .with_group_id(group.map(gid))
@@ -5142,10 +5149,7 @@ fn share_fetch_request(group: Option<&str>, topics: &[(u8, &[i32])]) -> ShareFet
 }
 
 /// A ShareAcknowledge naming `topics` for `group`.
-fn share_acknowledge_request(
-    group: Option<&str>,
-    topics: &[(u8, &[i32])],
-) -> ShareAcknowledgeRequest {
+fn share_acknowledge_request(group: Option<&str>, topics: &[IdParts]) -> ShareAcknowledgeRequest {
     use share_acknowledge_request as sa;
     ShareAcknowledgeRequest::default()
         .with_group_id(group.map(gid))
