@@ -835,6 +835,110 @@ mod tests {
     }
 
     #[test]
+    fn share_apis_name_their_group_and_topics_by_id() {
+        use kafka_protocol::messages::{
+            share_acknowledge_request as sa, share_fetch_request as sf,
+        };
+        let id = |b: u8| uuid::Uuid::from_bytes([b; 16]);
+        let batch = || {
+            sf::AcknowledgementBatch::default()
+                .with_first_offset(10)
+                .with_last_offset(12)
+                .with_acknowledge_types(vec![1, 1, 2])
+        };
+        let fetch = ShareFetchRequest::default()
+            .with_group_id(Some(GroupId(s("sg"))))
+            .with_member_id(Some(s("m-1")))
+            .with_share_session_epoch(3)
+            .with_max_records(500)
+            .with_topics(vec![
+                sf::FetchTopic::default()
+                    .with_topic_id(id(1))
+                    .with_partitions(vec![
+                        sf::FetchPartition::default()
+                            .with_partition_index(0)
+                            .with_acknowledgement_batches(vec![batch(), batch()]),
+                        sf::FetchPartition::default().with_partition_index(4),
+                    ]),
+                sf::FetchTopic::default()
+                    .with_topic_id(id(2))
+                    .with_partitions(vec![sf::FetchPartition::default().with_partition_index(1)]),
+            ])
+            .with_forgotten_topics_data(vec![sf::ForgottenTopic::default()
+                .with_topic_id(id(3))
+                .with_partitions(vec![7, 8])]);
+        let ack = ShareAcknowledgeRequest::default()
+            .with_group_id(Some(GroupId(s("sg"))))
+            .with_topics(vec![sa::AcknowledgeTopic::default()
+                .with_topic_id(id(2))
+                .with_partitions(vec![sa::AcknowledgePartition::default()
+                    .with_partition_index(1)
+                    .with_acknowledgement_batches(vec![
+                        sa::AcknowledgementBatch::default().with_acknowledge_types(vec![3]),
+                    ])])]);
+        for (api, body, expect) in [
+            (
+                ApiKey::ShareFetch,
+                enc(&fetch, 1),
+                vec![(1u8, vec![0, 4]), (2, vec![1])],
+            ),
+            (ApiKey::ShareAcknowledge, enc(&ack, 1), vec![(2, vec![1])]),
+        ] {
+            let t = touches(api, 1, &body).expect("touches");
+            assert_eq!(t.groups, vec!["sg"], "{api:?}");
+            let got: Vec<(u8, Vec<i32>)> = t
+                .topic_ids
+                .iter()
+                .map(|x| (x.id[0], x.partitions.clone()))
+                .collect();
+            assert_eq!(got, expect, "{api:?}");
+            // Each span is the whole entry: cutting one out leaves a body
+            // the crate decodes, with the other entries intact.
+            let array = t.topics_span.clone().expect("span");
+            let mut cut = body[..array.start].to_vec();
+            cut.push(2); // compact array of one entry
+            cut.extend_from_slice(&body[t.topic_ids[expect.len() - 1].span.clone()]);
+            cut.extend_from_slice(&body[array.end..]);
+            let again = touches(api, 1, &cut).expect("cut body");
+            assert_eq!(again.topic_ids.len(), 1, "{api:?}");
+            assert_eq!(again.topic_ids[0].id, t.topic_ids[expect.len() - 1].id);
+            // Every truncation is refused, none panics.
+            for len in 0..body.len() {
+                assert!(
+                    touches(api, 1, &body[..len]).is_err(),
+                    "{api:?} cut at {len}"
+                );
+            }
+        }
+        let no_group = enc(&ShareFetchRequest::default(), 1);
+        assert!(
+            touches(ApiKey::ShareFetch, 1, &no_group)
+                .expect("touches")
+                .no_group
+        );
+
+        let hb = ShareGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(s("sg")))
+            .with_member_id(s("m-1"))
+            .with_subscribed_topic_names(Some(vec![TopicName(s("a")), TopicName(s("b"))]));
+        let hb_body = enc(&hb, 1);
+        let t = touches(ApiKey::ShareGroupHeartbeat, 1, &hb_body).expect("heartbeat");
+        assert_eq!(t.groups, vec!["sg"]);
+        assert_eq!(names(&t), vec![("a", vec![]), ("b", vec![])]);
+        let later = hb.with_subscribed_topic_names(None);
+        let later_body = enc(&later, 1);
+        let t = touches(ApiKey::ShareGroupHeartbeat, 1, &later_body).expect("heartbeat");
+        assert!(t.topics.is_empty());
+
+        let d = ShareGroupDescribeRequest::default()
+            .with_group_ids(vec![GroupId(s("g1")), GroupId(s("g2"))]);
+        let d_body = enc(&d, 1);
+        let t = touches(ApiKey::ShareGroupDescribe, 1, &d_body).expect("describe");
+        assert_eq!(t.groups, vec!["g1", "g2"]);
+        assert_eq!(t.group_spans.len(), 2);
+    }
+
+    #[test]
     fn fetch_every_named_version_with_forgotten_topics() {
         for v in 4..=12 {
             let mut req = FetchRequest::default()

@@ -888,3 +888,74 @@ async fn decrypt_policies_see_the_rule_classification() {
     let got = fetched(&f.decrypt(true), "bob", &parts).await;
     assert_eq!(value_of(&only_batch(&got[1].2).records[0]), b"***");
 }
+
+/// ShareFetch answers name topics by id: a known id's records are revealed
+/// as a Fetch's are (plaintext or masks), an unknown id's are withheld
+/// (its rules cannot be found), and unprotected topics pass untouched.
+#[tokio::test]
+async fn share_fetch_answers_are_revealed_by_topic_id_and_unknown_ids_withheld() {
+    use kafka_protocol::messages::share_fetch_response as sf;
+    use kafka_protocol::messages::ShareFetchResponse;
+    use kafka_protocol::protocol::Decodable;
+    let f = fixture();
+    let values = batch_bytes(Compression::Lz4, value_records());
+    let stored = encrypt_one(&f, "enc.a", &values).await;
+    let logs = batch_bytes(Compression::None, vec![record(0, None, Some("log"), &[])]);
+    let ids = Arc::new(crate::topic_ids::TopicIds::new());
+    ids.learn([1; 16], "enc.a");
+    ids.learn([2; 16], "logs");
+    let topic = |id: u8, records: &Bytes| {
+        sf::ShareFetchableTopicResponse::default()
+            .with_topic_id(uuid::Uuid::from_bytes([id; 16]))
+            .with_partitions(vec![sf::PartitionData::default()
+                .with_partition_index(0)
+                .with_records(Some(records.clone()))
+                .with_acquired_records(vec![sf::AcquiredRecords::default()
+                    .with_first_offset(0)
+                    .with_last_offset(9)
+                    .with_delivery_count(1)])])
+    };
+    // Id 3 holds the same ciphertext, but no answer has named it yet.
+    let body = ShareFetchResponse::default().with_responses(vec![
+        topic(1, &stored),
+        topic(2, &logs),
+        topic(3, &stored),
+    ]);
+    for (user, plaintext) in [("alice", true), ("bob", false)] {
+        let raw = Response::encode_local(
+            ApiKey::ShareFetch,
+            1,
+            9,
+            &ResponseKind::ShareFetch(body.clone()),
+        )
+        .expect("encode");
+        let mut r = Response::parse(raw, ApiKey::ShareFetch, 1).expect("parse");
+        f.decrypt(true)
+            .with_topic_ids(ids.clone())
+            .on_response(&session(user), &mut r)
+            .await
+            .expect("stage");
+        let mut back = r.into_bytes().expect("bytes");
+        kafka_protocol::messages::ResponseHeader::decode(
+            &mut back,
+            ApiKey::ShareFetch.response_header_version(1),
+        )
+        .expect("header");
+        let got = ShareFetchResponse::decode(&mut back, 1).expect("decode");
+        let part = |i: usize| &got.responses[i].partitions[0];
+        if plaintext {
+            assert_eq!(part(0).records.as_ref(), Some(&values), "{user}");
+        } else {
+            let b = only_batch(part(0).records.as_ref().expect("records"));
+            assert!(b.records.iter().all(|r| value_of(r) == b"***"), "{user}");
+        }
+        assert_eq!(part(0).acquired_records.len(), 1, "acquisitions stay");
+        assert_eq!(part(1).records.as_ref(), Some(&logs), "{user}: unprotected");
+        assert_eq!(part(2).error_code, KAFKA_STORAGE_ERROR, "{user}");
+        assert!(
+            part(2).records.as_ref().is_none_or(Bytes::is_empty),
+            "{user}"
+        );
+        assert!(part(2).acquired_records.is_empty(), "{user}");
+    }
+}
