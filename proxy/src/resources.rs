@@ -186,6 +186,32 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
         ApiKey::ShareFetch | ApiKey::ShareAcknowledge => {
             share_fetch(&mut r, api, &mut t).map_err(wire)?
         }
+        // Laid out as OffsetFetch v8's groups (without its trailing flag).
+        ApiKey::DescribeShareGroupOffsets => offset_fetch(&mut r, 8, &mut t).map_err(wire)?,
+        ApiKey::AlterShareGroupOffsets => {
+            t.groups.push(r.str("group id").map_err(wire)?);
+            topic_array(&mut r, &mut t, |r| {
+                r.i64("start offset")?;
+                r.tagged_fields()
+            })
+            .map_err(wire)?;
+        }
+        ApiKey::DeleteShareGroupOffsets => {
+            t.groups.push(r.str("group id").map_err(wire)?);
+            let start = r.position();
+            let n = r.array_len("topics").map_err(wire)?.unwrap_or(0);
+            for _ in 0..n {
+                let entry = r.position();
+                let name = r.str("topic name").map_err(wire)?;
+                r.tagged_fields().map_err(wire)?;
+                t.topics.push(TopicRef {
+                    name,
+                    partitions: vec![],
+                    span: entry..r.position(),
+                });
+            }
+            t.topics_span = Some(start..r.position());
+        }
         ApiKey::DescribeGroups
         | ApiKey::DeleteGroups
         | ApiKey::ConsumerGroupDescribe

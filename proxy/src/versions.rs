@@ -9,9 +9,8 @@
 //! Deliberately absent: broker-to-broker and controller APIs (a client has no
 //! business sending them), SASL and delegation tokens (clients authenticate to
 //! Custos, not through it), DescribeQuorum (its answer names controller
-//! addresses Custos does not map), the share-group state apis brokers send
-//! each other, and the share-group offset admin apis (KIP-932's Describe,
-//! Alter and DeleteShareGroupOffsets: not mapped to policies yet).
+//! addresses Custos does not map), and the share-group state apis brokers
+//! send each other (KIP-932).
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::VersionRange;
@@ -74,6 +73,9 @@ pub const FORWARDED: &[ApiKey] = &[
     ApiKey::ShareGroupDescribe,
     ApiKey::ShareFetch,
     ApiKey::ShareAcknowledge,
+    ApiKey::DescribeShareGroupOffsets,
+    ApiKey::AlterShareGroupOffsets,
+    ApiKey::DeleteShareGroupOffsets,
 ];
 
 /// Versions of `key` Custos accepts, or `None` when the API is refused.
@@ -103,7 +105,7 @@ mod tests {
             ApiKey::DescribeQuorum,
             ApiKey::CreateDelegationToken,
             ApiKey::ReadShareGroupState,
-            ApiKey::DescribeShareGroupOffsets,
+            ApiKey::InitializeShareGroupState,
         ] {
             assert!(allowed(k).is_none(), "{k:?} must be refused");
         }

@@ -46,6 +46,8 @@ const ADMIN: &[ApiKey] = &[
     ApiKey::DeleteAcls,
     ApiKey::DeleteGroups,
     ApiKey::OffsetDelete,
+    ApiKey::AlterShareGroupOffsets,
+    ApiKey::DeleteShareGroupOffsets,
     ApiKey::ElectLeaders,
     ApiKey::AlterPartitionReassignments,
     ApiKey::AlterReplicaLogDirs,

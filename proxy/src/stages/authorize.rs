@@ -996,6 +996,10 @@ fn plan(
             }
         }
         ApiKey::ShareFetch | ApiKey::ShareAcknowledge => share(d, api, body, t, flexible),
+        ApiKey::DescribeShareGroupOffsets => describe_share_group_offsets(d, t),
+        ApiKey::AlterShareGroupOffsets | ApiKey::DeleteShareGroupOffsets => {
+            share_group_offsets_change(d, api, body, t, flexible)
+        }
         ApiKey::DescribeGroups | ApiKey::ConsumerGroupDescribe | ApiKey::ShareGroupDescribe => {
             let denied: HashSet<String> = t
                 .groups
@@ -1713,6 +1717,179 @@ fn share(d: &Decider, api: ApiKey, body: &[u8], t: &Touches<'_>, flexible: bool)
     }
 }
 
+/// For answers listing each group's topics (OffsetFetch v8+,
+/// DescribeShareGroupOffsets): `Some(true)` keeps a topic, `Some(false)`
+/// replaces it with TOPIC_AUTHORIZATION_FAILED entries (the group named it),
+/// `None` leaves it out (the group asked for all topics).
+fn topic_visibility(
+    d: &Decider,
+    t: &Touches<'_>,
+) -> impl Fn(&str, &str) -> Option<bool> + Send + 'static {
+    // Per group: the topics it named, or `None` when it asked for all.
+    let mut named: std::collections::HashMap<String, Option<HashSet<String>>> =
+        std::collections::HashMap::new();
+    for (g, (all, range)) in t.groups.iter().zip(&t.group_topics) {
+        let entry = named
+            .entry(g.to_string())
+            .or_insert_with(|| Some(HashSet::new()));
+        if *all {
+            *entry = None;
+        } else if let Some(set) = entry {
+            set.extend(t.topics[range.clone()].iter().map(|x| x.name.to_string()));
+        }
+    }
+    let d = d.clone();
+    move |group: &str, name: &str| -> Option<bool> {
+        if d.topic(Operation::Describe, name) {
+            Some(true)
+        } else if named
+            .get(group)
+            .is_some_and(|n| n.as_ref().is_some_and(|set| set.contains(name)))
+        {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// DescribeShareGroupOffsets: Describe on each group, Describe on each topic
+/// (named: error entries; all topics: filtered), as Kafka decides it.
+fn describe_share_group_offsets(d: &Decider, t: &Touches<'_>) -> Plan {
+    let denied_groups: HashSet<String> = t
+        .groups
+        .iter()
+        .filter(|g| !d.group(Operation::Describe, g))
+        .map(|g| g.to_string())
+        .collect();
+    let decide = topic_visibility(d, t);
+    Plan::amend(move |r| match r {
+        ResponseKind::DescribeShareGroupOffsets(o) => {
+            for g in &mut o.groups {
+                if denied_groups.contains(g.group_id.0.as_str()) {
+                    *g = describe_share_group_offsets_response::DescribeShareGroupOffsetsResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_error_code(GROUP_AUTHORIZATION_FAILED)
+                        .with_error_message(Some(sb("Group authorization failed.")));
+                    continue;
+                }
+                let group = g.group_id.0.to_string();
+                g.topics
+                    .retain_mut(|topic| match decide(&group, topic.topic_name.0.as_str()) {
+                        Some(true) => true,
+                        None => false,
+                        Some(false) => {
+                            for p in &mut topic.partitions {
+                                *p = describe_share_group_offsets_response::DescribeShareGroupOffsetsResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_start_offset(-1)
+                                    .with_leader_epoch(-1)
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED);
+                            }
+                            true
+                        }
+                    });
+            }
+            Ok(())
+        }
+        _ => Err(wrong(ApiKey::DescribeShareGroupOffsets)),
+    })
+}
+
+/// AlterShareGroupOffsets (Read on the group and on each topic) and
+/// DeleteShareGroupOffsets (Delete on the group, Read on each topic): a
+/// refused group refuses the whole request; refused topics are cut out
+/// and answered TOPIC_AUTHORIZATION_FAILED.
+fn share_group_offsets_change(
+    d: &Decider,
+    api: ApiKey,
+    body: &[u8],
+    t: &Touches<'_>,
+    flexible: bool,
+) -> Plan {
+    use Operation::*;
+    let group = t.groups.first().copied().unwrap_or_default();
+    let group_op = if api == ApiKey::AlterShareGroupOffsets {
+        Read
+    } else {
+        Delete
+    };
+    let all: Vec<(String, Vec<i32>)> = owned(&t.topics.iter().collect::<Vec<_>>());
+    let answer = move |topics: &[(String, Vec<i32>)], code: i16| -> ResponseKind {
+        if api == ApiKey::AlterShareGroupOffsets {
+            ResponseKind::AlterShareGroupOffsets(
+                AlterShareGroupOffsetsResponse::default().with_responses(
+                    topics
+                        .iter()
+                        .map(|(n, ps)| {
+                            alter_share_group_offsets_response::AlterShareGroupOffsetsResponseTopic::default()
+                                .with_topic_name(TopicName(sb(n)))
+                                .with_partitions(
+                                    ps.iter()
+                                        .map(|p| {
+                                            alter_share_group_offsets_response::AlterShareGroupOffsetsResponsePartition::default()
+                                                .with_partition_index(*p)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+            )
+        } else {
+            ResponseKind::DeleteShareGroupOffsets(
+                DeleteShareGroupOffsetsResponse::default().with_responses(
+                    topics
+                        .iter()
+                        .map(|(n, _)| {
+                            delete_share_group_offsets_response::DeleteShareGroupOffsetsResponseTopic::default()
+                                .with_topic_name(TopicName(sb(n)))
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                ),
+            )
+        }
+    };
+    if !d.group(group_op, group) {
+        let message = Some(sb("Group authorization failed."));
+        return respond(match answer(&all, GROUP_AUTHORIZATION_FAILED) {
+            ResponseKind::AlterShareGroupOffsets(a) => ResponseKind::AlterShareGroupOffsets(
+                a.with_error_code(GROUP_AUTHORIZATION_FAILED)
+                    .with_error_message(message),
+            ),
+            ResponseKind::DeleteShareGroupOffsets(x) => ResponseKind::DeleteShareGroupOffsets(
+                x.with_error_code(GROUP_AUTHORIZATION_FAILED)
+                    .with_error_message(message),
+            ),
+            other => other,
+        });
+    }
+    split_topics(d, &[Read], body, t, flexible, move |denied| {
+        let whole = answer(&denied, TOPIC_AUTHORIZATION_FAILED);
+        let amend: Amend = Box::new(move |r| {
+            match (r, answer(&denied, TOPIC_AUTHORIZATION_FAILED)) {
+                (
+                    ResponseKind::AlterShareGroupOffsets(a),
+                    ResponseKind::AlterShareGroupOffsets(e),
+                ) => {
+                    a.responses.extend(e.responses);
+                }
+                (
+                    ResponseKind::DeleteShareGroupOffsets(a),
+                    ResponseKind::DeleteShareGroupOffsets(e),
+                ) => {
+                    a.responses.extend(e.responses);
+                }
+                _ => return Err(wrong(api)),
+            }
+            Ok(())
+        });
+        (whole, amend)
+    })
+}
+
 fn produce(d: &Decider, version: i16, body: &[u8], t: &Touches<'_>, flexible: bool) -> Plan {
     use Operation::*;
     let answer = |topics: &[(String, Vec<i32>)], e: i16| {
@@ -1941,35 +2118,8 @@ fn offset_fetch(d: &Decider, version: i16, t: &Touches<'_>) -> Plan {
                 .with_topics(topics),
         ));
     }
-    // Per group (v8+ batches them; v1-7 is one group, `o.topics`): the
-    // topics it named, or `None` when it asked for all of them.
-    let mut named: std::collections::HashMap<String, Option<HashSet<String>>> =
-        std::collections::HashMap::new();
-    for (g, (all, range)) in t.groups.iter().zip(&t.group_topics) {
-        let entry = named
-            .entry(g.to_string())
-            .or_insert_with(|| Some(HashSet::new()));
-        if *all {
-            *entry = None;
-        } else if let Some(set) = entry {
-            set.extend(t.topics[range.clone()].iter().map(|x| x.name.to_string()));
-        }
-    }
     let single = t.groups.first().map(|g| g.to_string()).unwrap_or_default();
-    let d = d.clone();
-    let decide = move |group: &str, name: &str| -> Option<bool> {
-        // Some(true): keep; Some(false): error entry; None: leave out.
-        if d.topic(Describe, name) {
-            Some(true)
-        } else if named
-            .get(group)
-            .is_some_and(|n| n.as_ref().is_some_and(|set| set.contains(name)))
-        {
-            Some(false)
-        } else {
-            None
-        }
-    };
+    let decide = topic_visibility(d, t);
     Plan::amend(move |r| match r {
         ResponseKind::OffsetFetch(o) => {
             o.topics
