@@ -31,7 +31,9 @@
 //            {"t":"ack_error","topic":T,"p":P,"error":...}; ends with {"t":"summary","count":N,
 //            "distinct":D,"ack_errors":E,"ok":B,"digest":HEX} (digest over distinct records).
 //   admin    create-topic|describe-topic|delete-topic|list-topics|describe-config|describe-group
-//            |describe-share-group|set-group-config
+//            |describe-share-group|set-group-config|alter-share-offsets|delete-share-offsets
+//            (alter-share-offsets --group G --topic T --partitions N --offset O sets the share
+//            group's start offset of partitions 0..N-1; delete-share-offsets --group G --topic T)
 //            --bootstrap B [--topic T] [--group G] [--partitions P] [--replication-factor R] [--config k=v]
 //            (describe-config takes --topic, or --group for a group's configs; set-group-config
 //            --group G --config k=v... sets group configs, e.g. share.auto.offset.reset=earliest)
@@ -827,6 +829,23 @@ public final class E2eClient {
                     }
                     emit(obj("t", "share_group", "group", g.groupId(), "state", String.valueOf(g.groupState()),
                             "group_epoch", g.groupEpoch(), "coordinator", nodeJson(g.coordinator()), "members", members));
+                    return 0;
+                }
+                case "alter-share-offsets": {
+                    String group = a.need("group");
+                    String topic = a.need("topic");
+                    long offset = Long.parseLong(a.need("offset"));
+                    Map<TopicPartition, Long> offsets = new HashMap<>();
+                    for (int p = 0; p < a.getInt("partitions", 1); p++) offsets.put(new TopicPartition(topic, p), offset);
+                    admin.alterShareGroupOffsets(group, offsets).all().get();
+                    emit(obj("t", "share_offsets_altered", "group", group, "topic", topic, "partitions", offsets.size()));
+                    return 0;
+                }
+                case "delete-share-offsets": {
+                    String group = a.need("group");
+                    String topic = a.need("topic");
+                    admin.deleteShareGroupOffsets(group, Collections.singleton(topic)).all().get();
+                    emit(obj("t", "share_offsets_deleted", "group", group, "topic", topic));
                     return 0;
                 }
                 case "set-group-config": {

@@ -907,6 +907,9 @@ fn table() -> Vec<Api> {
         share_group_describe(),
         share_fetch(),
         share_acknowledge(),
+        describe_share_group_offsets(),
+        alter_share_group_offsets(),
+        delete_share_group_offsets(),
     ]
 }
 
@@ -5418,6 +5421,426 @@ fn share_acknowledge() -> Api {
     }
 }
 
+// ---- DescribeShareGroupOffsets, AlterShareGroupOffsets, DeleteShareGroupOffsets ----
+
+/// DescribeShareGroupOffsets groups of the "groups" request: (group, names
+/// [`TOPICS`]?); the others ask for all topics (null, answered from
+/// [`COMMITTED`]).
+const SHARE_OFFSET_GROUPS: [(&str, bool); 4] = [
+    ("ok-g1", true),
+    ("no-g1", true),
+    ("ok-g2", false),
+    ("no-g2", false),
+];
+
+/// The groups of a DescribeShareGroupOffsets request, by its tag: "groups"
+/// for [`SHARE_OFFSET_GROUPS`], else one `group/named` or `group/all`.
+fn share_offset_groups(tag: &str) -> Vec<(&str, bool)> {
+    if tag == "groups" {
+        return SHARE_OFFSET_GROUPS.to_vec();
+    }
+    let (group, what) = tag.split_once('/').expect("group/what tag");
+    vec![(group, what == "named")]
+}
+
+fn describe_share_group_offsets() -> Api {
+    Api {
+        key: ApiKey::DescribeShareGroupOffsets,
+        requests: |v| {
+            use describe_share_group_offsets_request as dq;
+            [
+                "groups",
+                "ok-g1/named",
+                "no-g1/named",
+                "ok-g2/all",
+                "no-g2/all",
+            ]
+            .into_iter()
+            .map(|tag| {
+                let groups = share_offset_groups(tag)
+                    .into_iter()
+                    .map(|(g, named)| {
+                        dq::DescribeShareGroupOffsetsRequestGroup::default()
+                            .with_group_id(gid(g))
+                            .with_topics(named.then(|| {
+                                TOPICS
+                                    .iter()
+                                    .map(|(n, ps)| {
+                                        dq::DescribeShareGroupOffsetsRequestTopic::default()
+                                            .with_topic_name(tn(n))
+                                            .with_partitions(ps.to_vec())
+                                    })
+                                    .collect()
+                            }))
+                    })
+                    .collect();
+                let r = DescribeShareGroupOffsetsRequest::default().with_groups(groups);
+                (tag, enc(v, RequestKind::DescribeShareGroupOffsets(r)))
+            })
+            .collect()
+        },
+        named: |_, r| {
+            let RequestKind::DescribeShareGroupOffsets(d) = r else {
+                panic!("not describe share group offsets")
+            };
+            let mut out = Vec::new();
+            for g in &d.groups {
+                let gname = g.group_id.0.to_string();
+                out.push((gl(&gname), dbg(g)));
+                for t in g.topics.iter().flatten() {
+                    for p in &t.partitions {
+                        out.push((format!("{gname}/{}", tp(&t.topic_name.0, *p)), dbg(t)));
+                    }
+                }
+            }
+            out
+        },
+        answer: |_, _, r| {
+            use describe_share_group_offsets_response as dr;
+            let RequestKind::DescribeShareGroupOffsets(d) = r else {
+                panic!("not describe share group offsets")
+            };
+            ResponseKind::DescribeShareGroupOffsets(
+                DescribeShareGroupOffsetsResponse::default().with_groups(
+                    d.groups
+                        .iter()
+                        .map(|g| {
+                            let named = g.topics.as_ref().map(|ts| {
+                                ts.iter()
+                                    .map(|t| (t.topic_name.0.to_string(), t.partitions.clone()))
+                                    .collect()
+                            });
+                            dr::DescribeShareGroupOffsetsResponseGroup::default()
+                                .with_group_id(g.group_id.clone())
+                                .with_topics(
+                                    committed(named)
+                                        .iter()
+                                        .map(|(n, ps)| {
+                                            dr::DescribeShareGroupOffsetsResponseTopic::default()
+                                                .with_topic_name(tn(n))
+                                                .with_topic_id(uuid!(topic_number(n)))
+                                                .with_partitions(
+                                                    ps.iter()
+                                                        .map(|p| {
+                                                            dr::DescribeShareGroupOffsetsResponsePartition::default()
+                                                                .with_partition_index(*p)
+                                                                .with_start_offset(100 + i64::from(*p))
+                                                                .with_leader_epoch(3)
+                                                        })
+                                                        .collect(),
+                                                )
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+            )
+        },
+        entries: |_, _, r| {
+            let ResponseKind::DescribeShareGroupOffsets(d) = r else {
+                panic!("not describe share group offsets")
+            };
+            let mut out = Vec::new();
+            for g in &d.groups {
+                let gname = g.group_id.0.to_string();
+                out.push((gl(&gname), g.error_code, String::new()));
+                for t in &g.topics {
+                    for x in &t.partitions {
+                        let mut label =
+                            format!("{gname}/{}", tp(&t.topic_name.0, x.partition_index));
+                        // An error entry carries no offset: a wrong one
+                        // shows as a wrong label.
+                        if x.error_code != 0 && (x.start_offset, x.leader_epoch) != (-1, -1) {
+                            label += &format!("/start={}/epoch={}", x.start_offset, x.leader_epoch);
+                        }
+                        out.push((label, x.error_code, dbg(x)));
+                    }
+                }
+            }
+            out
+        },
+        expect: |_, tag, m| {
+            use Operation::*;
+            let mut codes = Vec::new();
+            for (g, named) in share_offset_groups(tag) {
+                if !m.group(Describe, g) {
+                    codes.push((gl(g), GROUP_AUTHORIZATION_FAILED));
+                    continue;
+                }
+                codes.push((gl(g), 0));
+                if named {
+                    // Named topics: error entries for the refused ones.
+                    codes.extend(
+                        tp_codes(|n| m.topic(Describe, n), TOPIC_AUTHORIZATION_FAILED)
+                            .into_iter()
+                            .map(|(l, c)| (format!("{g}/{l}"), c)),
+                    );
+                } else {
+                    // All topics: the refused ones are left out.
+                    codes.extend(
+                        COMMITTED
+                            .iter()
+                            .filter(|(n, _)| m.topic(Describe, n))
+                            .flat_map(|(n, ps)| {
+                                ps.iter().map(move |p| (format!("{g}/{}", tp(n, *p)), 0))
+                            }),
+                    );
+                }
+            }
+            mask(codes)
+        },
+        check_forwarded: None,
+    }
+}
+
+/// Topics of an Alter or DeleteShareGroupOffsets none of which the partial
+/// policies allow.
+const NO_TOPICS: [TopicParts; 2] = [("no-1", &[0]), ("no-2", &[1, 2])];
+
+/// Alter and DeleteShareGroupOffsets requests: `group/topics`, the topics
+/// being [`TOPICS`] ("mixed") or [`NO_TOPICS`] ("no").
+const SHARE_OFFSET_TAGS: [&str; 4] = ["ok-g1/mixed", "no-g1/mixed", "ok-g1/no", "no-g1/no"];
+
+fn share_offsets_case(tag: &str) -> (&str, &'static [TopicParts]) {
+    let (group, topics) = tag.split_once('/').expect("group/topics tag");
+    match topics {
+        "mixed" => (group, &TOPICS),
+        "no" => (group, &NO_TOPICS),
+        other => panic!("unknown topics {other}"),
+    }
+}
+
+/// The top-level entry of an Alter or DeleteShareGroupOffsets answer, when
+/// it carries an error: "*", or "*/no message" without its error message.
+fn share_offsets_top(code: i16, message: &Option<StrBytes>) -> Option<Entry> {
+    (code != 0).then(|| {
+        let label = if message.is_some() {
+            "*"
+        } else {
+            "*/no message"
+        };
+        (label.to_string(), code, String::new())
+    })
+}
+
+/// Alter (Read on the group, entries per partition) and
+/// DeleteShareGroupOffsets (Delete on the group, entries per topic): a
+/// refused group is answered alone, with its error on top and on every
+/// entry; then topics without Read are cut out and answered
+/// TOPIC_AUTHORIZATION_FAILED, alone when none is left.
+fn share_offsets_expect(api: ApiKey, tag: &str, m: &Model) -> Outcome {
+    use Operation::*;
+    let (group, topics) = share_offsets_case(tag);
+    let alter = api == ApiKey::AlterShareGroupOffsets;
+    let labels = |n: &str, ps: &[i32]| -> Vec<String> {
+        if alter {
+            ps.iter().map(|p| tp(n, *p)).collect()
+        } else {
+            vec![tl(n)]
+        }
+    };
+    if !m.group(if alter { Read } else { Delete }, group) {
+        let mut codes = vec![("*".to_string(), GROUP_AUTHORIZATION_FAILED)];
+        for (n, ps) in topics {
+            codes.extend(
+                labels(n, ps)
+                    .into_iter()
+                    .map(|l| (l, GROUP_AUTHORIZATION_FAILED)),
+            );
+        }
+        return Outcome::Answer {
+            codes,
+            fwd: Fwd::Nothing,
+        };
+    }
+    let mut codes = Vec::new();
+    let mut forwarded = Vec::new();
+    for (n, ps) in topics {
+        let allowed = m.topic(Read, n);
+        for l in labels(n, ps) {
+            if allowed {
+                forwarded.push(l.clone());
+            }
+            let code = if allowed {
+                0
+            } else {
+                TOPIC_AUTHORIZATION_FAILED
+            };
+            codes.push((l, code));
+        }
+    }
+    let fwd = if forwarded.is_empty() {
+        Fwd::Nothing
+    } else if forwarded.len() == codes.len() {
+        Fwd::Unchanged
+    } else {
+        forwarded.push(gl(group));
+        Fwd::Exactly(forwarded)
+    };
+    Outcome::Answer { codes, fwd }
+}
+
+fn alter_share_group_offsets() -> Api {
+    Api {
+        key: ApiKey::AlterShareGroupOffsets,
+        requests: |v| {
+            use alter_share_group_offsets_request as aq;
+            SHARE_OFFSET_TAGS
+                .into_iter()
+                .map(|tag| {
+                    let (group, topics) = share_offsets_case(tag);
+                    let r = AlterShareGroupOffsetsRequest::default()
+                        .with_group_id(gid(group))
+                        .with_topics(
+                            topics
+                                .iter()
+                                .map(|(n, ps)| {
+                                    aq::AlterShareGroupOffsetsRequestTopic::default()
+                                        .with_topic_name(tn(n))
+                                        .with_partitions(
+                                            ps.iter()
+                                                .map(|p| {
+                                                    aq::AlterShareGroupOffsetsRequestPartition::default()
+                                                        .with_partition_index(*p)
+                                                        .with_start_offset(50 + i64::from(*p))
+                                                })
+                                                .collect(),
+                                        )
+                                })
+                                .collect(),
+                        );
+                    (tag, enc(v, RequestKind::AlterShareGroupOffsets(r)))
+                })
+                .collect()
+        },
+        named: |_, r| {
+            let RequestKind::AlterShareGroupOffsets(a) = r else {
+                panic!("not alter share group offsets")
+            };
+            let mut out = vec![(gl(&a.group_id.0), dbg(&a.group_id))];
+            for t in &a.topics {
+                for x in &t.partitions {
+                    out.push((tp(&t.topic_name.0, x.partition_index), dbg(x)));
+                }
+            }
+            out
+        },
+        answer: |_, _, r| {
+            use alter_share_group_offsets_response as ar;
+            let RequestKind::AlterShareGroupOffsets(a) = r else {
+                panic!("not alter share group offsets")
+            };
+            ResponseKind::AlterShareGroupOffsets(
+                AlterShareGroupOffsetsResponse::default().with_responses(
+                    a.topics
+                        .iter()
+                        .map(|t| {
+                            ar::AlterShareGroupOffsetsResponseTopic::default()
+                                .with_topic_name(t.topic_name.clone())
+                                .with_topic_id(uuid!(topic_number(&t.topic_name.0)))
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|x| {
+                                            ar::AlterShareGroupOffsetsResponsePartition::default()
+                                                .with_partition_index(x.partition_index)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+            )
+        },
+        entries: |_, _, r| {
+            let ResponseKind::AlterShareGroupOffsets(a) = r else {
+                panic!("not alter share group offsets")
+            };
+            let mut out: Vec<Entry> = a
+                .responses
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|x| (tp(&t.topic_name.0, x.partition_index), x.error_code, dbg(x)))
+                })
+                .collect();
+            out.extend(share_offsets_top(a.error_code, &a.error_message));
+            out
+        },
+        expect: |_, tag, m| share_offsets_expect(ApiKey::AlterShareGroupOffsets, tag, m),
+        check_forwarded: None,
+    }
+}
+
+fn delete_share_group_offsets() -> Api {
+    Api {
+        key: ApiKey::DeleteShareGroupOffsets,
+        requests: |v| {
+            use delete_share_group_offsets_request as dq;
+            SHARE_OFFSET_TAGS
+                .into_iter()
+                .map(|tag| {
+                    let (group, topics) = share_offsets_case(tag);
+                    let r = DeleteShareGroupOffsetsRequest::default()
+                        .with_group_id(gid(group))
+                        .with_topics(
+                            topics
+                                .iter()
+                                .map(|(n, _)| {
+                                    dq::DeleteShareGroupOffsetsRequestTopic::default()
+                                        .with_topic_name(tn(n))
+                                })
+                                .collect(),
+                        );
+                    (tag, enc(v, RequestKind::DeleteShareGroupOffsets(r)))
+                })
+                .collect()
+        },
+        named: |_, r| {
+            let RequestKind::DeleteShareGroupOffsets(d) = r else {
+                panic!("not delete share group offsets")
+            };
+            let mut out = vec![(gl(&d.group_id.0), dbg(&d.group_id))];
+            out.extend(d.topics.iter().map(|t| (tl(&t.topic_name.0), dbg(t))));
+            out
+        },
+        answer: |_, _, r| {
+            use delete_share_group_offsets_response as dr;
+            let RequestKind::DeleteShareGroupOffsets(d) = r else {
+                panic!("not delete share group offsets")
+            };
+            ResponseKind::DeleteShareGroupOffsets(
+                DeleteShareGroupOffsetsResponse::default().with_responses(
+                    d.topics
+                        .iter()
+                        .map(|t| {
+                            dr::DeleteShareGroupOffsetsResponseTopic::default()
+                                .with_topic_name(t.topic_name.clone())
+                                .with_topic_id(uuid!(topic_number(&t.topic_name.0)))
+                        })
+                        .collect(),
+                ),
+            )
+        },
+        entries: |_, _, r| {
+            let ResponseKind::DeleteShareGroupOffsets(d) = r else {
+                panic!("not delete share group offsets")
+            };
+            let mut out: Vec<Entry> = d
+                .responses
+                .iter()
+                .map(|t| (tl(&t.topic_name.0), t.error_code, dbg(t)))
+                .collect();
+            out.extend(share_offsets_top(d.error_code, &d.error_message));
+            out
+        },
+        expect: |_, tag, m| share_offsets_expect(ApiKey::DeleteShareGroupOffsets, tag, m),
+        check_forwarded: None,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -5516,6 +5939,9 @@ api_tests! {
     share_group_describe_answers => ApiKey::ShareGroupDescribe,
     share_fetch_answers => ApiKey::ShareFetch,
     share_acknowledge_answers => ApiKey::ShareAcknowledge,
+    describe_share_group_offsets_answers => ApiKey::DescribeShareGroupOffsets,
+    alter_share_group_offsets_answers => ApiKey::AlterShareGroupOffsets,
+    delete_share_group_offsets_answers => ApiKey::DeleteShareGroupOffsets,
 }
 
 /// acks=0: the broker sends no answer, so a refusal closes the connection
