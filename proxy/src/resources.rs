@@ -198,19 +198,7 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
         }
         ApiKey::DeleteShareGroupOffsets => {
             t.groups.push(r.str("group id").map_err(wire)?);
-            let start = r.position();
-            let n = r.array_len("topics").map_err(wire)?.unwrap_or(0);
-            for _ in 0..n {
-                let entry = r.position();
-                let name = r.str("topic name").map_err(wire)?;
-                r.tagged_fields().map_err(wire)?;
-                t.topics.push(TopicRef {
-                    name,
-                    partitions: vec![],
-                    span: entry..r.position(),
-                });
-            }
-            t.topics_span = Some(start..r.position());
+            named_topics(&mut r, &mut t).map_err(wire)?;
         }
         ApiKey::DescribeGroups
         | ApiKey::DeleteGroups
@@ -261,20 +249,7 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
             }
         }
         ApiKey::DescribeTopicPartitions => {
-            let start = r.position();
-            let n = r.array_len("topics").map_err(wire)?.unwrap_or(0);
-            for _ in 0..n {
-                let entry = r.position();
-                let name = r.str("topic name").map_err(wire)?;
-                r.tagged_fields().map_err(wire)?;
-                t.topics.push(TopicRef {
-                    name,
-                    partitions: vec![],
-                    span: entry..r.position(),
-                });
-            }
-            t.topics_span = Some(start..r.position());
-            t.all_topics = n == 0;
+            t.all_topics = named_topics(&mut r, &mut t).map_err(wire)? == 0;
         }
         ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
             config_resources(&mut r, api, &mut t).map_err(wire)?
@@ -346,6 +321,25 @@ fn topic_array<'a>(
     }
     t.topics_span = Some(start..r.position());
     Ok(())
+}
+
+/// Reads a topic array whose entries are `name, tagged fields` (no
+/// partitions); returns how many it held.
+fn named_topics<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<usize, WireError> {
+    let start = r.position();
+    let n = r.array_len("topics")?.unwrap_or(0);
+    for _ in 0..n {
+        let entry = r.position();
+        let name = r.str("topic name")?;
+        r.tagged_fields()?;
+        t.topics.push(TopicRef {
+            name,
+            partitions: vec![],
+            span: entry..r.position(),
+        });
+    }
+    t.topics_span = Some(start..r.position());
+    Ok(n)
 }
 
 /// ShareFetch and ShareAcknowledge (v1): a group, then topics by id, each

@@ -448,36 +448,36 @@ impl Stage for AuditAccess {
                 });
             }
             ResponseKind::Fetch(f) => {
-                let topics = f.responses.iter().map(|topic| {
-                    let name = if topic.topic.0.is_empty() {
-                        topic.topic_id.to_string()
-                    } else {
-                        topic.topic.0.to_string()
-                    };
-                    let parts = topic
-                        .partitions
-                        .iter()
-                        .map(|p| (p.partition_index, p.records.as_ref()));
-                    (name, parts.collect::<Vec<_>>())
-                });
-                let resources = read_resources(topics);
+                let resources = f
+                    .responses
+                    .iter()
+                    .filter_map(|topic| {
+                        let name = if topic.topic.0.is_empty() {
+                            topic.topic_id.to_string()
+                        } else {
+                            topic.topic.0.to_string()
+                        };
+                        let parts = topic.partitions.iter();
+                        read_resource(name, parts.map(|p| (p.partition_index, p.records.as_ref())))
+                    })
+                    .collect();
                 finish_fetch_record(session, &notes, response, resources);
             }
             ResponseKind::ShareFetch(f) => {
                 // Named by id; the authorize stage refused unknown ids, so
                 // the raw id only shows where that stage is off.
-                let topics = f.responses.iter().map(|topic| {
-                    let name = self
-                        .ids
-                        .name(topic.topic_id.as_bytes())
-                        .map_or_else(|| topic.topic_id.to_string(), |n| n.to_string());
-                    let parts = topic
-                        .partitions
-                        .iter()
-                        .map(|p| (p.partition_index, p.records.as_ref()));
-                    (name, parts.collect::<Vec<_>>())
-                });
-                let resources = read_resources(topics);
+                let resources = f
+                    .responses
+                    .iter()
+                    .filter_map(|topic| {
+                        let name = self
+                            .ids
+                            .name(topic.topic_id.as_bytes())
+                            .map_or_else(|| topic.topic_id.to_string(), |n| n.to_string());
+                        let parts = topic.partitions.iter();
+                        read_resource(name, parts.map(|p| (p.partition_index, p.records.as_ref())))
+                    })
+                    .collect();
                 finish_fetch_record(session, &notes, response, resources);
             }
             _ => {}
@@ -486,28 +486,23 @@ impl Stage for AuditAccess {
     }
 }
 
-/// One resource per topic that returned records, with each partition's
-/// record count, first offset and bytes.
-fn read_resources<'a>(
-    topics: impl Iterator<Item = (String, Vec<(i32, Option<&'a Bytes>)>)>,
-) -> Vec<Resource> {
-    let mut resources = Vec::new();
-    for (name, parts) in topics {
-        let mut res = Resource::topic(name);
-        for (partition, records) in parts {
-            let Some(records) = records.filter(|r| !r.is_empty()) else {
-                continue;
-            };
-            let (count, first) = batch_stats(records);
-            if count > 0 {
-                res = res.with_partition(partition, first, count, records.len() as u64);
-            }
-        }
-        if !res.partitions.is_empty() {
-            resources.push(res);
+/// A topic's resource with each partition's record count, first offset and
+/// bytes; `None` when no partition returned records.
+fn read_resource<'a>(
+    name: String,
+    parts: impl Iterator<Item = (i32, Option<&'a Bytes>)>,
+) -> Option<Resource> {
+    let mut res = Resource::topic(name);
+    for (partition, records) in parts {
+        let Some(records) = records.filter(|r| !r.is_empty()) else {
+            continue;
+        };
+        let (count, first) = batch_stats(records);
+        if count > 0 {
+            res = res.with_partition(partition, first, count, records.len() as u64);
         }
     }
-    resources
+    (!res.partitions.is_empty()).then_some(res)
 }
 
 /// Pushes the exchange's Fetch record (taking in what the decrypt stage

@@ -107,6 +107,52 @@ impl Decrypt {
         }
     }
 
+    /// [`access`](Self::access), decided once per topic of an answer.
+    fn access_once(
+        &self,
+        session: &SessionInfo,
+        topic: &str,
+        rule: &field_rules::Rule,
+        decided: &mut Vec<(String, Access)>,
+    ) -> Access {
+        if let Some((_, a)) = decided.iter().find(|(t, _)| t == topic) {
+            return *a;
+        }
+        let a = self.access(session, topic, rule);
+        decided.push((topic.to_string(), a));
+        a
+    }
+
+    /// Counts an answer's revealed records (`count`: masked, plaintext) and
+    /// notes for its audit record the keys used and each topic's access.
+    fn report(
+        &self,
+        audit: &crate::audit_trail::AuditNotes,
+        count: [u64; 2],
+        accesses: &[(String, Access)],
+        keys: &KeyTable,
+    ) {
+        self.metrics.decrypted_records(count[1], true);
+        self.metrics.decrypted_records(count[0], false);
+        let details: Vec<(String, String)> = accesses
+            .iter()
+            .map(|(topic, access)| {
+                (
+                    format!("revealed.{topic}"),
+                    access_label(*access).to_string(),
+                )
+            })
+            .collect();
+        if !details.is_empty() {
+            crate::protection::note_keys(
+                audit,
+                custos_audit::EventKind::Fetch,
+                keys.key_refs(),
+                &details,
+            );
+        }
+    }
+
     async fn resolve(&self, r: &KeyRef, topic: &str) -> KeyLookup {
         let ctx = field_rules::dek_context(topic);
         match self.protection.keys.decryption_key(r, &ctx).await {
@@ -222,7 +268,7 @@ impl Stage for Decrypt {
             message: e.to_string(),
         })?;
         let mut replacements = Vec::new();
-        let mut accesses: Vec<(&str, Access)> = Vec::new();
+        let mut accesses: Vec<(String, Access)> = Vec::new();
         let mut pieces = Vec::new();
         let mut total = 0;
         for (index, p) in parts.iter().enumerate() {
@@ -242,14 +288,7 @@ impl Stage for Decrypt {
             let Some(rule) = self.protection.rules.for_topic(topic) else {
                 continue;
             };
-            let access = match accesses.iter().find(|(t, _)| *t == topic) {
-                Some((_, a)) => *a,
-                None => {
-                    let a = self.access(session, topic, rule);
-                    accesses.push((topic, a));
-                    a
-                }
-            };
+            let access = self.access_once(session, topic, rule, &mut accesses);
             total += range.len();
             pieces.push(Piece {
                 seq: 0,
@@ -323,25 +362,7 @@ impl Stage for Decrypt {
                 count[usize::from(*plaintext)] += n;
             }
         }
-        self.metrics.decrypted_records(count[1], true);
-        self.metrics.decrypted_records(count[0], false);
-        let details: Vec<(String, String)> = accesses
-            .iter()
-            .map(|(topic, access)| {
-                (
-                    format!("revealed.{topic}"),
-                    access_label(*access).to_string(),
-                )
-            })
-            .collect();
-        if !details.is_empty() {
-            crate::protection::note_keys(
-                &response.audit,
-                custos_audit::EventKind::Fetch,
-                keys.key_refs(),
-                &details,
-            );
-        }
+        self.report(&response.audit, count, &accesses, &keys);
         let frame = response.raw_frame();
         let pieces = fetch_records::splice_records(
             &frame,
@@ -400,14 +421,7 @@ impl Decrypt {
                     let Some(rule) = self.protection.rules.for_topic(name) else {
                         continue;
                     };
-                    let access = match accesses.iter().find(|(t, _)| t == name) {
-                        Some((_, a)) => *a,
-                        None => {
-                            let a = self.access(session, name, rule);
-                            accesses.push((name.to_string(), a));
-                            a
-                        }
-                    };
+                    let access = self.access_once(session, name, rule, &mut accesses);
                     total += records.len();
                     pieces.push(Piece {
                         seq: pieces.len(),
@@ -461,25 +475,7 @@ impl Decrypt {
                 }
             }
         }
-        self.metrics.decrypted_records(count[1], true);
-        self.metrics.decrypted_records(count[0], false);
-        let details: Vec<(String, String)> = accesses
-            .iter()
-            .map(|(topic, access)| {
-                (
-                    format!("revealed.{topic}"),
-                    access_label(*access).to_string(),
-                )
-            })
-            .collect();
-        if !details.is_empty() {
-            crate::protection::note_keys(
-                &response.audit,
-                custos_audit::EventKind::Fetch,
-                keys.key_refs(),
-                &details,
-            );
-        }
+        self.report(&response.audit, count, &accesses, &keys);
         Ok(())
     }
 }
