@@ -859,12 +859,29 @@ pub fn splice<R: AsRef<[u8]>>(doc: &[u8], replacements: &[(Range<usize>, R)]) ->
 
 /// A JSON string literal holding `envelope`: `"custos:v1:<base64>"`.
 pub fn encode_ciphertext(envelope: &[u8]) -> Vec<u8> {
-    let mut s = String::with_capacity(CIPHERTEXT_PREFIX.len() + 2 + envelope.len().div_ceil(3) * 4);
-    s.push('"');
-    s.push_str(CIPHERTEXT_PREFIX);
-    STANDARD_NO_PAD.encode_string(envelope, &mut s);
-    s.push('"');
-    s.into_bytes()
+    let mut out = Vec::new();
+    encode_ciphertext_into(envelope, &mut out);
+    out
+}
+
+/// Length of [`encode_ciphertext`]'s output for an envelope of `len` bytes.
+pub fn ciphertext_json_len(len: usize) -> usize {
+    CIPHERTEXT_PREFIX.len() + 2 + (len * 4).div_ceil(3)
+}
+
+/// As [`encode_ciphertext`], appended to `out`: a caller splicing a document
+/// writes each field's literal in place instead of building it apart.
+pub fn encode_ciphertext_into(envelope: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    let b64_len = (envelope.len() * 4).div_ceil(3);
+    out.resize(start + ciphertext_json_len(envelope.len()), b'"');
+    let prefix_end = start + 1 + CIPHERTEXT_PREFIX.len();
+    out[start + 1..prefix_end].copy_from_slice(CIPHERTEXT_PREFIX.as_bytes());
+    let written = STANDARD_NO_PAD
+        .encode_slice(envelope, &mut out[prefix_end..prefix_end + b64_len])
+        .unwrap_or(0);
+    // The slice is exactly the unpadded length, so the encoder fills it.
+    debug_assert_eq!(written, b64_len);
 }
 
 /// The envelope inside a JSON value made by [`encode_ciphertext`]; `None` when
@@ -1397,6 +1414,11 @@ mod tests {
         for env in [&b""[..], b"a", b"ab", b"abc", &[0xffu8; 100]] {
             let s = encode_ciphertext(env);
             assert_eq!(json_string_value(&s).map(|c| c.len()), Some(s.len() - 2));
+            assert_eq!(s.len(), ciphertext_json_len(env.len()));
+            let mut appended = b"{\"a\":".to_vec();
+            encode_ciphertext_into(env, &mut appended);
+            assert_eq!(&appended[..5], b"{\"a\":");
+            assert_eq!(&appended[5..], &s[..]);
             assert_eq!(decode_ciphertext(&s).as_deref(), Some(env));
         }
         for not in [

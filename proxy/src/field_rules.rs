@@ -726,26 +726,47 @@ pub fn seal_record(
     rec: &mut crate::record_batch::Record,
     dek: &Dek,
 ) -> Result<(), RecordError> {
+    seal_record_with(rule, topic, rec, dek, &mut SealBuffers::default())
+}
+
+/// Scratch space [`seal_record_with`] reuses from one record to the next.
+#[derive(Default)]
+pub struct SealBuffers {
+    found: Vec<json_fields::Located>,
+    envelope: Vec<u8>,
+}
+
+/// [`seal_record`] with buffers kept across the records of a batch.
+pub fn seal_record_with(
+    rule: &Rule,
+    topic: &str,
+    rec: &mut crate::record_batch::Record,
+    dek: &Dek,
+    bufs: &mut SealBuffers,
+) -> Result<(), RecordError> {
     let alg = rule.algorithm();
-    let seal = |field: &str, plain: &[u8]| -> Result<Vec<u8>, RecordError> {
-        let mut out = Vec::with_capacity(plain.len() + 96);
-        let key = dek
-            .prepared()
-            .ok_or_else(|| RecordError::Seal("the data key was refused by the AEAD".into()))?;
+    let key = dek
+        .prepared()
+        .ok_or_else(|| RecordError::Seal("the data key was refused by the AEAD".into()))?;
+    let seal = |field: &str, plain: &[u8], out: &mut Vec<u8>| -> Result<(), RecordError> {
         envelope::seal_prepared(
             alg,
             key,
             dek.key_ref(),
             &Binding { topic, field },
             plain,
-            &mut out,
+            out,
         )
-        .map_err(|e| RecordError::Seal(e.to_string()))?;
-        Ok(out)
+        .map_err(|e| RecordError::Seal(e.to_string()))
+    };
+    let sealed = |field: &str, plain: &[u8]| -> Result<Bytes, RecordError> {
+        let mut out = Vec::with_capacity(plain.len() + 96);
+        seal(field, plain, &mut out)?;
+        Ok(Bytes::from(out))
     };
     if rule.config.key {
         if let Some(k) = &rec.key {
-            rec.key = Some(Bytes::from(seal(FIELD_KEY, k)?));
+            rec.key = Some(sealed(FIELD_KEY, k)?);
         }
     }
     for h in rec.headers.iter_mut() {
@@ -756,7 +777,7 @@ pub fn seal_record(
             continue;
         }
         if let Some(v) = &h.value {
-            h.value = Some(Bytes::from(seal(&header_field(name), v)?));
+            h.value = Some(sealed(&header_field(name), v)?);
         }
     }
     let Some(value) = &rec.value else {
@@ -764,21 +785,33 @@ pub fn seal_record(
         return Ok(());
     };
     if rule.config.value {
-        rec.value = Some(Bytes::from(seal(FIELD_VALUE, value)?));
+        rec.value = Some(sealed(FIELD_VALUE, value)?);
     } else if !rule.paths.is_empty() {
-        let found = json_fields::locate(value, &rule.paths)
+        json_fields::locate_into(value, &rule.paths, &mut bufs.found)
             .map_err(|e| RecordError::Json(e.to_string()))?;
-        if !found.is_empty() {
-            let mut sealed = Vec::with_capacity(found.len());
-            for l in &found {
-                let env = seal(&rule.path_bindings[l.path], &value[l.span.clone()])?;
-                sealed.push((l.span.clone(), json_fields::encode_ciphertext(&env)));
-            }
-            let reps: Vec<(std::ops::Range<usize>, &[u8])> = sealed
+        if !bufs.found.is_empty() {
+            // Each field's literal is written straight into the new value;
+            // an envelope adds about 100 bytes, its base64 a third more.
+            let grown: usize = bufs
+                .found
                 .iter()
-                .map(|(r, b)| (r.clone(), b.as_slice()))
-                .collect();
-            rec.value = Some(Bytes::from(json_fields::splice(value, &reps)));
+                .map(|l| json_fields::ciphertext_json_len(l.span.len() + 128))
+                .sum();
+            let mut out = Vec::with_capacity(value.len() + grown);
+            let mut pos = 0;
+            for l in &bufs.found {
+                out.extend_from_slice(&value[pos..l.span.start]);
+                bufs.envelope.clear();
+                seal(
+                    &rule.path_bindings[l.path],
+                    &value[l.span.clone()],
+                    &mut bufs.envelope,
+                )?;
+                json_fields::encode_ciphertext_into(&bufs.envelope, &mut out);
+                pos = l.span.end;
+            }
+            out.extend_from_slice(&value[pos..]);
+            rec.value = Some(Bytes::from(out));
         }
     }
     Ok(())

@@ -171,6 +171,27 @@ impl Request {
         &self.raw[self.body_offset..]
     }
 
+    /// The header bytes as received, which every forwarded form keeps.
+    pub fn head(&self) -> &[u8] {
+        &self.raw[..self.body_offset]
+    }
+
+    /// Replaces the whole frame with one a stage built from [`Request::head`]
+    /// and a new body, saving [`Request::replace_body`]'s copy; refused when
+    /// `raw` does not start with the header unchanged. Drops any decoded body.
+    pub fn replace_frame(&mut self, raw: Bytes) -> Result<(), RequestError> {
+        if raw.get(..self.body_offset) != Some(self.head()) {
+            return Err(RequestError::Malformed {
+                what: "rebuilt request",
+                why: "the request header was not kept".into(),
+            });
+        }
+        self.raw = raw;
+        self.body = None;
+        self.dirty = false;
+        Ok(())
+    }
+
     /// Replaces the body with bytes a stage built (e.g. with entries cut out),
     /// keeping the original header bytes. Drops any decoded body.
     pub fn replace_body(&mut self, body: &[u8]) {
@@ -489,6 +510,29 @@ mod tests {
         let out = req.into_bytes().expect("bytes");
         // Same allocation, not a copy: read-only inspection forwards the original.
         assert_eq!(out.as_ptr(), raw.as_ptr());
+    }
+
+    #[test]
+    fn a_rebuilt_frame_must_keep_the_header() {
+        let raw = encode_request(
+            ApiKey::Metadata,
+            12,
+            7,
+            &RequestKind::Metadata(MetadataRequest::default()),
+        );
+        let mut req = Request::parse(raw.clone()).expect("parse");
+        let head = req.head().to_vec();
+        assert_eq!(req.body_bytes(), &raw[head.len()..]);
+        let mut other = head.clone();
+        other[7] ^= 1; // the correlation id
+        assert!(req.replace_frame(Bytes::from(other)).is_err());
+        assert!(req.replace_frame(Bytes::from(head[..3].to_vec())).is_err());
+        let mut rebuilt = head.clone();
+        rebuilt.extend_from_slice(b"new body");
+        req.replace_frame(Bytes::from(rebuilt))
+            .expect("same header");
+        assert_eq!(req.body_bytes(), b"new body");
+        assert_eq!(req.correlation_id(), 7);
     }
 
     #[test]

@@ -101,10 +101,12 @@ pub fn produce_partitions(
     Ok(out)
 }
 
-/// A copy of a Produce body with the records of the partitions named (by
-/// index into [`produce_partitions`]' result) replaced and their length
-/// prefixes rewritten; every other byte is kept.
+/// `head` followed by a copy of a Produce body with the records of the
+/// partitions named (by index into [`produce_partitions`]' result) replaced
+/// and their length prefixes rewritten; every other byte is kept. The head
+/// (a request header) is written here so a request is copied once, not twice.
 pub fn splice_records(
+    head: &[u8],
     body: &[u8],
     version: i16,
     replacements: &[(usize, Bytes)],
@@ -118,7 +120,7 @@ pub fn splice_records(
             return Err(ProduceError::DuplicateReplacement(pair[0].0));
         }
     }
-    let mut size = body.len();
+    let mut size = head.len() + body.len();
     for (i, records) in &order {
         let part = parts.get(*i).ok_or(ProduceError::NoSuchPartition {
             index: *i,
@@ -127,6 +129,7 @@ pub fn splice_records(
         size = size - part.field.len() + records.len() + 5;
     }
     let mut out = BytesMut::with_capacity(size);
+    out.put_slice(head);
     let mut copied = 0;
     for (i, records) in order {
         let field = &parts[*i].field;
@@ -239,7 +242,10 @@ mod tests {
                 ),
             ];
             for (replacements, changes) in cases {
-                let out = splice_records(&body, v, &replacements).expect("splice");
+                let head = b"HEAD";
+                let out = splice_records(head, &body, v, &replacements).expect("splice");
+                assert_eq!(&out[..head.len()], head, "the head comes first, unchanged");
+                let out = out.slice(head.len()..);
                 let got = ProduceRequest::decode(&mut out.clone(), v).expect("decode");
                 let mut want = req.clone();
                 for (t, p, records) in changes {
@@ -251,7 +257,7 @@ mod tests {
                 assert_eq!(out[out.len() - tail..], body[body.len() - tail..]);
             }
             assert_eq!(
-                splice_records(&body, v, &[]).expect("no-op"),
+                splice_records(&[], &body, v, &[]).expect("no-op"),
                 Bytes::from(body.clone())
             );
         }
@@ -261,11 +267,11 @@ mod tests {
     fn bad_replacements_and_hostile_bodies_are_refused() {
         let body = enc(&request(9), 9);
         assert_eq!(
-            splice_records(&body, 9, &[(4, Bytes::new())]),
+            splice_records(&[], &body, 9, &[(4, Bytes::new())]),
             Err(ProduceError::NoSuchPartition { index: 4, count: 4 })
         );
         assert_eq!(
-            splice_records(&body, 9, &[(1, Bytes::new()), (1, Bytes::new())]),
+            splice_records(&[], &body, 9, &[(1, Bytes::new()), (1, Bytes::new())]),
             Err(ProduceError::DuplicateReplacement(1))
         );
         assert_eq!(

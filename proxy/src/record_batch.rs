@@ -254,6 +254,20 @@ pub struct Record {
     pub headers: Vec<Header>,
 }
 
+impl Record {
+    /// At least the bytes this record takes in a batch (varints at their widest).
+    fn size_hint(&self) -> usize {
+        let part = |b: Option<&[u8]>| 5 + b.map_or(0, <[u8]>::len);
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| part(Some(&h.key)) + part(h.value.as_deref()))
+            .sum();
+        // Length, attributes, timestamp and offset deltas, header count.
+        5 + 1 + 10 + 5 + 5 + part(self.key.as_deref()) + part(self.value.as_deref()) + headers
+    }
+}
+
 impl fmt::Debug for Record {
     // Keys and values are payload: only their sizes are shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -452,7 +466,9 @@ impl Batch {
         let count =
             i32::try_from(self.records.len()).map_err(|_| BatchError::TooLong { what: "batch" })?;
         let start = out.len();
-        out.reserve(HEADER_LEN + self.records.len() * 16);
+        // Room for every record up front: growing a batch-sized buffer copies
+        // it and touches fresh pages each time.
+        out.reserve(HEADER_LEN + self.records.iter().map(Record::size_hint).sum::<usize>());
         out.put_i64(h.base_offset);
         out.put_i32(0); // length, fixed below
         out.put_i32(h.partition_leader_epoch);
@@ -472,7 +488,8 @@ impl Batch {
                 write_record(out, r)?;
             }
         } else {
-            let mut plain = Vec::with_capacity(self.records.len() * 16);
+            let mut plain =
+                Vec::with_capacity(self.records.iter().map(Record::size_hint).sum::<usize>());
             for r in &self.records {
                 write_record(&mut plain, r)?;
             }
@@ -648,7 +665,17 @@ pub fn encode(segments: &[Segment]) -> Result<Bytes, BatchError> {
             Segment::Batch(b) => b.to_bytes(),
         };
     }
-    let mut out = BytesMut::new();
+    let size: usize = segments
+        .iter()
+        .map(|s| match s {
+            Segment::Raw(b) => b.len(),
+            Segment::Batch(b) if !b.dirty => b.original.len(),
+            Segment::Batch(b) => {
+                HEADER_LEN + b.records.iter().map(Record::size_hint).sum::<usize>()
+            }
+        })
+        .sum();
+    let mut out = BytesMut::with_capacity(size);
     for s in segments {
         match s {
             Segment::Raw(b) => out.put_slice(b),

@@ -189,6 +189,7 @@ impl Encrypt {
         }
         let mut n = 0usize;
         let mut record_errors = Vec::new();
+        let mut bufs = field_rules::SealBuffers::default();
         for seg in segments.iter_mut() {
             let Segment::Batch(b) = seg else { continue };
             for (i, r) in b.records_mut().iter_mut().enumerate() {
@@ -215,7 +216,7 @@ impl Encrypt {
                     }
                 };
                 n += 1;
-                if let Err(e) = field_rules::seal_record(rule, topic, r, dek) {
+                if let Err(e) = field_rules::seal_record_with(rule, topic, r, dek, &mut bufs) {
                     let error = match e {
                         RecordError::Seal(_) => KAFKA_STORAGE_ERROR,
                         _ => INVALID_RECORD,
@@ -337,13 +338,21 @@ impl Stage for Encrypt {
                 message: "acks=0 produce to a protected topic could not be encrypted".into(),
             });
         }
-        let spliced = produce_records::splice_records(request.body_bytes(), version, &replaced)
-            .map_err(|e| StageError {
-                stage: NAME,
-                blame: Blame::Internal,
-                message: format!("splicing encrypted records into the request: {e}"),
-            })?;
-        request.replace_body(&spliced);
+        let splice_failed = |e: String| StageError {
+            stage: NAME,
+            blame: Blame::Internal,
+            message: format!("splicing encrypted records into the request: {e}"),
+        };
+        let spliced = produce_records::splice_records(
+            request.head(),
+            request.body_bytes(),
+            version,
+            &replaced,
+        )
+        .map_err(|e| splice_failed(e.to_string()))?;
+        request
+            .replace_frame(spliced)
+            .map_err(|e| splice_failed(e.to_string()))?;
         if failed.is_empty() {
             return Ok(Verdict::Forward);
         }
