@@ -26,7 +26,30 @@ fn document() -> Vec<u8> {
     doc.into_bytes()
 }
 
+/// A 1 KiB document shaped like `deploy/bench.sh`'s payload: a few short
+/// fields, then one long free-text string, as in the data-path benchmark.
+fn bench_payload() -> Vec<u8> {
+    let head = r#"{"id":0,"customer_id":"C83604450","name":"Echo Lima","email":"person0.375951@example.org","card":{"number":"8684-0475-7628-4080","brand":"amex","expiry":"01/28"},"address":{"city":"Gent","zip":"7091"},"items":[{"sku":"SKU-32318","qty":7,"price":272.34},{"sku":"SKU-75227","qty":4,"price":7.54},{"sku":"SKU-28407","qty":7,"price":140.46}],"created_at":"2026-11-15T04:08:00Z","notes":""#;
+    let words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+    let mut doc = head.to_string();
+    let mut i = 0;
+    while doc.len() < 1022 {
+        doc.push_str(words[i % words.len()]);
+        doc.push(' ');
+        i += 1;
+    }
+    doc.truncate(1022);
+    doc.push_str("\"}");
+    doc.into_bytes()
+}
+
 fn bench(c: &mut Criterion) {
+    let payload = bench_payload();
+    let payload_paths = [
+        FieldPath::parse("$.email").expect("path"),
+        FieldPath::parse("$.card.number").expect("path"),
+    ];
+    assert_eq!(locate(&payload, &payload_paths).expect("valid").len(), 2);
     let doc = document();
     let paths = [
         FieldPath::parse("$.customer.email").expect("path"),
@@ -43,6 +66,16 @@ fn bench(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    g.bench_function(
+        format!("locate_2_fields_bench_payload_{}B", payload.len()),
+        |b| {
+            b.iter(|| {
+                locate_into(black_box(&payload), black_box(&payload_paths), &mut out)
+                    .expect("valid");
+                black_box(out.len())
+            })
+        },
+    );
     let fake_envelope = [0x5au8; 60];
     g.bench_function(format!("locate_and_splice_2_fields_{}B", doc.len()), |b| {
         b.iter(|| {

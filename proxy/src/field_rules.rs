@@ -1077,7 +1077,19 @@ pub fn reveal_record(
         envelope,
         reps,
     } = bufs;
-    match json_fields::locate_into(value, &rule.paths, located) {
+    // A reader who sees plaintext only needs the ciphertext: the walk ends
+    // at the last one (most often early in the document), and a value with
+    // none is not walked at all. A masked reader needs every selected value.
+    let walked = match access {
+        Access::Plaintext => json_fields::locate_ciphertexts_into(
+            value,
+            &rule.paths,
+            located,
+            json_fields::count_ciphertexts(value),
+        ),
+        Access::Masked => json_fields::locate_into(value, &rule.paths, located),
+    };
+    match walked {
         Ok(()) => {}
         Err(_) if access == Access::Plaintext => return Ok(changed),
         Err(_) => {

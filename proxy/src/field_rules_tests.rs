@@ -659,6 +659,36 @@ async fn json_fields_nested_and_in_arrays_round_trip_byte_identical() {
 }
 
 #[tokio::test]
+async fn a_plaintext_reader_gets_every_field_back_however_ciphertext_is_placed() {
+    // A plaintext reader's walk ends at the last ciphertext it counted:
+    // duplicate keys after the first, a protected field at the very end,
+    // and ciphertext-looking text outside any path must not end it early
+    // or late.
+    let k = keys();
+    let set = compile(CUSTOMERS);
+    let rule = set.for_topic("customers").expect("rule");
+    for doc in [
+        r#"{"email":"ann@example.org","n":[1,2,{"deep":"custos:v1:zz"}],"email":"bob@example.org"}"#,
+        r#"{"n":"\"custos:v1:AAAA\"","card":{"number":"4111111111111111"},"tail":{"email":"cat@example.org"},"email":"dan@example.org"}"#,
+        r#"{"custos:v1:k":1,"addresses":[{"street":"1 Main Street"},{"street":"2 High Street"}],"z":"custos:v1:"}"#,
+    ] {
+        let original = record(None, Some(doc.as_bytes()), &[]);
+        let mut sealed = original.clone();
+        seal(&k, rule, "customers", &mut sealed)
+            .await
+            .expect("seal");
+        assert_ne!(sealed, original);
+        let (plain, _) = reveal(&k, rule, "customers", &sealed, Access::Plaintext, None).await;
+        assert_eq!(value_str(&plain), doc, "byte-identical original");
+        let (masked, _) = reveal(&k, rule, "customers", &sealed, Access::Masked, None).await;
+        let masked = value_str(&masked);
+        for secret in ["ann@", "bob@", "dan@", "41111111", "Main", "High"] {
+            assert!(!masked.contains(secret), "{secret} shown: {masked}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn invalid_json_is_a_record_error_and_a_value_without_the_fields_is_unchanged() {
     let k = keys();
     let set = compile(CUSTOMERS);
