@@ -402,9 +402,11 @@ pub fn locate_into(
 /// How many times the opening of a ciphertext literal (`"custos:v1:`)
 /// occurs anywhere in `doc`: at most the number of ciphertext values in it.
 pub fn count_ciphertexts(doc: &[u8]) -> usize {
-    const OPENING: &[u8] = b"\"custos:v1:";
-    debug_assert_eq!(&OPENING[1..], CIPHERTEXT_PREFIX.as_bytes());
-    memchr::memmem::find_iter(doc, OPENING).count()
+    // Built once: a searcher's set-up is not repeated for every record.
+    static OPENING: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"custos:v1:"));
+    debug_assert_eq!(&OPENING.needle()[1..], CIPHERTEXT_PREFIX.as_bytes());
+    OPENING.find_iter(doc).count()
 }
 
 /// The selected values of `doc`, as [`locate_into`], but only as far as the

@@ -458,6 +458,11 @@ impl Batch {
         Ok(out.freeze())
     }
 
+    /// At least the bytes the rebuilt batch takes before compression.
+    fn size_hint(&self) -> usize {
+        HEADER_LEN + self.records.iter().map(Record::size_hint).sum::<usize>()
+    }
+
     /// Writes the batch with its original header fields around re-encoded,
     /// recompressed records, then fixes the length and CRC.
     fn rebuild_into(&self, out: &mut BytesMut) -> Result<(), BatchError> {
@@ -468,7 +473,7 @@ impl Batch {
         let start = out.len();
         // Room for every record up front: growing a batch-sized buffer copies
         // it and touches fresh pages each time.
-        out.reserve(HEADER_LEN + self.records.iter().map(Record::size_hint).sum::<usize>());
+        out.reserve(self.size_hint());
         out.put_i64(h.base_offset);
         out.put_i32(0); // length, fixed below
         out.put_i32(h.partition_leader_epoch);
@@ -488,8 +493,7 @@ impl Batch {
                 write_record(out, r)?;
             }
         } else {
-            let mut plain =
-                Vec::with_capacity(self.records.iter().map(Record::size_hint).sum::<usize>());
+            let mut plain = Vec::with_capacity(self.size_hint() - HEADER_LEN);
             for r in &self.records {
                 write_record(&mut plain, r)?;
             }
@@ -670,9 +674,7 @@ pub fn encode(segments: &[Segment]) -> Result<Bytes, BatchError> {
         .map(|s| match s {
             Segment::Raw(b) => b.len(),
             Segment::Batch(b) if !b.dirty => b.original.len(),
-            Segment::Batch(b) => {
-                HEADER_LEN + b.records.iter().map(Record::size_hint).sum::<usize>()
-            }
+            Segment::Batch(b) => b.size_hint(),
         })
         .sum();
     let mut out = BytesMut::with_capacity(size);

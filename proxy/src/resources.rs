@@ -27,6 +27,17 @@ pub struct TopicRef<'a> {
     pub span: Range<usize>,
 }
 
+impl<'a> TopicRef<'a> {
+    /// A topic named without partitions, its entry at `span`.
+    pub fn named(name: &'a str, span: Range<usize>) -> Self {
+        TopicRef {
+            name,
+            partitions: vec![],
+            span,
+        }
+    }
+}
+
 /// One topic named by id in a request (share-group apis).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicIdRef {
@@ -175,11 +186,7 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
                 for _ in 0..n {
                     let entry = r.position();
                     let name = r.str("topic name").map_err(wire)?;
-                    t.topics.push(TopicRef {
-                        name,
-                        partitions: vec![],
-                        span: entry..r.position(),
-                    });
+                    t.topics.push(TopicRef::named(name, entry..r.position()));
                 }
             }
         }
@@ -278,11 +285,7 @@ pub fn touches(api: ApiKey, version: i16, body: &[u8]) -> Result<Touches<'_>, Re
             for _ in 0..n {
                 let entry = r.position();
                 let name = r.str("topic name").map_err(wire)?;
-                t.topics.push(TopicRef {
-                    name,
-                    partitions: vec![],
-                    span: entry..r.position(),
-                });
+                t.topics.push(TopicRef::named(name, entry..r.position()));
             }
             t.topics_span = Some(start..r.position());
         }
@@ -332,11 +335,7 @@ fn named_topics<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<usize, Wi
         let entry = r.position();
         let name = r.str("topic name")?;
         r.tagged_fields()?;
-        t.topics.push(TopicRef {
-            name,
-            partitions: vec![],
-            span: entry..r.position(),
-        });
+        t.topics.push(TopicRef::named(name, entry..r.position()));
     }
     t.topics_span = Some(start..r.position());
     Ok(n)
@@ -575,11 +574,7 @@ fn create_partitions<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), 
             }
         }
         r.tagged_fields()?;
-        t.topics.push(TopicRef {
-            name,
-            partitions: vec![],
-            span: entry..r.position(),
-        });
+        t.topics.push(TopicRef::named(name, entry..r.position()));
     }
     t.topics_span = Some(start..r.position());
     Ok(())
@@ -643,11 +638,7 @@ fn metadata<'a>(r: &mut Reader<'a>, version: i16, t: &mut Touches<'a>) -> Result
                 };
                 r.tagged_fields()?;
                 match name {
-                    Some(name) => t.topics.push(TopicRef {
-                        name,
-                        partitions: vec![],
-                        span: entry..r.position(),
-                    }),
+                    Some(name) => t.topics.push(TopicRef::named(name, entry..r.position())),
                     None => t.topics_by_id = true,
                 }
             }
@@ -742,11 +733,7 @@ fn create_topics<'a>(r: &mut Reader<'a>, t: &mut Touches<'a>) -> Result<(), Wire
             r.tagged_fields()?;
         }
         r.tagged_fields()?;
-        t.topics.push(TopicRef {
-            name,
-            partitions: vec![],
-            span: entry..r.position(),
-        });
+        t.topics.push(TopicRef::named(name, entry..r.position()));
     }
     t.topics_span = Some(start..r.position());
     Ok(())
