@@ -487,6 +487,44 @@ impl KeyManager {
         Ok(dek)
     }
 
+    /// As [`Self::decryption_key`] when the answer is in memory already
+    /// (a cached DEK, or a subject known to be shredded); `None` when it
+    /// needs the KMS or the subject store. Never waits, so a reveal can ask
+    /// it for every new key it meets without leaving its thread.
+    pub fn cached_decryption_key(
+        &self,
+        key_ref: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Option<Result<Arc<Dek>, KeyError>> {
+        match key_ref {
+            KeyRef::Wrapped(wrapped) => {
+                let (ctx, dek) = self
+                    .decrypt_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(wrapped)?;
+                // As in `decryption_key`: under another context the KMS decides.
+                (ctx == *context).then(|| {
+                    bump(&self.stats.hits);
+                    Ok(dek)
+                })
+            }
+            KeyRef::Subject { token, version } => {
+                self.subjects.as_ref()?;
+                let cached = self
+                    .subject_cache
+                    .lock()
+                    .by_version
+                    .get(&(*token, *version))?;
+                bump(&self.stats.hits);
+                Some(match cached {
+                    CachedSubject::Key(dek) => Ok(dek),
+                    CachedSubject::Erased => Err(KeyError::Erased { version: *version }),
+                })
+            }
+        }
+    }
+
     fn store(&self) -> Result<&Arc<dyn SubjectKeys>, KeyError> {
         self.subjects.as_ref().ok_or(KeyError::NoSubjectStore)
     }

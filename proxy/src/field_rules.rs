@@ -17,7 +17,8 @@ use bytes::Bytes;
 use custos_crypto::envelope::{self, Binding};
 use custos_crypto::json_fields::{self, FieldPath};
 use custos_crypto::key_ref::KeyRef;
-use custos_crypto::keys::Dek;
+use custos_crypto::keys::{Dek, KeyError, KeyManager};
+use custos_crypto::kms::KmsError;
 use custos_crypto::mask::{self, Mask};
 use custos_crypto::SubjectTokenizer;
 use serde::Deserialize;
@@ -842,6 +843,24 @@ pub enum KeyLookup {
     Unavailable(String),
 }
 
+impl KeyLookup {
+    /// What a key manager's answer means for the reveal step.
+    pub fn from_key(found: Result<Arc<Dek>, KeyError>) -> Self {
+        match found {
+            Ok(k) => Self::Key(k),
+            // A destroyed KEK version erased everything under it, as a
+            // shredding erases one subject.
+            Err(KeyError::Erased { .. } | KeyError::Kms(KmsError::Destroyed { .. })) => {
+                Self::Erased
+            }
+            // Bound to another topic or tampered: a retriable error would
+            // stall the partition for good.
+            Err(KeyError::Kms(KmsError::Rejected(_))) => Self::Undecryptable,
+            Err(e) => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
 /// Adds the key references of every envelope in the parts `rule` protects.
 pub fn key_refs(rule: &Rule, rec: &crate::record_batch::Record, out: &mut HashSet<KeyRef>) {
     let mut add = |b: &[u8]| {
@@ -944,6 +963,21 @@ impl KeyTable {
         }
     }
 
+    /// Whether nothing was looked up.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds `other`'s lookups of references this table does not have.
+    pub fn absorb(&mut self, other: KeyTable) {
+        for (bytes, key_ref, found) in other.entries {
+            if !self.index.contains_key(&bytes) {
+                self.index.insert(bytes.clone(), self.entries.len());
+                self.entries.push((bytes, key_ref, found));
+            }
+        }
+    }
+
     /// Every key reference looked up.
     pub fn key_refs(&self) -> impl Iterator<Item = &KeyRef> {
         self.entries.iter().map(|(_, k, _)| k)
@@ -970,6 +1004,11 @@ pub struct Reader<'k> {
     pub keys: &'k KeyTable,
     /// Key of `token` masks, when configured.
     pub tokenizer: Option<&'k SubjectTokenizer>,
+    /// Asked for a key `keys` lacks: one it holds in memory is used at once
+    /// (and kept in [`RevealBuffers::found`]), so a pass only stops for keys
+    /// that need the KMS. Without it, every missing key is
+    /// [`RevealError::Unresolved`].
+    pub in_memory: Option<&'k KeyManager>,
 }
 
 /// Buffers [`reveal_record`] reuses from one record to the next.
@@ -978,6 +1017,19 @@ pub struct RevealBuffers {
     located: Vec<json_fields::Located>,
     envelope: Vec<u8>,
     reps: Vec<(Range<usize>, Range<usize>)>,
+    found: KeyTable,
+}
+
+impl RevealBuffers {
+    /// The keys taken from [`Reader::in_memory`] so far.
+    pub fn found(&self) -> &KeyTable {
+        &self.found
+    }
+
+    /// Takes the keys taken from [`Reader::in_memory`], for the caller's table.
+    pub fn take_found(&mut self) -> KeyTable {
+        std::mem::take(&mut self.found)
+    }
 }
 
 /// Replaces every protected part of `rec` by its plaintext or its mask,
@@ -996,18 +1048,31 @@ pub fn reveal_record(
         access,
         keys,
         tokenizer,
+        in_memory,
     } = *reader;
+    let RevealBuffers {
+        located,
+        envelope,
+        reps,
+        found,
+    } = bufs;
+    let mut keys = Keys {
+        table: keys,
+        found,
+        in_memory,
+        topic,
+    };
     let mut changed = false;
     // One opaque part: the plaintext, its mask, or a placeholder, written
     // to the scratch buffer; `None` when it stays as it is.
-    let reveal_bytes = |field: &str,
-                        b: &[u8],
-                        scratch: &mut Vec<u8>|
+    let mut reveal_bytes = |field: &str,
+                            b: &[u8],
+                            scratch: &mut Vec<u8>|
      -> Result<Option<Field<'static>>, RevealError> {
         let start = scratch.len();
         let new = |scratch: &Vec<u8>| Some(Field::New(start..scratch.len()));
         if envelope::is_envelope(b) {
-            match open(topic, field, b, keys, scratch)? {
+            match open(topic, field, b, &mut keys, scratch)? {
                 Opened::Plain => {}
                 Opened::Erased => {
                     scratch.extend_from_slice(mask::ERASED_BYTES);
@@ -1073,11 +1138,6 @@ pub fn reveal_record(
     if rule.paths.is_empty() {
         return Ok(changed);
     }
-    let RevealBuffers {
-        located,
-        envelope,
-        reps,
-    } = bufs;
     // A reader who sees plaintext only needs the ciphertext: the walk ends
     // at the last one (most often early in the document), and a value with
     // none is not walked at all. A masked reader needs every selected value.
@@ -1115,7 +1175,7 @@ pub fn reveal_record(
         let field = &rule.path_bindings[l.path];
         let start = scratch.len();
         match json_fields::decode_ciphertext_into(raw, envelope) {
-            true => match open(topic, field, envelope, keys, scratch)? {
+            true => match open(topic, field, envelope, &mut keys, scratch)? {
                 Opened::Plain => {
                     if access == Access::Masked {
                         let m = rule
@@ -1163,20 +1223,63 @@ enum Opened {
     Bad,
 }
 
+/// Where [`open`] finds data keys: the caller's table, then the ones this
+/// pass took from memory, then the key manager's memory.
+struct Keys<'a> {
+    table: &'a KeyTable,
+    found: &'a mut KeyTable,
+    in_memory: Option<&'a KeyManager>,
+    topic: &'a str,
+}
+
+impl Keys<'_> {
+    /// The lookup for `env`'s key, or [`RevealError::Unresolved`] when it
+    /// needs the KMS.
+    fn get(&mut self, env: &envelope::Envelope<'_>) -> Result<&KeyLookup, RevealError> {
+        let bytes = env.key_ref_bytes();
+        if let Some(found) = self.table.get(bytes) {
+            return Ok(found);
+        }
+        if self.found.get(bytes).is_none() {
+            let key_ref = env.key_ref();
+            let cached = self.in_memory.and_then(|m| {
+                m.cached_decryption_key(&key_ref, &dek_context(self.topic))
+                    .map(KeyLookup::from_key)
+            });
+            let unresolved = Unresolved {
+                key_ref,
+                bytes: bytes.to_vec(),
+            };
+            match cached {
+                Some(found) => self.found.insert(unresolved, found),
+                // The caller resolves it and runs the batch again.
+                None => return Err(RevealError::Unresolved(Box::new(unresolved))),
+            }
+        }
+        let found: &KeyTable = self.found;
+        found.get(bytes).ok_or_else(|| {
+            RevealError::Unresolved(Box::new(Unresolved {
+                key_ref: env.key_ref(),
+                bytes: bytes.to_vec(),
+            }))
+        })
+    }
+}
+
 /// Opens an envelope, appending its plaintext to `out` (nothing else is
 /// left there).
 fn open(
     topic: &str,
     field: &str,
     b: &[u8],
-    keys: &KeyTable,
+    keys: &mut Keys<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Opened, RevealError> {
     let Ok(env) = envelope::parse(b) else {
         return Ok(Opened::Bad);
     };
-    match keys.get(env.key_ref_bytes()) {
-        Some(KeyLookup::Key(dek)) => {
+    match keys.get(&env)? {
+        KeyLookup::Key(dek) => {
             let Some(key) = dek.prepared() else {
                 return Ok(Opened::Bad);
             };
@@ -1189,14 +1292,9 @@ fn open(
                 }
             }
         }
-        Some(KeyLookup::Erased) => Ok(Opened::Erased),
-        Some(KeyLookup::Undecryptable) => Ok(Opened::Bad),
-        Some(KeyLookup::Unavailable(why)) => Err(RevealError::Unavailable(why.clone())),
-        // The caller resolves it and runs the batch again.
-        None => Err(RevealError::Unresolved(Box::new(Unresolved {
-            key_ref: env.key_ref(),
-            bytes: env.key_ref_bytes().to_vec(),
-        }))),
+        KeyLookup::Erased => Ok(Opened::Erased),
+        KeyLookup::Undecryptable => Ok(Opened::Bad),
+        KeyLookup::Unavailable(why) => Err(RevealError::Unavailable(why.clone())),
     }
 }
 

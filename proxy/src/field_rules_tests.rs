@@ -22,6 +22,20 @@ fn reveal_whole(
     keys: &KeyTable,
     tokenizer: Option<&SubjectTokenizer>,
 ) -> Result<bool, RevealError> {
+    reveal_whole_with(rule, topic, rec, access, keys, tokenizer, None).0
+}
+
+/// [`reveal_whole`] with the key manager's memory at hand; also returns the
+/// keys taken from it.
+fn reveal_whole_with(
+    rule: &Rule,
+    topic: &str,
+    rec: &mut Record,
+    access: Access,
+    keys: &KeyTable,
+    tokenizer: Option<&SubjectTokenizer>,
+    in_memory: Option<&KeyManager>,
+) -> (Result<bool, RevealError>, KeyTable) {
     let before = rec.clone();
     let mut view = before.view();
     let mut scratch = Vec::new();
@@ -29,11 +43,14 @@ fn reveal_whole(
         access,
         keys,
         tokenizer,
+        in_memory,
     };
     let mut bufs = RevealBuffers::default();
-    let changed = reveal_record(rule, topic, &mut view, &mut scratch, &mut bufs, &reader)?;
-    *rec = view.to_record(&scratch);
-    Ok(changed)
+    let changed = reveal_record(rule, topic, &mut view, &mut scratch, &mut bufs, &reader);
+    if changed.is_ok() {
+        *rec = view.to_record(&scratch);
+    }
+    (changed, bufs.take_found())
 }
 
 /// Real keys: a keyring with KEKs `kek` and `other`, a subject store.
@@ -120,11 +137,7 @@ async fn lookups(k: &Keys, rule: &Rule, topic: &str, rec: &Record) -> KeyTable {
     key_refs(rule, rec, &mut refs);
     let mut out = KeyTable::default();
     for r in refs {
-        let found = match k.manager.decryption_key(&r, &dek_context(topic)).await {
-            Ok(d) => KeyLookup::Key(d),
-            Err(KeyError::Erased { .. }) => KeyLookup::Erased,
-            Err(e) => KeyLookup::Unavailable(e.to_string()),
-        };
+        let found = KeyLookup::from_key(k.manager.decryption_key(&r, &dek_context(topic)).await);
         out.insert_ref(r, found);
     }
     out
@@ -850,6 +863,115 @@ async fn a_key_that_cannot_be_had_fails_the_reveal_rather_than_showing_ciphertex
         None
     )
     .is_err());
+}
+
+#[tokio::test]
+async fn keys_in_memory_are_used_at_once_and_handed_back_others_wait_for_the_kms() {
+    let k = keys();
+    let set = compile(&format!("{WHOLE}{PROFILES}"));
+    let whole = set.for_topic("t.a").expect("rule");
+    let original = record(Some(b"key"), Some(b"secret"), &[("pii", Some(b"hv"))]);
+    let mut sealed = original.clone();
+    seal(&k, whole, "t.a", &mut sealed).await.expect("seal");
+    let none = KeyTable::default();
+    // Sealing left the data key in memory: one pass reveals it, and the
+    // key comes back for the caller's table (audit names it).
+    let mut r = sealed.clone();
+    let (changed, found) = reveal_whole_with(
+        whole,
+        "t.a",
+        &mut r,
+        Access::Plaintext,
+        &none,
+        None,
+        Some(&k.manager),
+    );
+    assert!(changed.expect("revealed"));
+    assert_eq!(r, original);
+    assert_eq!(found.key_refs().count(), 1);
+    let mut refs = HashSet::new();
+    key_refs(whole, &sealed, &mut refs);
+    assert!(found.key_refs().all(|r| refs.contains(r)));
+    // Under another topic the memory does not answer: the KMS decides.
+    let mut r = sealed.clone();
+    let (changed, found) = reveal_whole_with(
+        whole,
+        "t.b",
+        &mut r,
+        Access::Plaintext,
+        &none,
+        None,
+        Some(&k.manager),
+    );
+    assert!(matches!(changed, Err(RevealError::Unresolved(_))));
+    assert!(found.is_empty());
+    // A key manager that has not unwrapped the key yet does not answer.
+    let fresh = KeyManager::new(
+        Arc::new(
+            LocalKeyring::open(
+                &k.dir.path().join("keyring.json"),
+                MasterKey::from_bytes([3; 32]),
+            )
+            .expect("keyring"),
+        ),
+        Rotation::default(),
+        None,
+    )
+    .expect("manager");
+    let mut r = sealed.clone();
+    let (changed, _) = reveal_whole_with(
+        whole,
+        "t.a",
+        &mut r,
+        Access::Plaintext,
+        &none,
+        None,
+        Some(&fresh),
+    );
+    assert!(matches!(changed, Err(RevealError::Unresolved(_))));
+
+    // A subject's key: in memory until shredded, then not; once the store
+    // has said "erased", memory answers that too.
+    let profiles = set.for_topic("p.a").expect("rule");
+    let ann = "{\"user\":{\"id\":\"u-1\"},\"name\":\"Ann\",\"phone\":\"555\"}";
+    let mut sa = record(None, Some(ann.as_bytes()), &[]);
+    seal(&k, profiles, "p.a", &mut sa).await.expect("seal");
+    let mut refs = HashSet::new();
+    key_refs(profiles, &sa, &mut refs);
+    for r in &refs {
+        k.manager
+            .decryption_key(r, &dek_context("p.a"))
+            .await
+            .expect("subject key");
+    }
+    let reveal_ann = || {
+        let mut r = sa.clone();
+        let (changed, _) = reveal_whole_with(
+            profiles,
+            "p.a",
+            &mut r,
+            Access::Plaintext,
+            &none,
+            None,
+            Some(&k.manager),
+        );
+        changed.map(|_| value_str(&r))
+    };
+    assert_eq!(reveal_ann().expect("in memory"), ann);
+    k.store.shred(b"u-1").expect("shred");
+    assert!(matches!(reveal_ann(), Err(RevealError::Unresolved(_))));
+    for r in &refs {
+        let e = k
+            .manager
+            .decryption_key(r, &dek_context("p.a"))
+            .await
+            .expect_err("shredded");
+        assert!(matches!(e, KeyError::Erased { .. }), "{e:?}");
+    }
+    assert_eq!(
+        reveal_ann().expect("erased, from memory"),
+        "{\"user\":{\"id\":\"u-1\"},\"name\":\"custos:erased\",\"phone\":\"custos:erased\"}"
+    );
 }
 
 const PROFILES: &str = "- name: profiles\n  topics: {prefix: \"p.\"}\n  kek: kek\n  json_fields: [\"$.name\", \"$.phone\"]\n  subject: {json_field: \"$.user.id\"}\n  mask: token\n";

@@ -14,8 +14,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use custos_crypto::key_ref::KeyRef;
-use custos_crypto::keys::KeyError;
-use custos_crypto::kms::KmsError;
 use custos_policy::{Action, Authorizer, RequestContext, Resource};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 
@@ -155,21 +153,11 @@ impl Decrypt {
 
     async fn resolve(&self, r: &KeyRef, topic: &str) -> KeyLookup {
         let ctx = field_rules::dek_context(topic);
-        match self.protection.keys.decryption_key(r, &ctx).await {
-            Ok(k) => KeyLookup::Key(k),
-            // A destroyed KEK version erased everything under it, as a
-            // shredding erases one subject.
-            Err(KeyError::Erased { .. } | KeyError::Kms(KmsError::Destroyed { .. })) => {
-                KeyLookup::Erased
-            }
-            // Bound to another topic or tampered: a retriable error
-            // would stall the partition for good.
-            Err(KeyError::Kms(KmsError::Rejected(_))) => KeyLookup::Undecryptable,
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "data key unavailable; partition answered with a retriable error");
-                KeyLookup::Unavailable(e.to_string())
-            }
+        let found = KeyLookup::from_key(self.protection.keys.decryption_key(r, &ctx).await);
+        if let KeyLookup::Unavailable(why) = &found {
+            tracing::warn!(topic, error = %why, "data key unavailable; partition answered with a retriable error");
         }
+        found
     }
 }
 
@@ -207,18 +195,35 @@ impl Stage for Decrypt {
             return Ok(None);
         };
         let access = self.access(session, topic, rule);
-        let piece = Piece {
-            seq: 0,
-            replacement: 0,
-            topic: topic.to_string(),
-            access,
-            records: part.records.clone(),
+        // A large partition is cut at batch boundaries, one piece per core:
+        // a consumer that has drained one partition often fetches it alone,
+        // and waits for this answer.
+        let lanes = if part.records.len() >= PARALLEL_MIN {
+            self.lanes
+        } else {
+            1
         };
+        let pieces: Vec<Piece> = record_batch::split_batches(&part.records, lanes)
+            .into_iter()
+            .enumerate()
+            .map(|(seq, records)| Piece {
+                seq,
+                replacement: 0,
+                topic: topic.to_string(),
+                access,
+                records,
+            })
+            .collect();
         // The session's task keeps reading and writing the answer meanwhile.
-        let (mut outcomes, keys) = self.reveal_all(vec![piece], Placement::Away).await;
-        let Some((_, outcome)) = outcomes.pop() else {
-            return Ok(None);
-        };
+        let (outcomes, keys) = self.reveal_all(pieces, Placement::Away).await;
+        let outcome = outcomes.into_iter().try_fold(
+            (Vec::new(), 0u64),
+            |(mut records, total), (_, outcome)| {
+                let (r, n) = outcome?;
+                records.push(r);
+                Ok::<_, String>((records, total + n))
+            },
+        );
         crate::protection::note_keys(
             &answer.audit,
             custos_audit::EventKind::Fetch,
@@ -233,7 +238,7 @@ impl Stage for Decrypt {
                 self.metrics
                     .decrypted_records(n, access == Access::Plaintext);
                 PartitionEdit {
-                    records: Some(vec![records]),
+                    records: Some(records),
                     error_code: None,
                 }
             }
@@ -527,21 +532,26 @@ enum PassError {
     Withhold(String),
 }
 
-/// One pass over a piece with the keys known so far. Keys not looked up yet
-/// are collected (the pass goes on, its output discarded), so one lookup
-/// round and one more pass suffice however many keys a piece names.
-fn reveal_piece(
-    protection: &Protection,
-    piece: &Piece,
-    keys: &KeyTable,
-) -> Result<(Bytes, u64), PassError> {
+/// A pass's outcome, and the keys it took from the key manager's memory.
+type Pass = (Result<(Bytes, u64), PassError>, KeyTable);
+
+/// One pass over a piece with the keys known so far, plus those the key
+/// manager holds in memory (taken without waiting, so a pass only stops
+/// for keys the KMS must unwrap). Keys that need the KMS are collected (the
+/// pass goes on, its output discarded), so one lookup round and one more
+/// pass suffice however many keys a piece names.
+fn reveal_piece(protection: &Protection, piece: &Piece, keys: &KeyTable) -> Pass {
     let Some(rule) = protection.rules.for_topic(&piece.topic) else {
-        return Err(PassError::Withhold("no rule".into()));
+        return (
+            Err(PassError::Withhold("no rule".into())),
+            KeyTable::default(),
+        );
     };
     let reader = field_rules::Reader {
         access: piece.access,
         keys,
         tokenizer: protection.tokenizer.as_ref(),
+        in_memory: Some(&protection.keys),
     };
     let mut bufs = field_rules::RevealBuffers::default();
     let mut out = BytesMut::with_capacity(piece.records.len());
@@ -563,17 +573,17 @@ fn reveal_piece(
         &mut out,
         &mut edit,
     );
-    if !missing.is_empty() {
-        return Err(PassError::Missing(missing));
-    }
-    match result {
+    let found = bufs.take_found();
+    let outcome = match result {
+        _ if !missing.is_empty() => Err(PassError::Missing(missing)),
         Ok(n) => Ok((out.freeze(), n)),
         Err(RewriteError::Edit(e)) => Err(PassError::Withhold(e.to_string())),
         // Bytes Custos cannot read may hold anything: nothing leaves.
         Err(RewriteError::Batch(e)) => Err(PassError::Withhold(format!(
             "record batch cannot be read: {e}"
         ))),
-    }
+    };
+    (outcome, found)
 }
 
 impl Decrypt {
@@ -596,7 +606,10 @@ impl Decrypt {
             let passes = self.run_passes(pending, &keys, placement).await;
             let mut retry = Vec::new();
             let mut lookups = Vec::new();
-            for (piece, pass) in passes {
+            for (piece, (pass, found)) in passes {
+                if !found.is_empty() {
+                    Arc::make_mut(&mut keys).absorb(found);
+                }
                 match pass {
                     Ok(v) => done.push((piece, Ok(v))),
                     Err(PassError::Withhold(why)) => done.push((piece, Err(why))),
@@ -633,7 +646,7 @@ impl Decrypt {
         pieces: Vec<Piece>,
         keys: &Arc<KeyTable>,
         placement: Placement,
-    ) -> Vec<(Piece, Result<(Bytes, u64), PassError>)> {
+    ) -> Vec<(Piece, Pass)> {
         if placement == Placement::Here || (placement == Placement::Spread && pieces.len() < 2) {
             return pieces
                 .into_iter()
@@ -701,7 +714,10 @@ impl Decrypt {
                     out.extend(shells.into_iter().map(|shell| {
                         (
                             shell,
-                            Err(PassError::Withhold("decrypt task failed".into())),
+                            (
+                                Err(PassError::Withhold("decrypt task failed".into())),
+                                KeyTable::default(),
+                            ),
                         )
                     }));
                 }
