@@ -477,6 +477,11 @@ impl Envelope<'_> {
         self.key_ref
     }
 
+    /// Length of the header (everything up to the end of the key reference).
+    pub fn header_len(&self) -> usize {
+        self.header.len()
+    }
+
     /// The AEAD algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm

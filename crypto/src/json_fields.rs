@@ -977,6 +977,100 @@ pub fn decode_ciphertext_into(json_value: &[u8], out: &mut Vec<u8>) -> bool {
     STANDARD_NO_PAD.decode_vec(b64, out).is_ok()
 }
 
+/// The base64 of an envelope header's whole 3-byte groups, kept with the
+/// bytes it stands for. Envelopes sealed under one data key share their
+/// header (the key reference: most of a JSON field's envelope), so a run of
+/// ciphertext literals repeats that text; [`CiphertextDecoder`] and
+/// [`CiphertextEncoder`] compare it instead of decoding or encoding it again.
+/// Groups are whole, so the rest of the literal is base64 of its own.
+#[derive(Debug, Default)]
+struct Opening {
+    text: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+impl Opening {
+    /// Remembers `envelope`'s header (as [`crate::envelope::parse`] reads
+    /// it) and the base64 text it begins with.
+    fn remember(&mut self, envelope: &[u8], text: &[u8]) {
+        self.text.clear();
+        self.bytes.clear();
+        let Ok(parsed) = crate::envelope::parse(envelope) else {
+            return;
+        };
+        let groups = parsed.header_len() / 3;
+        if let (Some(t), Some(b)) = (text.get(..groups * 4), envelope.get(..groups * 3)) {
+            self.text.extend_from_slice(t);
+            self.bytes.extend_from_slice(b);
+        }
+    }
+}
+
+/// [`decode_ciphertext_into`] for a run of literals, decoding the header
+/// they share once.
+#[derive(Debug, Default)]
+pub struct CiphertextDecoder {
+    opening: Opening,
+}
+
+impl CiphertextDecoder {
+    /// As [`decode_ciphertext_into`]: the same bytes, the same answer.
+    pub fn decode_into(&mut self, json_value: &[u8], out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some(b64) = json_value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .and_then(|v| v.strip_prefix(CIPHERTEXT_PREFIX.as_bytes()))
+        else {
+            return false;
+        };
+        let known = &self.opening.text;
+        if !known.is_empty() && b64.len() > known.len() && b64.starts_with(known) {
+            out.extend_from_slice(&self.opening.bytes);
+            return STANDARD_NO_PAD.decode_vec(&b64[known.len()..], out).is_ok();
+        }
+        if STANDARD_NO_PAD.decode_vec(b64, out).is_err() {
+            return false;
+        }
+        self.opening.remember(out, b64);
+        true
+    }
+}
+
+/// [`encode_ciphertext_into`] for a run of envelopes, encoding the header
+/// they share once.
+#[derive(Debug, Default)]
+pub struct CiphertextEncoder {
+    opening: Opening,
+}
+
+impl CiphertextEncoder {
+    /// As [`encode_ciphertext_into`]: the same text.
+    pub fn encode_into(&mut self, envelope: &[u8], out: &mut Vec<u8>) {
+        let known = &self.opening.bytes;
+        if known.is_empty() || envelope.len() <= known.len() || !envelope.starts_with(known) {
+            let start = out.len();
+            encode_ciphertext_into(envelope, out);
+            let b64 = start + 1 + CIPHERTEXT_PREFIX.len()..out.len() - 1;
+            self.opening.remember(envelope, &out[b64]);
+            return;
+        }
+        let start = out.len();
+        out.resize(start + ciphertext_json_len(envelope.len()), b'"');
+        let prefix_end = start + 1 + CIPHERTEXT_PREFIX.len();
+        out[start + 1..prefix_end].copy_from_slice(CIPHERTEXT_PREFIX.as_bytes());
+        let text_end = prefix_end + self.opening.text.len();
+        out[prefix_end..text_end].copy_from_slice(&self.opening.text);
+        let rest = &envelope[known.len()..];
+        let b64_len = (rest.len() * 4).div_ceil(3);
+        let written = STANDARD_NO_PAD
+            .encode_slice(rest, &mut out[text_end..text_end + b64_len])
+            .unwrap_or(0);
+        // The slice is exactly the unpadded length, so the encoder fills it.
+        debug_assert_eq!(written, b64_len);
+    }
+}
+
 /// The text of a JSON string literal (quotes included in `raw`), unescaped;
 /// `None` when `raw` is not exactly one valid JSON string.
 pub fn json_string_value(raw: &[u8]) -> Option<Cow<'_, str>> {
@@ -1528,6 +1622,96 @@ mod tests {
     #[should_panic(expected = "sorted and disjoint")]
     fn splice_refuses_overlapping_ranges() {
         splice(b"abcdef", &[(1..4, b"x"), (3..5, b"y")]);
+    }
+
+    #[test]
+    fn the_run_coders_give_what_the_plain_ones_give() {
+        use crate::envelope::{seal, Algorithm, Binding};
+        use crate::key_ref::KeyRef;
+        use crate::kms::WrappedKey;
+        // Header lengths of every residue mod 3 (KEK ids of 7, 8 and 9
+        // bytes), a subject key, the same key again, and one more time
+        // after another key came between.
+        let wrapped = |id: &str, blob: u8| {
+            KeyRef::Wrapped(WrappedKey {
+                kek_id: id.into(),
+                kek_version: 3,
+                blob: vec![blob; 60],
+            })
+        };
+        let keys = [
+            wrapped("kek-abc", 1),
+            wrapped("kek-abc", 1),
+            wrapped("kek-abcd", 2),
+            wrapped("kek-abcde", 3),
+            KeyRef::Subject {
+                token: [7; 32],
+                version: 2,
+            },
+            wrapped("kek-abc", 1),
+            wrapped("kek-abc", 4),
+            wrapped("kek-abc", 1),
+        ];
+        let binding = Binding {
+            topic: "t",
+            field: "json:$.a",
+        };
+        let mut envelopes = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            for plaintext in [&b""[..], b"x", b"xy", b"xyz", &[b'p'; 40][..i + 1]] {
+                let mut env = Vec::new();
+                seal(
+                    Algorithm::Aes256Gcm,
+                    &[5; 32],
+                    k,
+                    &binding,
+                    plaintext,
+                    &mut env,
+                )
+                .expect("seal");
+                envelopes.push(env);
+            }
+        }
+        // Not envelopes at all, between real ones.
+        envelopes.insert(3, b"not an envelope".to_vec());
+        envelopes.insert(9, Vec::new());
+        let (mut enc, mut dec) = (CiphertextEncoder::default(), CiphertextDecoder::default());
+        let mut hits = 0;
+        for env in &envelopes {
+            let plain = encode_ciphertext(env);
+            let mut run = b"[".to_vec();
+            enc.encode_into(env, &mut run);
+            assert_eq!(&run[1..], &plain[..], "encoded {env:?}");
+            hits += usize::from(
+                !enc.opening.text.is_empty() && plain[11..].starts_with(&enc.opening.text),
+            );
+            let mut out = vec![9; 3];
+            assert!(dec.decode_into(&plain, &mut out));
+            assert_eq!(&out, env);
+            // A literal whose shared opening is intact but whose rest is
+            // corrupt, or which is not ciphertext, fails as the plain one does.
+            let mut bad = plain.clone();
+            let last = bad.len() - 2;
+            bad[last] = b'=';
+            assert_eq!(
+                dec.decode_into(&bad, &mut out),
+                decode_ciphertext(&bad).is_some()
+            );
+            assert!(!dec.decode_into(br#""hello""#, &mut out));
+            // A changed opening is decoded afresh, not taken from memory.
+            if plain.len() > 20 {
+                let mut other = plain.clone();
+                other[12] = if other[12] == b'A' { b'B' } else { b'A' };
+                let want = decode_ciphertext(&other);
+                assert_eq!(dec.decode_into(&other, &mut out), want.is_some());
+                if let Some(w) = want {
+                    assert_eq!(out, w);
+                }
+                assert!(dec.decode_into(&plain, &mut out));
+                assert_eq!(&out, env);
+            }
+        }
+        assert!(hits > envelopes.len() / 2, "{hits}");
     }
 
     #[test]

@@ -735,6 +735,7 @@ pub fn seal_record(
 pub struct SealBuffers {
     found: Vec<json_fields::Located>,
     envelope: Vec<u8>,
+    encoder: json_fields::CiphertextEncoder,
 }
 
 /// [`seal_record`] with buffers kept across the records of a batch.
@@ -809,7 +810,7 @@ pub fn seal_record_with(
                     &value[l.span.clone()],
                     &mut bufs.envelope,
                 )?;
-                json_fields::encode_ciphertext_into(&bufs.envelope, &mut out);
+                bufs.encoder.encode_into(&bufs.envelope, &mut out);
                 pos = l.span.end;
             }
             out.extend_from_slice(&value[pos..]);
@@ -1018,6 +1019,7 @@ pub struct RevealBuffers {
     envelope: Vec<u8>,
     reps: Vec<(Range<usize>, Range<usize>)>,
     found: KeyTable,
+    decoder: json_fields::CiphertextDecoder,
 }
 
 impl RevealBuffers {
@@ -1055,6 +1057,7 @@ pub fn reveal_record(
         envelope,
         reps,
         found,
+        decoder,
     } = bufs;
     let mut keys = Keys {
         table: keys,
@@ -1174,7 +1177,7 @@ pub fn reveal_record(
         let raw = &value[l.span.clone()];
         let field = &rule.path_bindings[l.path];
         let start = scratch.len();
-        match json_fields::decode_ciphertext_into(raw, envelope) {
+        match decoder.decode_into(raw, envelope) {
             true => match open(topic, field, envelope, &mut keys, scratch)? {
                 Opened::Plain => {
                     if access == Access::Masked {
