@@ -37,7 +37,8 @@ pub const DEFAULT_REDACTION: &str = "***";
 pub enum Mask {
     /// A fixed text in place of the value ([`DEFAULT_REDACTION`] by default).
     Redact(String),
-    /// The last N characters (Unicode scalar values) kept, each other one shown as `*`.
+    /// The last N characters (Unicode scalar values) kept, each other one
+    /// shown as `*`; at most half of a value's characters are kept.
     KeepLast(usize),
     /// A keyed-hash token of the value (lowercase hex HMAC-SHA-256): equal
     /// values give equal tokens, so masked data stays joinable.
@@ -65,10 +66,12 @@ impl fmt::Debug for Mask {
     }
 }
 
-/// Keeps the last `n` characters of `s`, replacing the others with `*`.
+/// Keeps the last `n` characters of `s`, replacing the others with `*`, but
+/// never more than half of them: a value of `n` characters or fewer would
+/// otherwise be shown whole (a short secret, unmasked).
 fn keep_last(s: &str, n: usize) -> String {
     let total = s.chars().count();
-    let hidden = total.saturating_sub(n);
+    let hidden = total - n.min(total / 2);
     let mut out = String::with_capacity(s.len());
     out.extend(std::iter::repeat_n('*', hidden));
     out.extend(s.chars().skip(hidden));
@@ -218,29 +221,46 @@ mod tests {
             m.mask_json_value(br#""4111-1111-1111-1234""#, None),
             br#""***************1234""#
         );
-        // Unicode: 7 chars, 3 hidden; multi-byte chars kept whole.
+        // Unicode: 9 chars, 5 hidden; multi-byte chars kept whole.
         assert_eq!(
-            m.mask_json_value("\"Zoë Ünï\"".as_bytes(), None),
-            "\"*** Ünï\"".as_bytes()
+            m.mask_json_value("\"Zoë Ünïon\"".as_bytes(), None),
+            "\"*****nïon\"".as_bytes()
         );
         assert_eq!(
-            m.mask_bytes("Zoë Ünï".as_bytes(), None),
-            Some("*** Ünï".as_bytes().to_vec())
+            m.mask_bytes("Zoë Ünïon".as_bytes(), None),
+            Some("*****nïon".as_bytes().to_vec())
         );
         // Escapes are unescaped before counting: \u00fc is one char.
         assert_eq!(
-            m.mask_json_value(br#""ab\u00fcde""#, None),
-            "\"*büde\"".as_bytes()
+            m.mask_json_value(br#""xyzab\u00fcde""#, None),
+            "\"****büde\"".as_bytes()
         );
-        // Shorter than N: nothing hidden; N = 0: everything hidden.
-        assert_eq!(m.mask_json_value(br#""ab""#, None), br#""ab""#);
+        // Short values: at most half is kept, so none is shown whole;
+        // N = 0: everything hidden.
+        for (value, masked) in [
+            (&br#""""#[..], &br#""""#[..]),
+            (br#""a""#, br#""*""#),
+            (br#""ab""#, br#""*b""#),
+            (br#""a@x""#, br#""**x""#),
+            (br#""abcd""#, br#""**cd""#),
+            (br#""abcdefg""#, br#""****efg""#),
+            (br#""abcdefgh""#, br#""****efgh""#),
+        ] {
+            assert_eq!(
+                m.mask_json_value(value, None),
+                masked,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        assert_eq!(m.mask_bytes(b"1234", None), Some(b"**34".to_vec()));
         assert_eq!(
             Mask::KeepLast(0).mask_json_value(br#""abc""#, None),
             br#""***""#
         );
         // Non-string values work on their JSON text.
         assert_eq!(m.mask_json_value(b"123456789", None), br#""*****6789""#);
-        assert_eq!(m.mask_json_value(b"[1,2]", None), br#""*1,2]""#);
+        assert_eq!(m.mask_json_value(b"[1,2]", None), br#""***2]""#);
         // Binary bytes: all hidden.
         assert_eq!(
             m.mask_bytes(&[0xff, 0xfe, 1, 2, 3], None),
