@@ -943,13 +943,21 @@ pub fn ciphertext_json_len(len: usize) -> usize {
 /// As [`encode_ciphertext`], appended to `out`: a caller splicing a document
 /// writes each field's literal in place instead of building it apart.
 pub fn encode_ciphertext_into(envelope: &[u8], out: &mut Vec<u8>) {
+    write_literal(b"", envelope, out);
+}
+
+/// Appends `"custos:v1:<text><base64 of rest>"`, where `text` is base64 of
+/// whole 3-byte groups already encoded (empty for a whole envelope).
+fn write_literal(text: &[u8], rest: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
-    let b64_len = (envelope.len() * 4).div_ceil(3);
-    out.resize(start + ciphertext_json_len(envelope.len()), b'"');
-    let prefix_end = start + 1 + CIPHERTEXT_PREFIX.len();
-    out[start + 1..prefix_end].copy_from_slice(CIPHERTEXT_PREFIX.as_bytes());
+    let b64_len = (rest.len() * 4).div_ceil(3);
+    let text_start = start + 1 + CIPHERTEXT_PREFIX.len();
+    let text_end = text_start + text.len();
+    out.resize(text_end + b64_len + 1, b'"');
+    out[start + 1..text_start].copy_from_slice(CIPHERTEXT_PREFIX.as_bytes());
+    out[text_start..text_end].copy_from_slice(text);
     let written = STANDARD_NO_PAD
-        .encode_slice(envelope, &mut out[prefix_end..prefix_end + b64_len])
+        .encode_slice(rest, &mut out[text_end..text_end + b64_len])
         .unwrap_or(0);
     // The slice is exactly the unpadded length, so the encoder fills it.
     debug_assert_eq!(written, b64_len);
@@ -967,14 +975,16 @@ pub fn decode_ciphertext(json_value: &[u8]) -> Option<Vec<u8>> {
 /// reuse one buffer across fields; `false` when it is not ciphertext.
 pub fn decode_ciphertext_into(json_value: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
-    let Some(b64) = json_value
+    ciphertext_base64(json_value).is_some_and(|b64| STANDARD_NO_PAD.decode_vec(b64, out).is_ok())
+}
+
+/// The base64 between `"custos:v1:` and the closing quote of a ciphertext
+/// literal; `None` when `json_value` is not shaped like one.
+fn ciphertext_base64(json_value: &[u8]) -> Option<&[u8]> {
+    json_value
         .strip_prefix(b"\"")
         .and_then(|v| v.strip_suffix(b"\""))
         .and_then(|v| v.strip_prefix(CIPHERTEXT_PREFIX.as_bytes()))
-    else {
-        return false;
-    };
-    STANDARD_NO_PAD.decode_vec(b64, out).is_ok()
 }
 
 /// The base64 of an envelope header's whole 3-byte groups, kept with the
@@ -1017,11 +1027,7 @@ impl CiphertextDecoder {
     /// As [`decode_ciphertext_into`]: the same bytes, the same answer.
     pub fn decode_into(&mut self, json_value: &[u8], out: &mut Vec<u8>) -> bool {
         out.clear();
-        let Some(b64) = json_value
-            .strip_prefix(b"\"")
-            .and_then(|v| v.strip_suffix(b"\""))
-            .and_then(|v| v.strip_prefix(CIPHERTEXT_PREFIX.as_bytes()))
-        else {
+        let Some(b64) = ciphertext_base64(json_value) else {
             return false;
         };
         let known = &self.opening.text;
@@ -1055,19 +1061,7 @@ impl CiphertextEncoder {
             self.opening.remember(envelope, &out[b64]);
             return;
         }
-        let start = out.len();
-        out.resize(start + ciphertext_json_len(envelope.len()), b'"');
-        let prefix_end = start + 1 + CIPHERTEXT_PREFIX.len();
-        out[start + 1..prefix_end].copy_from_slice(CIPHERTEXT_PREFIX.as_bytes());
-        let text_end = prefix_end + self.opening.text.len();
-        out[prefix_end..text_end].copy_from_slice(&self.opening.text);
-        let rest = &envelope[known.len()..];
-        let b64_len = (rest.len() * 4).div_ceil(3);
-        let written = STANDARD_NO_PAD
-            .encode_slice(rest, &mut out[text_end..text_end + b64_len])
-            .unwrap_or(0);
-        // The slice is exactly the unpadded length, so the encoder fills it.
-        debug_assert_eq!(written, b64_len);
+        write_literal(&self.opening.text, &envelope[known.len()..], out);
     }
 }
 

@@ -458,24 +458,15 @@ impl KeyManager {
         key_ref: &KeyRef,
         context: &EncryptionContext,
     ) -> Result<Arc<Dek>, KeyError> {
+        if let Some(found) = self.cached_decryption_key(key_ref, context) {
+            return found;
+        }
         let wrapped = match key_ref {
             KeyRef::Wrapped(w) => w,
             KeyRef::Subject { token, version } => {
                 return self.subject_version(token, *version).await
             }
         };
-        let cached = self
-            .decrypt_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(wrapped);
-        // A hit under another context is not served: the KMS decides.
-        if let Some((ctx, dek)) = cached {
-            if ctx == *context {
-                bump(&self.stats.hits);
-                return Ok(dek);
-            }
-        }
         bump(&self.stats.misses);
         let key = self.kms.decrypt_data_key(wrapped, context).await?;
         bump(&self.stats.decrypts);
@@ -534,19 +525,8 @@ impl KeyManager {
         token: &SubjectToken,
         version: u32,
     ) -> Result<Arc<Dek>, KeyError> {
+        // Not in memory (`decryption_key` asked that first).
         let store = self.store()?;
-        let cached = self.subject_cache.lock().by_version.get(&(*token, version));
-        match cached {
-            Some(CachedSubject::Key(dek)) => {
-                bump(&self.stats.hits);
-                return Ok(dek);
-            }
-            Some(CachedSubject::Erased) => {
-                bump(&self.stats.hits);
-                return Err(KeyError::Erased { version });
-            }
-            None => {}
-        }
         bump(&self.stats.misses);
         let generation = self.subject_cache.generation();
         let wrapped = match store.lookup(token, version).await? {

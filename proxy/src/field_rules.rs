@@ -973,8 +973,8 @@ impl KeyTable {
     pub fn absorb(&mut self, other: KeyTable) {
         for (bytes, key_ref, found) in other.entries {
             if !self.index.contains_key(&bytes) {
-                self.index.insert(bytes.clone(), self.entries.len());
-                self.entries.push((bytes, key_ref, found));
+                let bytes = bytes.into_vec();
+                self.insert(Unresolved { key_ref, bytes }, found);
             }
         }
     }
@@ -1006,7 +1006,7 @@ pub struct Reader<'k> {
     /// Key of `token` masks, when configured.
     pub tokenizer: Option<&'k SubjectTokenizer>,
     /// Asked for a key `keys` lacks: one it holds in memory is used at once
-    /// (and kept in [`RevealBuffers::found`]), so a pass only stops for keys
+    /// (and handed back by [`RevealBuffers::take_found`]), so a pass only stops for keys
     /// that need the KMS. Without it, every missing key is
     /// [`RevealError::Unresolved`].
     pub in_memory: Option<&'k KeyManager>,
@@ -1023,11 +1023,6 @@ pub struct RevealBuffers {
 }
 
 impl RevealBuffers {
-    /// The keys taken from [`Reader::in_memory`] so far.
-    pub fn found(&self) -> &KeyTable {
-        &self.found
-    }
-
     /// Takes the keys taken from [`Reader::in_memory`], for the caller's table.
     pub fn take_found(&mut self) -> KeyTable {
         std::mem::take(&mut self.found)

@@ -873,36 +873,32 @@ async fn keys_in_memory_are_used_at_once_and_handed_back_others_wait_for_the_kms
     let original = record(Some(b"key"), Some(b"secret"), &[("pii", Some(b"hv"))]);
     let mut sealed = original.clone();
     seal(&k, whole, "t.a", &mut sealed).await.expect("seal");
-    let none = KeyTable::default();
+    // One plaintext pass, with no keys known and `memory` at hand.
+    let one_pass = |rule: &Rule, topic: &str, rec: &Record, memory: &KeyManager| {
+        let mut r = rec.clone();
+        let (changed, found) = reveal_whole_with(
+            rule,
+            topic,
+            &mut r,
+            Access::Plaintext,
+            &KeyTable::default(),
+            None,
+            Some(memory),
+        );
+        (changed.map(|c| (c, r)), found)
+    };
     // Sealing left the data key in memory: one pass reveals it, and the
     // key comes back for the caller's table (audit names it).
-    let mut r = sealed.clone();
-    let (changed, found) = reveal_whole_with(
-        whole,
-        "t.a",
-        &mut r,
-        Access::Plaintext,
-        &none,
-        None,
-        Some(&k.manager),
-    );
-    assert!(changed.expect("revealed"));
+    let (changed, found) = one_pass(whole, "t.a", &sealed, &k.manager);
+    let (changed, r) = changed.expect("revealed");
+    assert!(changed);
     assert_eq!(r, original);
     assert_eq!(found.key_refs().count(), 1);
     let mut refs = HashSet::new();
     key_refs(whole, &sealed, &mut refs);
     assert!(found.key_refs().all(|r| refs.contains(r)));
     // Under another topic the memory does not answer: the KMS decides.
-    let mut r = sealed.clone();
-    let (changed, found) = reveal_whole_with(
-        whole,
-        "t.b",
-        &mut r,
-        Access::Plaintext,
-        &none,
-        None,
-        Some(&k.manager),
-    );
+    let (changed, found) = one_pass(whole, "t.b", &sealed, &k.manager);
     assert!(matches!(changed, Err(RevealError::Unresolved(_))));
     assert!(found.is_empty());
     // A key manager that has not unwrapped the key yet does not answer.
@@ -918,16 +914,7 @@ async fn keys_in_memory_are_used_at_once_and_handed_back_others_wait_for_the_kms
         None,
     )
     .expect("manager");
-    let mut r = sealed.clone();
-    let (changed, _) = reveal_whole_with(
-        whole,
-        "t.a",
-        &mut r,
-        Access::Plaintext,
-        &none,
-        None,
-        Some(&fresh),
-    );
+    let (changed, _) = one_pass(whole, "t.a", &sealed, &fresh);
     assert!(matches!(changed, Err(RevealError::Unresolved(_))));
 
     // A subject's key: in memory until shredded, then not; once the store
@@ -945,17 +932,9 @@ async fn keys_in_memory_are_used_at_once_and_handed_back_others_wait_for_the_kms
             .expect("subject key");
     }
     let reveal_ann = || {
-        let mut r = sa.clone();
-        let (changed, _) = reveal_whole_with(
-            profiles,
-            "p.a",
-            &mut r,
-            Access::Plaintext,
-            &none,
-            None,
-            Some(&k.manager),
-        );
-        changed.map(|_| value_str(&r))
+        one_pass(profiles, "p.a", &sa, &k.manager)
+            .0
+            .map(|(_, r)| value_str(&r))
     };
     assert_eq!(reveal_ann().expect("in memory"), ann);
     k.store.shred(b"u-1").expect("shred");
