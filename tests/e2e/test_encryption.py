@@ -334,6 +334,23 @@ def test_invalid_json_is_refused_per_record(setup, kafka):
     assert direct_values(kafka, topic, 0, timeout=3) == []
 
 
+def test_keep_last_never_shows_a_short_value_whole(setup, kafka):
+    """`{keep_last: 4}` keeps at most half of a value: a field of four
+    characters or fewer is not shown whole to a masked reader."""
+    gw, _ = setup
+    topic = "enc.customers.short"
+    create(gw, topic)
+    docs = [json.dumps({"email": e, "card": {"number": c}}).encode()
+            for e, c in [("a@x", "12"), ("ab@x", "1234567"), ("abc@x.io", "4111")]]
+    assert rd_produce_values(gw, "reader", topic, docs) == (len(docs), {})
+    got = rd_consume(gw.bootstrap, topic, len(docs), timeout=60, sec=sec("analyst"))
+    assert [(json.loads(r.v)["email"], json.loads(r.v)["card"]["number"]) for r in got] == [
+        ("**x", "*2"), ("**@x", "****567"), ("****x.io", "**11")]
+    # The reader allowed to decrypt gets the originals.
+    got = rd_consume(gw.bootstrap, topic, len(docs), timeout=60, sec=sec("reader"))
+    assert [r.v for r in got] == docs
+
+
 def test_decrypt_policies_see_the_rule_classification(setup, kafka):
     """`auditor` may Decrypt data its rule classifies `pii` only: plaintext
     on the customer topic (rule `pii`), masks on the whole-value topic (rule
