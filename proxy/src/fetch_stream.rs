@@ -42,6 +42,9 @@ const READ_AHEAD_BYTES: usize = 4 << 20;
 /// Bytes asked of the broker's socket per read.
 const READ_CHUNK_BYTES: usize = 256 << 10;
 
+/// Room made at once when the read buffer is full.
+const GROW_BYTES: usize = 2 * READ_AHEAD_BYTES;
+
 /// Why a streamed answer stopped; the connection then closes, since the
 /// client has part of a frame.
 #[derive(Debug, thiserror::Error)]
@@ -425,7 +428,13 @@ async fn read_some<R: AsyncRead + Unpin>(
     unread: usize,
 ) -> Result<usize, StreamError> {
     let want = unread.min(READ_CHUNK_BYTES);
-    buf.reserve(want);
+    if buf.capacity() - buf.len() < want {
+        // Growing a buffer whose front went out as pieces copies whatever
+        // it still holds (a partition's records arrive over many reads), so
+        // room is made for several chunks at once: growing by one chunk
+        // copied each partition about twice over.
+        buf.reserve(unread.min(GROW_BYTES).max(want));
+    }
     (&mut *broker)
         .take(want as u64)
         .read_buf(buf)
@@ -469,7 +478,7 @@ fn lay_out(p: Part, records: Bytes, edit: Option<PartitionEdit>) -> Out {
     };
     let mut no_room = false;
     let (error_code, body) = match (edit.error_code, edit.records) {
-        (Some(code), _) => (Some(code), vec![fetch_records::filler(room, 0)]),
+        (Some(code), _) => (Some(code), fetch_records::filler(room, 0)),
         (None, None) => (None, vec![records]),
         (None, Some(new)) => match fetch_records::fit_records(new, room) {
             Ok(body) => (None, body),
@@ -481,10 +490,7 @@ fn lay_out(p: Part, records: Bytes, edit: Option<PartitionEdit>) -> Out {
                     "partition withheld from a streamed answer; the next answers are read whole"
                 );
                 no_room = true;
-                (
-                    Some(KAFKA_STORAGE_ERROR),
-                    vec![fetch_records::filler(room, 0)],
-                )
+                (Some(KAFKA_STORAGE_ERROR), fetch_records::filler(room, 0))
             }
         },
     };
@@ -923,7 +929,7 @@ mod tests {
     #[test]
     fn fillers_read_as_a_truncated_batch_at_every_length() {
         for len in 0..200 {
-            let f = fetch_records::filler(len, 77);
+            let f: Vec<u8> = fetch_records::filler(len, 77).concat();
             assert_eq!(f.len(), len);
             assert_eq!(
                 record_batch::whole_batches_within(&f, usize::MAX),
