@@ -13,7 +13,6 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use custos_crypto::envelope::{self, Binding};
 use custos_crypto::json_fields::{self, FieldPath};
 use custos_crypto::key_ref::KeyRef;
@@ -650,14 +649,13 @@ pub fn deterministic_key_id(rule: &Rule, topic: &str) -> Option<Vec<u8>> {
         .then(|| format!("custos:deterministic:{topic}").into_bytes())
 }
 
-/// The subject id of a record, as the rule says to find it (`Ok(None)` when
-/// the rule has no subject).
-pub fn subject_of(
-    rule: &Rule,
-    key: Option<&Bytes>,
-    value: Option<&Bytes>,
-    headers: &[crate::record_batch::Header],
-) -> Result<Option<Vec<u8>>, RecordError> {
+/// The subject id of a record as read, as the rule says to find it
+/// (`Ok(None)` when the rule has no subject).
+pub fn subject_of(rule: &Rule, rec: &RecordView<'_>) -> Result<Option<Vec<u8>>, RecordError> {
+    // A record is read before anything in it is replaced, so every field
+    // is in the batch's own bytes and no scratch buffer is needed.
+    let (key, value) = (rec.key.get(&[]), rec.value.get(&[]));
+    let mut headers = rec.headers.iter().map(|(k, v)| (*k, v.get(&[])));
     match &rule.config.subject {
         None => Ok(None),
         Some(SubjectSource::RecordKey(_)) => match key {
@@ -665,9 +663,8 @@ pub fn subject_of(
             _ => Err(RecordError::NoSubject("record key is null or empty")),
         },
         Some(SubjectSource::Header(h)) => headers
-            .iter()
-            .find(|x| x.key.as_ref() == h.as_bytes())
-            .and_then(|x| x.value.as_ref())
+            .find(|(name, _)| *name == h.as_bytes())
+            .and_then(|(_, v)| v)
             .filter(|v| !v.is_empty())
             .map(|v| Some(v.to_vec()))
             .ok_or(RecordError::NoSubject("subject header missing or empty")),
@@ -727,26 +724,43 @@ pub fn seal_record(
     rec: &mut crate::record_batch::Record,
     dek: &Dek,
 ) -> Result<(), RecordError> {
-    seal_record_with(rule, topic, rec, dek, &mut SealBuffers::default())
+    let mut scratch = Vec::new();
+    let mut view = rec.view();
+    seal_view(
+        rule,
+        topic,
+        &mut view,
+        &mut scratch,
+        dek,
+        &mut SealBuffers::default(),
+    )?;
+    let sealed = view.to_record(&scratch);
+    *rec = sealed;
+    Ok(())
 }
 
-/// Scratch space [`seal_record_with`] reuses from one record to the next.
+/// Scratch space [`seal_view`] reuses from one record to the next.
 #[derive(Default)]
 pub struct SealBuffers {
     found: Vec<json_fields::Located>,
-    envelope: Vec<u8>,
     encoder: json_fields::CiphertextEncoder,
+    envelope: Vec<u8>,
 }
 
-/// [`seal_record`] with buffers kept across the records of a batch.
-pub fn seal_record_with(
+/// Seals every part of a record being rewritten that `rule` protects with
+/// `dek`: the sealed parts are written to `scratch` and the view points at
+/// them. Says whether anything was sealed (a tombstone, or a value without
+/// the selected fields, stays as it is).
+pub fn seal_view(
     rule: &Rule,
     topic: &str,
-    rec: &mut crate::record_batch::Record,
+    rec: &mut RecordView<'_>,
+    scratch: &mut Vec<u8>,
     dek: &Dek,
     bufs: &mut SealBuffers,
-) -> Result<(), RecordError> {
+) -> Result<bool, RecordError> {
     let alg = rule.algorithm();
+    // Seals `plain` onto the end of `out`.
     let seal = |field: &str, plain: &[u8], out: &mut Vec<u8>| -> Result<(), RecordError> {
         // Asked for only when a part is sealed: a tombstone needs no key.
         let key = dek
@@ -762,62 +776,65 @@ pub fn seal_record_with(
         )
         .map_err(|e| RecordError::Seal(e.to_string()))
     };
-    let sealed = |field: &str, plain: &[u8]| -> Result<Bytes, RecordError> {
-        let mut out = Vec::with_capacity(plain.len() + 96);
-        seal(field, plain, &mut out)?;
-        Ok(Bytes::from(out))
+    // A whole part sealed into the scratch buffer.
+    let sealed = |field: &str, plain: &[u8], scratch: &mut Vec<u8>| {
+        let start = scratch.len();
+        seal(field, plain, scratch).map(|()| Field::New(start..scratch.len()))
     };
+    let mut changed = false;
     if rule.config.key {
-        if let Some(k) = &rec.key {
-            rec.key = Some(sealed(FIELD_KEY, k)?);
+        if let Field::Read(k) = rec.key {
+            rec.key = sealed(FIELD_KEY, k, scratch)?;
+            changed = true;
         }
     }
-    for h in rec.headers.iter_mut() {
-        let Ok(name) = std::str::from_utf8(&h.key) else {
-            continue;
-        };
-        if !rule.config.headers.iter().any(|x| x == name) {
-            continue;
-        }
-        if let Some(v) = &h.value {
-            h.value = Some(sealed(&header_field(name), v)?);
+    if !rule.config.headers.is_empty() {
+        for (name, value) in rec.headers.iter_mut() {
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            if !rule.config.headers.iter().any(|x| x == name) {
+                continue;
+            }
+            if let Field::Read(v) = *value {
+                *value = sealed(&header_field(name), v, scratch)?;
+                changed = true;
+            }
         }
     }
-    let Some(value) = &rec.value else {
-        // A tombstone stays a tombstone: compaction depends on it.
-        return Ok(());
+    // A tombstone stays a tombstone: compaction depends on it.
+    let Field::Read(value) = rec.value else {
+        return Ok(changed);
     };
     if rule.config.value {
-        rec.value = Some(sealed(FIELD_VALUE, value)?);
-    } else if !rule.paths.is_empty() {
-        json_fields::locate_into(value, &rule.paths, &mut bufs.found)
-            .map_err(|e| RecordError::Json(e.to_string()))?;
-        if !bufs.found.is_empty() {
-            // Each field's literal is written straight into the new value;
-            // an envelope adds about 100 bytes, its base64 a third more.
-            let grown: usize = bufs
-                .found
-                .iter()
-                .map(|l| json_fields::ciphertext_json_len(l.span.len() + 128))
-                .sum();
-            let mut out = Vec::with_capacity(value.len() + grown);
-            let mut pos = 0;
-            for l in &bufs.found {
-                out.extend_from_slice(&value[pos..l.span.start]);
-                bufs.envelope.clear();
-                seal(
-                    &rule.path_bindings[l.path],
-                    &value[l.span.clone()],
-                    &mut bufs.envelope,
-                )?;
-                bufs.encoder.encode_into(&bufs.envelope, &mut out);
-                pos = l.span.end;
-            }
-            out.extend_from_slice(&value[pos..]);
-            rec.value = Some(Bytes::from(out));
-        }
+        rec.value = sealed(FIELD_VALUE, value, scratch)?;
+        return Ok(true);
     }
-    Ok(())
+    if rule.paths.is_empty() {
+        return Ok(changed);
+    }
+    json_fields::locate_into(value, &rule.paths, &mut bufs.found)
+        .map_err(|e| RecordError::Json(e.to_string()))?;
+    if bufs.found.is_empty() {
+        return Ok(changed);
+    }
+    // Each field's literal is written straight into the new value.
+    let start = scratch.len();
+    let mut pos = 0;
+    for l in &bufs.found {
+        scratch.extend_from_slice(&value[pos..l.span.start]);
+        bufs.envelope.clear();
+        seal(
+            &rule.path_bindings[l.path],
+            &value[l.span.clone()],
+            &mut bufs.envelope,
+        )?;
+        bufs.encoder.encode_into(&bufs.envelope, scratch);
+        pos = l.span.end;
+    }
+    scratch.extend_from_slice(&value[pos..]);
+    rec.value = Field::New(start..scratch.len());
+    Ok(true)
 }
 
 /// What a principal sees of a protected part.

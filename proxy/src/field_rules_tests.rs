@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::*;
 use crate::record_batch::{Header, Record};
+use bytes::Bytes;
 use custos_crypto::keyring::{LocalKeyring, MasterKey};
 use custos_crypto::keys::{KeyError, KeyManager, Rotation};
 use custos_crypto::subject_store::SubjectKeyStore;
@@ -112,7 +113,7 @@ fn record(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, Option<&[u
 /// Seals as the encrypt stage does: the subject's key when the rule names
 /// one, else the topic's current data key.
 async fn seal(k: &Keys, rule: &Rule, topic: &str, rec: &mut Record) -> Result<(), RecordError> {
-    let dek = match subject_of(rule, rec.key.as_ref(), rec.value.as_ref(), &rec.headers)? {
+    let dek = match subject_of(rule, &rec.view())? {
         Some(s) => k
             .manager
             .subject_key(&s, &rule.config.kek)
@@ -1094,14 +1095,7 @@ fn subject_ids_come_from_where_the_rule_says() {
          - {name: h, topics: {exact: h}, kek: k, value: true, subject: {header: sub}}\n\
          - {name: none, topics: {exact: x}, kek: k, value: true}\n",
     );
-    let of = |t: &str, r: &Record| {
-        subject_of(
-            set.for_topic(t).expect("rule"),
-            r.key.as_ref(),
-            r.value.as_ref(),
-            &r.headers,
-        )
-    };
+    let of = |t: &str, r: &Record| subject_of(set.for_topic(t).expect("rule"), &r.view());
     let r = record(None, Some(b"{\"id\": \"a\\u0062c\", \"n\": 1}"), &[]);
     assert_eq!(of("j", &r).expect("id"), Some(b"abc".to_vec()));
     let r = record(None, Some(b"{\"id\": 42}"), &[]);

@@ -35,6 +35,8 @@ const CRC_AT: usize = 17;
 const ATTRIBUTES_AT: usize = 21;
 /// Size of a v2 batch header, up to and including the record count.
 const HEADER_LEN: usize = 61;
+/// Where a v2 batch header's record count sits.
+const RECORD_COUNT_AT: usize = 57;
 /// Smallest record: length, attributes, timestamp and offset deltas, key and
 /// value lengths and a header count, one byte each.
 const MIN_RECORD_LEN: usize = 7;
@@ -340,6 +342,9 @@ impl fmt::Debug for Field<'_> {
 /// per record.
 #[derive(Debug, Default)]
 pub struct RecordView<'a> {
+    /// The record's position in its batch (what a Produce answer's record
+    /// errors name); not written.
+    pub index: i32,
     /// Record attributes (unused by Kafka so far, kept as read).
     pub attributes: i8,
     /// Timestamp relative to the batch's base timestamp.
@@ -355,10 +360,10 @@ pub struct RecordView<'a> {
 }
 
 impl Record {
-    /// This record as a [`RecordView`] of its own bytes (for tests of edits).
-    #[cfg(test)]
-    pub(crate) fn view(&self) -> RecordView<'_> {
+    /// This record as a [`RecordView`] of its own bytes.
+    pub fn view(&self) -> RecordView<'_> {
         RecordView {
+            index: 0,
             attributes: self.attributes,
             timestamp_delta: self.timestamp_delta,
             offset_delta: self.offset_delta,
@@ -374,9 +379,8 @@ impl Record {
 }
 
 impl RecordView<'_> {
-    /// The record the view now describes, copied out (for tests of edits).
-    #[cfg(test)]
-    pub(crate) fn to_record(&self, scratch: &[u8]) -> Record {
+    /// The record the view now describes, copied out.
+    pub fn to_record(&self, scratch: &[u8]) -> Record {
         self.record_with(scratch, Bytes::copy_from_slice)
     }
 
@@ -730,7 +734,7 @@ fn open_batch(entry: &Bytes, budget: &mut usize) -> Result<(BatchHeader, Bytes),
         producer_id: be_i64(&entry[43..]),
         producer_epoch: be_i16(&entry[51..]),
         base_sequence: be_i32(&entry[53..]),
-        record_count: be_i32(&entry[57..]),
+        record_count: be_i32(&entry[RECORD_COUNT_AT..]),
     };
     // A rebuilt batch gets a fresh CRC, so a corrupt one must not pass here.
     if crc32c::crc32c(&entry[ATTRIBUTES_AT..]) != header.crc {
@@ -758,6 +762,35 @@ fn open_batch(entry: &Bytes, budget: &mut usize) -> Result<(BatchHeader, Bytes),
         }
     };
     Ok((header, data))
+}
+
+/// How many records the v2 data batches of a records blob hold, by their
+/// headers alone (nothing is checked or decompressed; [`rewrite`] does
+/// that). A count no batch of its size could hold is refused, so a client
+/// cannot make the caller reserve for records it did not send.
+pub fn data_record_count(records: &Bytes, max_decompressed: usize) -> Result<u64, BatchError> {
+    let mut total = 0u64;
+    for entry in Entries::new(records) {
+        let Entry::Data(b) = entry? else { continue };
+        let count = be_i32(&b[RECORD_COUNT_AT..]);
+        let compressed = be_i16(&b[ATTRIBUTES_AT..]) & CODEC_MASK != 0;
+        let room = if compressed {
+            max_decompressed
+        } else {
+            b.len() - HEADER_LEN
+        };
+        match usize::try_from(count) {
+            Ok(n) if n <= room / MIN_RECORD_LEN => total += n as u64,
+            _ => {
+                return Err(BatchError::Invalid {
+                    what: "record count",
+                    at: RECORD_COUNT_AT,
+                    value: i64::from(count),
+                })
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Cuts a records blob at batch boundaries into at most `pieces` parts of
@@ -848,8 +881,9 @@ pub fn rewrite<E>(
         let mut changed = false;
         let mut rec = RecordView::default();
         plain.clear();
-        for _ in 0..header.record_count {
+        for index in 0..header.record_count {
             read_view(&mut c, &mut rec)?;
+            rec.index = index;
             count += 1;
             scratch.clear();
             changed |= edit(&mut rec, &mut scratch).map_err(RewriteError::Edit)?;
@@ -874,6 +908,37 @@ pub fn rewrite<E>(
             out.put_slice(&compress(codec, &plain)?);
         }
         seal_batch(out, start)?;
+    }
+    Ok(count)
+}
+
+/// Reads a records blob one record at a time, as [`rewrite`] does, but only
+/// hands each record of each v2 data batch to `visit`: nothing is written.
+/// Returns the number of records visited.
+pub fn visit<E>(
+    records: &Bytes,
+    max_decompressed: usize,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), E>,
+) -> Result<u64, RewriteError<E>> {
+    let mut budget = max_decompressed;
+    let mut count = 0u64;
+    for entry in Entries::new(records) {
+        let Entry::Data(entry) = entry? else { continue };
+        let (header, data) = open_batch(&entry, &mut budget)?;
+        let mut c = Cursor { buf: &data, pos: 0 };
+        let mut rec = RecordView::default();
+        for index in 0..header.record_count {
+            read_view(&mut c, &mut rec)?;
+            rec.index = index;
+            count += 1;
+            visit(&rec).map_err(RewriteError::Edit)?;
+        }
+        if c.remaining() != 0 {
+            return Err(BatchError::TrailingBytes {
+                left: c.remaining(),
+            }
+            .into());
+        }
     }
     Ok(count)
 }

@@ -813,3 +813,88 @@ fn a_view_and_its_record_agree() {
         assert_eq!(one, two);
     }
 }
+
+#[test]
+fn records_are_counted_by_their_headers_and_visited_with_their_index() {
+    let g = golden();
+    let plain = one_batch(decode(&g).expect("decode"));
+    let marker = Record {
+        attributes: 0,
+        timestamp_delta: 0,
+        offset_delta: 0,
+        key: Some(Bytes::from_static(&[0, 0, 0, 1])),
+        value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+        headers: vec![],
+    };
+    let control = build(
+        header_with(TRANSACTIONAL_FLAG | CONTROL_FLAG, 0),
+        vec![marker],
+    );
+    for codec in CODECS {
+        let mut h = plain.header.clone();
+        h.attributes = codec.id();
+        let batch = build(h, plain.records.clone());
+        // Two data batches, a control batch and a truncated tail: only the
+        // data batches' records count, each indexed within its batch.
+        let mut blob = BytesMut::new();
+        blob.extend_from_slice(&batch);
+        blob.extend_from_slice(&control);
+        blob.extend_from_slice(&batch);
+        blob.extend_from_slice(&batch[..20]);
+        let blob = blob.freeze();
+        assert_eq!(
+            data_record_count(&blob, DEFAULT_MAX_DECOMPRESSED).expect("count"),
+            4
+        );
+        let mut seen = Vec::new();
+        let n = visit::<()>(&blob, DEFAULT_MAX_DECOMPRESSED, &mut |r| {
+            seen.push((r.index, r.key.get(&[]).map(<[u8]>::to_vec)));
+            Ok(())
+        })
+        .expect("visit");
+        let keys: Vec<_> = golden_records()
+            .into_iter()
+            .map(|r| r.key.map(|k| k.to_vec()))
+            .collect();
+        assert_eq!(n, 4, "{codec}");
+        assert_eq!(
+            seen,
+            vec![
+                (0, keys[0].clone()),
+                (1, keys[1].clone()),
+                (0, keys[0].clone()),
+                (1, keys[1].clone())
+            ],
+            "{codec}"
+        );
+    }
+
+    // A count no batch of that size could hold is refused before anyone
+    // reserves anything for it; so is a negative one.
+    for bogus in [i32::MAX, 1_000, -1] {
+        let mut b = BytesMut::from(&g[..]);
+        b[57..61].copy_from_slice(&bogus.to_be_bytes());
+        let err = data_record_count(&b.freeze(), DEFAULT_MAX_DECOMPRESSED).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                BatchError::Invalid {
+                    what: "record count",
+                    ..
+                }
+            ),
+            "{bogus}: {err}"
+        );
+    }
+    // A compressed batch may claim as many as its decompressed limit holds.
+    let mut h = plain.header.clone();
+    h.attributes = Compression::Zstd.id();
+    let mut b = BytesMut::from(&build(h, plain.records.clone())[..]);
+    b[57..61].copy_from_slice(&1_000i32.to_be_bytes());
+    let b = b.freeze();
+    assert_eq!(
+        data_record_count(&b, DEFAULT_MAX_DECOMPRESSED).expect("count"),
+        1_000
+    );
+    assert!(data_record_count(&b, 6_999).is_err());
+}

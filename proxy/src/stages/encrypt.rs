@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
@@ -24,7 +24,7 @@ use crate::message::Request;
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError, Verdict};
 use crate::produce_records;
-use crate::record_batch::{self, Segment};
+use crate::record_batch::{self, Field, RewriteError};
 
 const NAME: &str = "encrypt";
 
@@ -101,6 +101,11 @@ fn merge_failures(p: &mut ProduceResponse, failed: &[Failed]) {
     }
 }
 
+/// Room a batch is given to grow per sealed part: an envelope's header
+/// (most of it the wrapped data key), nonce and tag, in base64 for a JSON
+/// field. Only a first guess; the buffer grows if a KMS wraps keys longer.
+const GROWTH_PER_PART: usize = 512;
+
 impl Encrypt {
     /// Protects one partition's records; `Ok(None)` when nothing changed.
     async fn protect(
@@ -110,27 +115,36 @@ impl Encrypt {
         records: &Bytes,
         used: &mut Vec<custos_crypto::key_ref::KeyRef>,
     ) -> Result<Option<Bytes>, (i16, String, Vec<(i32, String)>)> {
-        let mut segments = record_batch::decode(records).map_err(|e| {
+        let unreadable = |e: record_batch::BatchError| {
             (
                 INVALID_RECORD,
                 format!("custos: record batch cannot be read: {e}"),
                 Vec::new(),
             )
-        })?;
+        };
+        let refused = |record_errors| {
+            (
+                INVALID_RECORD,
+                "custos: a record cannot be protected by its topic's rule".to_string(),
+                record_errors,
+            )
+        };
+        let max = record_batch::DEFAULT_MAX_DECOMPRESSED;
+        let count = record_batch::data_record_count(records, max).map_err(unreadable)?;
+        if count == 0 {
+            return Ok(None);
+        }
         // First the keys, which may need the KMS (async), then the sealing.
+        // A rule keyed by subject reads every record's subject first; the
+        // others know their keys from the record count alone.
         let keys = &self.protection.keys;
-        let mut count = 0u64;
         let mut subjects: HashSet<Vec<u8>> = HashSet::new();
         let mut per_record_subject: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut record_errors = Vec::new();
-        for seg in &segments {
-            let Segment::Batch(b) = seg else { continue };
-            for (i, r) in b.records.iter().enumerate() {
-                count += 1;
-                let subject =
-                    field_rules::subject_of(rule, r.key.as_ref(), r.value.as_ref(), &r.headers)
-                        .map(|s| s.or_else(|| field_rules::deterministic_key_id(rule, topic)));
-                match subject {
+        let fixed_subject = field_rules::deterministic_key_id(rule, topic);
+        if rule.config.subject.is_some() {
+            let mut record_errors = Vec::new();
+            record_batch::visit(records, max, &mut |rec| {
+                match field_rules::subject_of(rule, rec) {
                     Ok(s) => {
                         if let Some(s) = &s {
                             subjects.insert(s.clone());
@@ -138,21 +152,21 @@ impl Encrypt {
                         per_record_subject.push(s);
                     }
                     Err(e) => {
-                        record_errors.push((i as i32, e.to_string()));
+                        record_errors.push((rec.index, e.to_string()));
                         per_record_subject.push(None);
                     }
                 }
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .map_err(|e| match e {
+                RewriteError::Batch(e) => unreadable(e),
+                RewriteError::Edit(never) => match never {},
+            })?;
+            if !record_errors.is_empty() {
+                return Err(refused(record_errors));
             }
-        }
-        if !record_errors.is_empty() {
-            return Err((
-                INVALID_RECORD,
-                "custos: a record cannot be protected by its topic's rule".into(),
-                record_errors,
-            ));
-        }
-        if count == 0 {
-            return Ok(None);
+        } else if let Some(s) = &fixed_subject {
+            subjects.insert(s.clone());
         }
         let unavailable = |e: custos_crypto::keys::KeyError| {
             self.metrics.encrypt_failure("key");
@@ -187,53 +201,62 @@ impl Encrypt {
                 left -= n;
             }
         }
+        // Sealed record by record into the new blob: each record is read in
+        // place and its sealed parts are written once; no record list is
+        // built.
+        let grown = usize::try_from(count.saturating_mul(parts))
+            .unwrap_or(usize::MAX)
+            .saturating_mul(GROWTH_PER_PART);
+        let mut out = BytesMut::with_capacity(records.len().saturating_add(grown));
         let mut n = 0usize;
         let mut record_errors = Vec::new();
         let mut bufs = field_rules::SealBuffers::default();
-        for seg in segments.iter_mut() {
-            let Segment::Batch(b) = seg else { continue };
-            for (i, r) in b.records_mut().iter_mut().enumerate() {
-                let topic_key = topic_keys.get(n / per_key as usize);
-                let dek = match (topic_key, &per_record_subject[n]) {
-                    (Some(k), _) => k,
-                    (None, Some(s)) => match subject_keys.get(s) {
-                        Some(k) => k,
-                        None => {
-                            record_errors.push((i as i32, "no subject key".to_string()));
-                            n += 1;
-                            continue;
-                        }
-                    },
-                    // A tombstone with nothing to seal (see `subject_of`).
-                    (None, None) if r.value.is_none() => {
-                        n += 1;
-                        continue;
+        let sealed = record_batch::rewrite(records, max, &mut out, &mut |rec, scratch| {
+            let at = n;
+            n += 1;
+            let subject = match per_record_subject.get(at) {
+                Some(s) => s.as_ref(),
+                None => fixed_subject.as_ref(),
+            };
+            let dek = match (topic_keys.get(at / per_key as usize), subject) {
+                (Some(k), _) => k,
+                (None, Some(s)) => match subject_keys.get(s) {
+                    Some(k) => k,
+                    None => {
+                        record_errors.push((rec.index, "no subject key".to_string()));
+                        return Ok(false);
                     }
-                    (None, None) => {
-                        record_errors.push((i as i32, "no subject id".to_string()));
-                        n += 1;
-                        continue;
-                    }
-                };
-                n += 1;
-                if let Err(e) = field_rules::seal_record_with(rule, topic, r, dek, &mut bufs) {
-                    let error = match e {
-                        RecordError::Seal(_) => KAFKA_STORAGE_ERROR,
-                        _ => INVALID_RECORD,
-                    };
-                    if error == KAFKA_STORAGE_ERROR {
-                        return Err((error, format!("custos: {e}"), Vec::new()));
-                    }
-                    record_errors.push((i as i32, e.to_string()));
+                },
+                // A tombstone with nothing to seal (see `subject_of`).
+                (None, None) if rec.value == Field::Null => return Ok(false),
+                (None, None) => {
+                    record_errors.push((rec.index, "no subject id".to_string()));
+                    return Ok(false);
                 }
+            };
+            match field_rules::seal_view(rule, topic, rec, scratch, dek, &mut bufs) {
+                Ok(changed) => Ok(changed),
+                // Sealing itself failed: the partition, not the record.
+                Err(RecordError::Seal(m)) => Err(m),
+                Err(e) => {
+                    record_errors.push((rec.index, e.to_string()));
+                    Ok(false)
+                }
+            }
+        });
+        match sealed {
+            Ok(_) => {}
+            Err(RewriteError::Batch(e)) => return Err(unreadable(e)),
+            Err(RewriteError::Edit(m)) => {
+                return Err((
+                    KAFKA_STORAGE_ERROR,
+                    format!("custos: encryption failed: {m}"),
+                    Vec::new(),
+                ))
             }
         }
         if !record_errors.is_empty() {
-            return Err((
-                INVALID_RECORD,
-                "custos: a record cannot be protected by its topic's rule".into(),
-                record_errors,
-            ));
+            return Err(refused(record_errors));
         }
         for k in topic_keys.iter().chain(subject_keys.values()) {
             if !used.contains(k.key_ref()) {
@@ -241,13 +264,7 @@ impl Encrypt {
             }
         }
         self.metrics.encrypted_records(count);
-        record_batch::encode(&segments).map(Some).map_err(|e| {
-            (
-                KAFKA_STORAGE_ERROR,
-                format!("custos: re-encoding the batch failed: {e}"),
-                Vec::new(),
-            )
-        })
+        Ok(Some(out.freeze()))
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use crate::record_batch::Segment;
 use bytes::BytesMut;
 use custos_crypto::envelope;
 use custos_crypto::keyring::{LocalKeyring, MasterKey};
