@@ -4,7 +4,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use custos_crypto::json_fields::{encode_ciphertext, locate, locate_into, splice, FieldPath};
+use custos_crypto::json_fields::{
+    count_ciphertexts, encode_ciphertext, locate, locate_into, splice, FieldPath,
+};
 
 /// An order event shaped like real traffic: nested customer, an items array,
 /// strings with escapes and non-ASCII text, numbers of each form.
@@ -75,6 +77,20 @@ fn bench(c: &mut Criterion) {
                 black_box(out.len())
             })
         },
+    );
+    // The payload as the broker holds it: both fields sealed (an envelope
+    // of about 140 bytes, as the local keyring makes for a short field).
+    let found = locate(&payload, &payload_paths).expect("valid");
+    let sealed_literal = encode_ciphertext(&[0x5au8; 140]);
+    let reps: Vec<_> = found
+        .iter()
+        .map(|l| (l.span.clone(), sealed_literal.clone()))
+        .collect();
+    let sealed = splice(&payload, &reps);
+    assert_eq!(count_ciphertexts(&sealed), 2);
+    g.bench_function(
+        format!("count_ciphertexts_sealed_bench_payload_{}B", sealed.len()),
+        |b| b.iter(|| count_ciphertexts(black_box(&sealed))),
     );
     let fake_envelope = [0x5au8; 60];
     g.bench_function(format!("locate_and_splice_2_fields_{}B", doc.len()), |b| {
