@@ -26,9 +26,6 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-use base64::engine::general_purpose::STANDARD_NO_PAD;
-use base64::Engine as _;
-
 /// Deepest nesting of objects and arrays accepted in a document.
 pub const MAX_DEPTH: usize = 128;
 
@@ -960,11 +957,22 @@ fn write_literal(text: &[u8], rest: &[u8], out: &mut Vec<u8>) {
     out.resize(text_end + b64_len + 1, b'"');
     out[start + 1..text_start].copy_from_slice(CIPHERTEXT_PREFIX.as_bytes());
     out[text_start..text_end].copy_from_slice(text);
-    let written = STANDARD_NO_PAD
-        .encode_slice(rest, &mut out[text_end..text_end + b64_len])
-        .unwrap_or(0);
+    let written = base64_simd::STANDARD_NO_PAD
+        .encode(
+            rest,
+            base64_simd::Out::from_slice(&mut out[text_end..text_end + b64_len]),
+        )
+        .len();
     // The slice is exactly the unpadded length, so the encoder fills it.
     debug_assert_eq!(written, b64_len);
+}
+
+/// Appends the bytes that `text` (standard alphabet, unpadded, canonical)
+/// stands for; `false` when it is anything else.
+fn decode_base64_append(text: &[u8], out: &mut Vec<u8>) -> bool {
+    base64_simd::STANDARD_NO_PAD
+        .decode_append(text, out)
+        .is_ok()
 }
 
 /// The envelope inside a JSON value made by [`encode_ciphertext`]; `None` when
@@ -979,7 +987,7 @@ pub fn decode_ciphertext(json_value: &[u8]) -> Option<Vec<u8>> {
 /// reuse one buffer across fields; `false` when it is not ciphertext.
 pub fn decode_ciphertext_into(json_value: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
-    ciphertext_base64(json_value).is_some_and(|b64| STANDARD_NO_PAD.decode_vec(b64, out).is_ok())
+    ciphertext_base64(json_value).is_some_and(|b64| decode_base64_append(b64, out))
 }
 
 /// The base64 between `"custos:v1:` and the closing quote of a ciphertext
@@ -1037,9 +1045,9 @@ impl CiphertextDecoder {
         let known = &self.opening.text;
         if !known.is_empty() && b64.len() > known.len() && b64.starts_with(known) {
             out.extend_from_slice(&self.opening.bytes);
-            return STANDARD_NO_PAD.decode_vec(&b64[known.len()..], out).is_ok();
+            return decode_base64_append(&b64[known.len()..], out);
         }
-        if STANDARD_NO_PAD.decode_vec(b64, out).is_err() {
+        if !decode_base64_append(b64, out) {
             return false;
         }
         self.opening.remember(out, b64);
@@ -1780,6 +1788,63 @@ mod tests {
         }
         fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
             &xs[self.below(xs.len())]
+        }
+    }
+
+    /// The vectorised base64 judges and decodes every text as the base64
+    /// crate's strict unpadded decoder does (wrong characters, padding,
+    /// impossible lengths, non-canonical last characters), and both encode
+    /// every length alike.
+    #[test]
+    fn base64_is_decoded_and_encoded_like_the_reference() {
+        use base64::engine::general_purpose::STANDARD_NO_PAD;
+        use base64::Engine as _;
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let odd = [b'=', b'-', b'_', b' ', b'"', b'\\', b'\n', 0x80, 0xff, 0];
+        let mut r = Rng(0x5eed_ba5e);
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..50_000 {
+            let len = r.below(48);
+            let mut text: Vec<u8> = (0..len).map(|_| *r.pick(alphabet)).collect();
+            match r.below(8) {
+                0 if len > 0 => {
+                    let i = r.below(len);
+                    text[i] = *r.pick(&odd);
+                }
+                1 => text.push(b'='),
+                2 => text.extend_from_slice(b"=="),
+                _ => {}
+            }
+            let mut got = vec![7u8];
+            let decoded = decode_base64_append(&text, &mut got);
+            let want = STANDARD_NO_PAD.decode(&text);
+            assert_eq!(
+                decoded,
+                want.is_ok(),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+            if let Ok(want) = want {
+                assert_eq!(
+                    (got[0], &got[1..]),
+                    (7, &want[..]),
+                    "appended after what was there"
+                );
+                ok += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(
+            ok > 10_000 && refused > 10_000,
+            "{ok} decoded, {refused} refused"
+        );
+        for len in 0..100 {
+            let bytes: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
+            let mut literal = Vec::new();
+            write_literal(b"", &bytes, &mut literal);
+            let text = &literal[1 + CIPHERTEXT_PREFIX.len()..literal.len() - 1];
+            assert_eq!(text, STANDARD_NO_PAD.encode(&bytes).as_bytes(), "{len}");
         }
     }
 
