@@ -628,6 +628,11 @@ fn authorized_ops(d: &Decider, resource: Resource) -> i32 {
         .fold(0i32, |bits, (_, code)| bits | (1 << code))
 }
 
+/// Kafka's message for a group described with a topic the caller may not
+/// describe in some member's assignment.
+const UNDESCRIBABLE_ASSIGNMENT: &str =
+    "The group has described topic(s) that the client is not authorized to describe.";
+
 /// DescribeLogDirs v0-2 and ElectLeaders v0 have no top-level error code to
 /// carry the denial; those connections are closed.
 fn version_fits(r: &ResponseKind, version: i16) -> bool {
@@ -1007,6 +1012,10 @@ fn plan(
                 .filter(|g| !d.group(Describe, g))
                 .map(|g| g.to_string())
                 .collect();
+            // A group whose members are assigned a topic the caller may not
+            // describe is answered as Kafka answers it: that error and no
+            // members, so no topic name or ownership shows.
+            let topics = d.clone();
             let d = d.clone();
             let ops = move |g: &str, current: i32| {
                 if current == NOT_REQUESTED {
@@ -1035,6 +1044,21 @@ fn plan(
                                 *x = consumer_group_describe_response::DescribedGroup::default()
                                     .with_group_id(x.group_id.clone())
                                     .with_error_code(GROUP_AUTHORIZATION_FAILED);
+                            } else if x
+                                .members
+                                .iter()
+                                .flat_map(|m| {
+                                    m.assignment
+                                        .topic_partitions
+                                        .iter()
+                                        .chain(&m.target_assignment.topic_partitions)
+                                })
+                                .any(|t| !topics.topic(Describe, t.topic_name.0.as_str()))
+                            {
+                                *x = consumer_group_describe_response::DescribedGroup::default()
+                                    .with_group_id(x.group_id.clone())
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                                    .with_error_message(Some(sb(UNDESCRIBABLE_ASSIGNMENT)));
                             } else {
                                 x.authorized_operations =
                                     ops(x.group_id.0.as_str(), x.authorized_operations);
@@ -1047,6 +1071,16 @@ fn plan(
                                 *x = share_group_describe_response::DescribedGroup::default()
                                     .with_group_id(x.group_id.clone())
                                     .with_error_code(GROUP_AUTHORIZATION_FAILED);
+                            } else if x
+                                .members
+                                .iter()
+                                .flat_map(|m| &m.assignment.topic_partitions)
+                                .any(|t| !topics.topic(Describe, t.topic_name.0.as_str()))
+                            {
+                                *x = share_group_describe_response::DescribedGroup::default()
+                                    .with_group_id(x.group_id.clone())
+                                    .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                                    .with_error_message(Some(sb(UNDESCRIBABLE_ASSIGNMENT)));
                             } else {
                                 x.authorized_operations =
                                     ops(x.group_id.0.as_str(), x.authorized_operations);

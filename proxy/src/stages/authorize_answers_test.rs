@@ -6011,3 +6011,124 @@ async fn fetch_forgotten_topics_pass_undecided() {
         );
     }
 }
+
+/// Kafka answers a described group whose members are assigned (now or as
+/// a target) a topic the caller may not describe with
+/// TOPIC_AUTHORIZATION_FAILED, its message and no members, so no topic name
+/// or ownership shows; groups whose assignments are all describable come
+/// back untouched. Consumer groups (KIP-848) and share groups (KIP-932).
+#[tokio::test]
+async fn groups_assigned_undescribable_topics_are_withheld_whole() {
+    use consumer_group_describe_response as cg;
+    use share_group_describe_response as sg;
+    let stage = stage(Scenario::Partial);
+    let withheld =
+        "The group has described topic(s) that the client is not authorized to describe.";
+    let amended = |req: &mut Request, mut answer: ResponseKind| {
+        for amend in std::mem::take(&mut req.amends.0) {
+            amend(&mut answer).expect("amend");
+        }
+        answer
+    };
+
+    // Current and target assignment of each group's one member.
+    let groups = [
+        ("ok-a", "ok-1", "ok-2"),
+        ("ok-b", "ok-1", "no-1"),
+        ("ok-c", "no-2", "ok-1"),
+    ];
+    let v = ApiKey::ConsumerGroupDescribe.valid_versions().max;
+    let body = enc(
+        v,
+        RequestKind::ConsumerGroupDescribe(
+            ConsumerGroupDescribeRequest::default()
+                .with_group_ids(groups.iter().map(|g| gid(g.0)).collect()),
+        ),
+    );
+    let mut req = Request::parse(frame(ApiKey::ConsumerGroupDescribe, v, &body)).expect("parse");
+    assert!(matches!(
+        stage.on_request(&alice(), &mut req).await,
+        Ok(Verdict::Forward)
+    ));
+    let assignment = |topic: &str| {
+        cg::Assignment::default().with_topic_partitions(vec![cg::TopicPartitions::default()
+            .with_topic_name(tn(topic))
+            .with_partitions(vec![0, 1])])
+    };
+    let described: Vec<_> = groups
+        .iter()
+        .map(|(g, current, target)| {
+            cg::DescribedGroup::default()
+                .with_group_id(gid(g))
+                .with_group_state(s("Stable"))
+                .with_members(vec![cg::Member::default()
+                    .with_member_id(s("m-1"))
+                    .with_assignment(assignment(current))
+                    .with_target_assignment(assignment(target))])
+        })
+        .collect();
+    let answer = ResponseKind::ConsumerGroupDescribe(
+        ConsumerGroupDescribeResponse::default().with_groups(described.clone()),
+    );
+    let ResponseKind::ConsumerGroupDescribe(got) = amended(&mut req, answer) else {
+        panic!("not a consumer group answer")
+    };
+    assert_eq!(
+        got.groups[0], described[0],
+        "all assigned topics describable"
+    );
+    for (i, g) in [(1, "ok-b"), (2, "ok-c")] {
+        assert_eq!(
+            got.groups[i],
+            cg::DescribedGroup::default()
+                .with_group_id(gid(g))
+                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                .with_error_message(Some(s(withheld))),
+            "{g}"
+        );
+    }
+
+    let v = ApiKey::ShareGroupDescribe.valid_versions().max;
+    let body = enc(
+        v,
+        RequestKind::ShareGroupDescribe(
+            ShareGroupDescribeRequest::default().with_group_ids(vec![gid("ok-a"), gid("ok-b")]),
+        ),
+    );
+    let mut req = Request::parse(frame(ApiKey::ShareGroupDescribe, v, &body)).expect("parse");
+    assert!(matches!(
+        stage.on_request(&alice(), &mut req).await,
+        Ok(Verdict::Forward)
+    ));
+    let described: Vec<_> = [("ok-a", "ok-1"), ("ok-b", "no-1")]
+        .iter()
+        .map(|(g, topic)| {
+            sg::DescribedGroup::default()
+                .with_group_id(gid(g))
+                .with_group_state(s("Stable"))
+                .with_members(vec![sg::Member::default()
+                    .with_member_id(s("m-1"))
+                    .with_assignment(sg::Assignment::default().with_topic_partitions(
+                        vec![
+                        sg::TopicPartitions::default()
+                            .with_topic_name(tn(topic))
+                            .with_partitions(vec![0]),
+                    ],
+                    ))])
+        })
+        .collect();
+    let answer = ResponseKind::ShareGroupDescribe(
+        ShareGroupDescribeResponse::default().with_groups(described.clone()),
+    );
+    let ResponseKind::ShareGroupDescribe(got) = amended(&mut req, answer) else {
+        panic!("not a share group answer")
+    };
+    assert_eq!(got.groups[0], described[0]);
+    assert_eq!(
+        got.groups[1],
+        sg::DescribedGroup::default()
+            .with_group_id(gid("ok-b"))
+            .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+            .with_error_message(Some(s(withheld)))
+    );
+}
