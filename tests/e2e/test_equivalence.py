@@ -380,6 +380,23 @@ def op_describe_group(side, user, group):
         return err_name(e)
 
 
+def op_describe_live_group(side, user, group, topic):
+    """Describe a consumer-protocol (KIP-848) group while admin's member of it
+    is assigned `topic`: the answer (ConsumerGroupDescribe) names the
+    member's topics, which a user who may not describe them must not see."""
+    c = Consumer(side.conf("admin", **{"group.id": group, "group.protocol": "consumer",
+                                       "auto.offset.reset": "earliest", "enable.auto.commit": False}))
+    try:
+        c.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while not c.assignment():
+            assert time.monotonic() < deadline, f"no assignment in {group}"
+            c.poll(0.2)
+        return op_describe_group(side, user, group)
+    finally:
+        c.close()
+
+
 def op_list_groups(side, user):
     """ListGroups: which of the set-up groups the user sees."""
     try:
@@ -577,6 +594,9 @@ MATRIX = [
     Cell("describe-group", "dave", op_describe_group, ("eq-app",), "ok"),
     Cell("describe-group", "alice", op_describe_group, ("eq-bob-1",), GA),
     Cell("describe-group", "carol", op_describe_group, ("eq-app",), GA),
+    # a member assigned a topic alice may not describe hides the whole group from her
+    Cell("describe-group", "alice", op_describe_live_group, ("eq-alice-live", "eq-orders"), "ok"),
+    Cell("describe-group", "alice", op_describe_live_group, ("eq-alice-hidden", "eq-pay.a"), TA),
     Cell("list-groups", "alice", op_list_groups, (), "sees eq-alice-1,eq-app"),
     Cell("list-groups", "bob", op_list_groups, (), "sees " + ",".join(sorted(GROUPS))),   # Describe on Cluster
     Cell("list-groups", "dave", op_list_groups, (), "sees eq-app"),
