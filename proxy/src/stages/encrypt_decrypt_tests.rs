@@ -488,6 +488,51 @@ async fn invalid_json_fails_the_partition_with_invalid_record_and_nothing_is_for
     );
 }
 
+/// A batch that claims more records than its bytes could hold is refused
+/// before any data key is reserved for them (so even with the KMS down the
+/// answer is INVALID_RECORD, not a retriable key error), and a corrupt one
+/// (CRC) is refused too; nothing is forwarded.
+#[tokio::test]
+async fn a_batch_claiming_records_it_cannot_hold_is_refused_before_keys_are_reserved() {
+    let f = fixture();
+    let batch = batch_bytes(
+        Compression::None,
+        vec![record(0, None, Some("{\"email\":\"a@b.c\"}"), &[])],
+    );
+    let mut claims = BytesMut::from(&batch[..]);
+    claims[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
+    let mut corrupt = BytesMut::from(&batch[..]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let up = f.encrypt();
+    let down = Encrypt::new(f.down.clone(), f.metrics.clone());
+    for (what, stage, bad, reason) in [
+        ("claims", &down, claims.freeze(), "record count"),
+        ("corrupt", &up, corrupt.freeze(), "CRC"),
+    ] {
+        let mut req = produce(12, -1, &[("cust.a", &bad)]);
+        let v = stage
+            .on_request(&session("alice"), &mut req)
+            .await
+            .expect("encrypt");
+        let Verdict::Respond(answer) = v else {
+            panic!("{what}: must not be forwarded")
+        };
+        let ResponseKind::Produce(p) = *answer else {
+            panic!("not a produce response")
+        };
+        let part = &p.responses[0].partition_responses[0];
+        assert_eq!(part.error_code, INVALID_RECORD, "{what}");
+        let msg = part.error_message.as_ref().expect("message");
+        assert!(
+            msg.as_str()
+                .starts_with("custos: record batch cannot be read")
+                && msg.as_str().to_lowercase().contains(&reason.to_lowercase()),
+            "{what}: {msg}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_topic_without_a_rule_is_forwarded_byte_identical() {
     let f = fixture();
