@@ -204,9 +204,12 @@ impl Encrypt {
         // Sealed record by record into the new blob: each record is read in
         // place and its sealed parts are written once; no record list is
         // built.
+        // Never more than three times what arrived: a compressed batch may
+        // claim millions of tiny records, and its output is compressed too.
         let grown = usize::try_from(count.saturating_mul(parts))
             .unwrap_or(usize::MAX)
-            .saturating_mul(GROWTH_PER_PART);
+            .saturating_mul(GROWTH_PER_PART)
+            .min(records.len().saturating_mul(2));
         let mut out = BytesMut::with_capacity(records.len().saturating_add(grown));
         let mut n = 0usize;
         let mut record_errors = Vec::new();
