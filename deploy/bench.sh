@@ -19,8 +19,12 @@
 #                produce, decrypted on consume (the principal may Decrypt)
 #   enc-json     the same instance: two string fields of each JSON document
 #                encrypted on produce, decrypted on consume
+#   share        authz, consumed by a share group (KIP-932) with Kafka's
+#                share-consumer perf tool: enc-share's baseline
+#   enc-share    the enc instance: whole values encrypted on produce,
+#                revealed in ShareFetch answers to a share group
 # Encryption needs authorization (Decrypt is a Cedar action), so authz is the
-# pass-through baseline of enc-value and json that of enc-json (not authz: with
+# pass-through baseline of enc-value, share that of enc-share and json that of enc-json (not authz: with
 # --record-size the perf producer draws fresh random bytes for every record,
 # with --payload-file it does not, so its own CPU use differs). Any subset
 # runs, e.g. BENCH_PATHS="authz json enc-value enc-json"; the latency and
@@ -64,7 +68,7 @@ case "$PAYLOAD_MODE" in
 esac
 for p in $PATHS; do
   case "$p" in
-    direct|proxy|authz|audit|audit-async|json|enc-value|enc-json) ;;
+    direct|proxy|authz|audit|audit-async|json|enc-value|enc-json|share|enc-share) ;;
     *) echo "bench.sh: unknown path '$p' in BENCH_PATHS" >&2; exit 2 ;;
   esac
 done
@@ -107,6 +111,8 @@ CUSTOS_PID=$!
   echo '@id("bench-topic") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read"], resource == Topic::"bench");'
   echo '@id("bench-json-topic") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read"], resource == Topic::"bench.json");'
   echo '@id("bench-enc-value") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read", Action::"Decrypt"], resource == Topic::"bench.enc.value");'
+  echo '@id("bench-share-topic") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read"], resource == Topic::"bench.share");'
+  echo '@id("bench-enc-share") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read", Action::"Decrypt"], resource == Topic::"bench.enc.share");'
   echo '@id("bench-enc-json") permit (principal == User::"ANONYMOUS", action in [Action::"Write", Action::"Read", Action::"Decrypt"], resource == Topic::"bench.enc.json");'
   echo '@id("bench-groups") permit (principal == User::"ANONYMOUS", action in Action::"Read", resource is ConsumerGroup) when { resource.name like "bench-*" };'
   echo '@id("bench-idempotent") permit (principal == User::"ANONYMOUS", action == Action::"IdempotentWrite", resource == Cluster::"kafka-cluster");'
@@ -138,6 +144,11 @@ encryption:
       kek: bench-kek
       classification: confidential
       value: true
+    - name: bench-share-values
+      topics: {exact: "bench.enc.share"}
+      kek: bench-kek
+      classification: confidential
+      value: true
     - name: bench-json-fields
       topics: {exact: "bench.enc.json"}
       kek: bench-kek
@@ -150,10 +161,10 @@ YAML
   PIDS+=($!)
   until curl -fsS "http://$4/readyz" >/dev/null 2>&1; do sleep 0.2; done
 }
-if has authz || has json; then variant authz 49510 49700 "$AUTHZ_ADMIN"; fi
+if has authz || has json || has share; then variant authz 49510 49700 "$AUTHZ_ADMIN"; fi
 if has audit; then variant audit 49520 49800 "$AUDIT_ADMIN" strict; fi
 if has audit-async; then variant audit-async 49530 49900 "$AUDIT_ASYNC_ADMIN" async; fi
-if has enc-value || has enc-json; then variant enc 49540 50000 "$ENC_ADMIN" enc; fi
+if has enc-value || has enc-json || has enc-share; then variant enc 49540 50000 "$ENC_ADMIN" enc; fi
 until curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
 
 # enc-json's records (and json's): 1000 distinct JSON documents of exactly
@@ -197,7 +208,7 @@ PLAIN_PAYLOAD=""
 [[ "$PAYLOAD_MODE" == file ]] && PLAIN_PAYLOAD="$RUN/payload-random.txt"
 
 tool() { deploy/kafka.sh tool "$@"; }
-for t in bench bench.json bench.enc.value bench.enc.json; do
+for t in bench bench.json bench.enc.value bench.enc.json bench.share bench.enc.share; do
   tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$DIRECT" --create \
     --topic "$t" --partitions 6 --replication-factor 1 >/dev/null
 done
@@ -209,6 +220,19 @@ produce() { # bootstrap throughput-limit [topic [payload-file]]
   tool org.apache.kafka.tools.ProducerPerformance --topic "${3:-bench}" --num-records "$RECORDS" \
     "${records[@]}" --throughput "$2" \
     --producer-props bootstrap.servers="$1" acks=1 linger.ms=5 batch.size=65536 2>/dev/null | tail -1
+}
+# Share groups (KIP-932) are off until the share.version feature is raised.
+if has share || has enc-share; then
+  tool org.apache.kafka.tools.FeatureCommand --bootstrap-server "$DIRECT" upgrade --feature share.version=1 >/dev/null
+fi
+# share consumer: a fresh share group starting from the earliest offset (a
+# group config; the default is the latest); csv line with nMsg/sec in col 5.
+share_consume() { # bootstrap topic
+  local group="bench-share-$RANDOM-$RANDOM"
+  tool kafka.admin.ConfigCommand --bootstrap-server "$DIRECT" --alter --entity-type groups \
+    --entity-name "$group" --add-config share.auto.offset.reset=earliest >/dev/null
+  tool org.apache.kafka.tools.ShareConsumerPerformance --bootstrap-server "$1" --topic "$2" \
+    --messages "$RECORDS" --timeout 60000 --group "$group" 2>/dev/null | tail -1
 }
 # consumer: csv line with MB/sec (col 4) and nMsg/sec (col 6)
 consume() { # bootstrap [topic]
@@ -228,6 +252,8 @@ route() {
     json) echo "$AUTHZ bench.json $RUN/payload.jsonl" ;;
     enc-value) echo "$ENC bench.enc.value $PLAIN_PAYLOAD" ;;
     enc-json) echo "$ENC bench.enc.json $RUN/payload.jsonl" ;;
+    share) echo "$AUTHZ bench.share $PLAIN_PAYLOAD" ;;
+    enc-share) echo "$ENC bench.enc.share $PLAIN_PAYLOAD" ;;
   esac
 }
 read -r -a ALL <<< "$PATHS"
@@ -238,7 +264,15 @@ for r in $(seq 1 "$ROUNDS"); do
   for path in $order; do
     read -r b topic payload <<< "$(route "$path")"
     p=$(produce "$b" -1 "$topic" "$payload" | field_rate)
-    c=$(consume "$b" "$topic" | cut -d, -f6 | tr -d ' ')
+    case "$path" in
+      share|enc-share) c=$(share_consume "$b" "$topic" | cut -d, -f5 | tr -d ' ') ;;
+      *) c=$(consume "$b" "$topic" | cut -d, -f6 | tr -d ' ') ;;
+    esac
+    # A consumer that got nothing timed out: a broken path, not a number.
+    if ! awk -v c="$c" 'BEGIN {exit !(c > 0)}'; then
+      echo "bench.sh: round $r, path $path consumed nothing (rate '$c'); see the tool's output above" >&2
+      exit 1
+    fi
     echo "$r,$path,$p,$c" | tee -a "$RUN/throughput.csv"
   done
 done
@@ -374,7 +408,11 @@ if has enc-json; then
   echo "  paired ratio to json (target: produce >= 0.80, consume >= 0.80): $(pair enc-json json)"
   echo "  paired ratio to authz (random 1 KiB values): $(pair enc-json authz)"
 fi
-if has enc-value || has enc-json; then
+if has enc-share; then
+  echo "whole value encrypted, share group (enc-share): produce $(col enc-share 3) rec/s, share consume with decryption $(col enc-share 4) rec/s"
+  echo "  paired ratio to share (target: consume >= 0.80): $(pair enc-share share)"
+fi
+if has enc-value || has enc-json || has enc-share; then
   # Proof the measured paths did the work: every consumed record revealed in
   # plaintext (a denied Decrypt would show masks instead), nothing refused.
   echo "encryption during the run: $(metric "$ENC_ADMIN" custos_encrypted_records_total) records encrypted," \
