@@ -747,6 +747,32 @@ pub struct SealBuffers {
     envelope: Vec<u8>,
 }
 
+/// The headers of a record being rewritten that `rule` protects and that
+/// are still as read: each one's binding name, its bytes, and the slot its
+/// replacement goes in.
+fn protected_headers<'v, 'a>(
+    rule: &'v Rule,
+    headers: &'v mut [(&'a [u8], Field<'a>)],
+) -> impl Iterator<Item = (String, &'a [u8], &'v mut Field<'a>)> + 'v {
+    // Most rules protect no header: then not even a name is read.
+    let headers = if rule.config.headers.is_empty() {
+        &mut [][..]
+    } else {
+        headers
+    };
+    headers.iter_mut().filter_map(move |(name, value)| {
+        let name = std::str::from_utf8(name).ok()?;
+        let Field::Read(v) = *value else {
+            return None;
+        };
+        rule.config
+            .headers
+            .iter()
+            .any(|x| x == name)
+            .then(|| (header_field(name), v, value))
+    })
+}
+
 /// Seals every part of a record being rewritten that `rule` protects with
 /// `dek`: the sealed parts are written to `scratch` and the view points at
 /// them. Says whether anything was sealed (a tombstone, or a value without
@@ -788,19 +814,9 @@ pub fn seal_view(
             changed = true;
         }
     }
-    if !rule.config.headers.is_empty() {
-        for (name, value) in rec.headers.iter_mut() {
-            let Ok(name) = std::str::from_utf8(name) else {
-                continue;
-            };
-            if !rule.config.headers.iter().any(|x| x == name) {
-                continue;
-            }
-            if let Field::Read(v) = *value {
-                *value = sealed(&header_field(name), v, scratch)?;
-                changed = true;
-            }
-        }
+    for (field, v, slot) in protected_headers(rule, &mut rec.headers) {
+        *slot = sealed(&field, v, scratch)?;
+        changed = true;
     }
     // A tombstone stays a tombstone: compaction depends on it.
     let Field::Read(value) = rec.value else {
@@ -1124,20 +1140,10 @@ pub fn reveal_record(
             }
         }
     }
-    if !rule.config.headers.is_empty() {
-        for (name, value) in rec.headers.iter_mut() {
-            let Ok(name) = std::str::from_utf8(name) else {
-                continue;
-            };
-            if !rule.config.headers.iter().any(|x| x == name) {
-                continue;
-            }
-            if let Field::Read(v) = *value {
-                if let Some(new) = reveal_bytes(&header_field(name), v, scratch)? {
-                    *value = new;
-                    changed = true;
-                }
-            }
+    for (field, v, slot) in protected_headers(rule, &mut rec.headers) {
+        if let Some(new) = reveal_bytes(&field, v, scratch)? {
+            *slot = new;
+            changed = true;
         }
     }
     let Field::Read(value) = rec.value else {

@@ -130,6 +130,23 @@ fn stable(h: &BatchHeader) -> BatchHeader {
     }
 }
 
+/// A control batch holding a commit marker: control record key (version 0,
+/// type 1), value (version 0, coordinator epoch 0).
+fn commit_marker() -> Bytes {
+    let marker = Record {
+        attributes: 0,
+        timestamp_delta: 0,
+        offset_delta: 0,
+        key: Some(Bytes::from_static(&[0, 0, 0, 1])),
+        value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+        headers: vec![],
+    };
+    build(
+        header_with(TRANSACTIONAL_FLAG | CONTROL_FLAG, 0),
+        vec![marker],
+    )
+}
+
 fn crc_verifies(batch: &[u8]) {
     let crc = u32::from_be_bytes([batch[17], batch[18], batch[19], batch[20]]);
     assert_eq!(reference_crc32c(&batch[21..]), crc, "CRC-32C of the batch");
@@ -419,20 +436,7 @@ fn transactional_batches_decode_and_control_batches_stay_raw() {
     );
     assert_eq!(back.header.base_sequence, 77);
 
-    // A commit marker: control record key (version 0, type 1), value
-    // (version 0, coordinator epoch 0).
-    let marker = Record {
-        attributes: 0,
-        timestamp_delta: 0,
-        offset_delta: 0,
-        key: Some(Bytes::from_static(&[0, 0, 0, 1])),
-        value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
-        headers: vec![],
-    };
-    let control = build(
-        header_with(TRANSACTIONAL_FLAG | CONTROL_FLAG, 0),
-        vec![marker],
-    );
+    let control = commit_marker();
     let mut blob = BytesMut::new();
     blob.put_slice(&txn);
     blob.put_slice(&control);
@@ -818,18 +822,7 @@ fn a_view_and_its_record_agree() {
 fn records_are_counted_by_their_headers_and_visited_with_their_index() {
     let g = golden();
     let plain = one_batch(decode(&g).expect("decode"));
-    let marker = Record {
-        attributes: 0,
-        timestamp_delta: 0,
-        offset_delta: 0,
-        key: Some(Bytes::from_static(&[0, 0, 0, 1])),
-        value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
-        headers: vec![],
-    };
-    let control = build(
-        header_with(TRANSACTIONAL_FLAG | CONTROL_FLAG, 0),
-        vec![marker],
-    );
+    let control = commit_marker();
     for codec in CODECS {
         let mut h = plain.header.clone();
         h.attributes = codec.id();
