@@ -594,12 +594,13 @@ impl KeyManager {
         bump(&self.stats.misses);
         let generation = self.subject_cache.generation();
         let context = subject_context(&token);
-        let current = match store.current(&token).await? {
+        let seen = store.current(&token).await?;
+        let current = match &seen {
             Some((version, wrapped)) => {
-                match self.kms.decrypt_data_key(&wrapped, &context).await {
+                match self.kms.decrypt_data_key(wrapped, &context).await {
                     Ok(key) => {
                         bump(&self.stats.decrypts);
-                        Some((version, key))
+                        Some((*version, key))
                     }
                     // The KEK version that wrapped it was destroyed: that key
                     // is lost, so the subject gets a new version, as after a
@@ -616,7 +617,7 @@ impl KeyManager {
                 let data_key = self.kms.generate_data_key(kek_id, &context).await?;
                 bump(&self.stats.generated);
                 let wrapped = data_key.wrapped;
-                let (version, kept) = store.create(&token, &wrapped).await?;
+                let (version, kept) = store.create(&token, &wrapped, seen.map(|(v, _)| v)).await?;
                 if kept == wrapped {
                     bump(&self.stats.subject_created);
                     (version, data_key.plaintext)

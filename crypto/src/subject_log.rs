@@ -257,6 +257,18 @@ impl SubjectLog {
             .find_map(|&v| s.winner(v).map(|e| (v, e.wrapped.clone())))
     }
 
+    /// The subject's current key when it is newer than `replaces`, the
+    /// version a writer saw before it made a key: another gateway's key,
+    /// applied since, that the writer must use instead of adding a version.
+    pub fn created_since(
+        &self,
+        token: &SubjectToken,
+        replaces: Option<u32>,
+    ) -> Option<(u32, WrappedKey)> {
+        self.current(token)
+            .filter(|(v, _)| replaces.is_none_or(|r| *v > r))
+    }
+
     /// One version of the subject's key.
     pub fn lookup(&self, token: &SubjectToken, version: u32) -> SubjectKey {
         let Some(s) = self.subjects.get(token) else {
@@ -437,6 +449,26 @@ mod tests {
         assert_eq!(log.current(&t), Some((1, w(1))));
         assert_eq!(replay(&compact(&all)).current(&t), Some((1, w(1))));
         assert_eq!(log.next_version(&t), 2);
+    }
+
+    #[test]
+    fn a_key_applied_after_the_writer_looked_is_used_instead_of_a_new_version() {
+        let t = [3u8; 32];
+        let mut log = SubjectLog::new();
+        // The writer saw no key; none was made since: it may create one.
+        assert_eq!(log.created_since(&t, None), None);
+        // Another gateway's version 1 is applied before the writer creates.
+        write(&mut log, &[key_record(&t, 1, &[0xAA; 8], &w(1), 0)]);
+        assert_eq!(log.created_since(&t, None), Some((1, w(1))));
+        // A writer that saw version 1 (whose KEK was destroyed) replaces it.
+        assert_eq!(log.created_since(&t, Some(1)), None);
+        write(&mut log, &[key_record(&t, 2, &[0xBB; 8], &w(2), 0)]);
+        assert_eq!(log.created_since(&t, Some(1)), Some((2, w(2))));
+        // After a shredding nothing is current: the next writer creates.
+        let (records, _) = log.shred_records(&t, 0);
+        write(&mut log, &records);
+        assert_eq!(log.created_since(&t, None), None);
+        assert_eq!(log.next_version(&t), 3);
     }
 
     #[test]

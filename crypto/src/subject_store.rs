@@ -107,11 +107,14 @@ pub trait SubjectKeys: Send + Sync + 'static {
     /// Stores `wrapped` as the subject's next key version, durably, and
     /// returns the subject's current key afterwards: `wrapped` itself, or
     /// the key another gateway sharing the store created first, which the
-    /// caller must use instead.
+    /// caller must use instead. `replaces` is the current version the caller
+    /// saw (and could not use), `None` when it saw none: a key created by
+    /// someone else since then is returned instead of adding another.
     async fn create(
         &self,
         token: &SubjectToken,
         wrapped: &WrappedKey,
+        replaces: Option<u32>,
     ) -> Result<(u32, WrappedKey), StoreError>;
 
     /// Destroys every key of the subject; later reads give
@@ -454,7 +457,11 @@ impl SubjectKeys for SubjectKeyStore {
         &self,
         token: &SubjectToken,
         wrapped: &WrappedKey,
+        _replaces: Option<u32>,
     ) -> Result<(u32, WrappedKey), StoreError> {
+        // One gateway owns a sled store, and `KeyService` lets one task at a
+        // time create a subject's key, so nobody can have created one since
+        // the caller looked.
         // sled's flush waits for the disk: keep it off the executor.
         let (db, tree, token, w) = (self.db.clone(), self.tree.clone(), *token, wrapped.clone());
         let version =

@@ -489,9 +489,19 @@ impl SubjectKeys for TopicSubjectStore {
         &self,
         token: &SubjectToken,
         wrapped: &WrappedKey,
+        replaces: Option<u32>,
     ) -> Result<(u32, WrappedKey), StoreError> {
         for _ in 0..5 {
-            let version = self.lock().next_version(token);
+            // Another gateway's key may have been applied since the caller
+            // looked: adding a version after it would leave the two gateways
+            // on different keys for good.
+            let version = {
+                let state = self.lock();
+                if let Some(found) = state.created_since(token, replaces) {
+                    return Ok(found);
+                }
+                state.next_version(token)
+            };
             let mut nonce = [0u8; NONCE_LEN];
             getrandom::fill(&mut nonce).map_err(unavailable)?;
             let record = subject_log::key_record(token, version, &nonce, wrapped, now_secs());
