@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -262,6 +262,8 @@ where
     let mut frames = FramedRead::new(upstream_r, FrameCodec::new(MAX_RESPONSE_BYTES));
     // Fetch answers still to read whole before streaming again.
     let mut whole_fetches = 0u32;
+    // The buffer streamed answers are read into, kept between them.
+    let mut stream_buf = bytes::BytesMut::new();
     let result = async {
         loop {
             let pending = tokio::select! {
@@ -308,7 +310,7 @@ where
                         tokio::select! {
                             biased;
                             _ = abort.cancelled() => return Ok(()),
-                            s = stream_fetch(&mut frames, &mut client_w, info, ctx, &answer, &mut whole_fetches) => s?,
+                            s = stream_fetch(&mut frames, &mut client_w, info, ctx, &answer, &mut whole_fetches, &mut stream_buf) => s?,
                         }
                     } else if wanted {
                         whole_fetches = whole_fetches.saturating_sub(u32::from(streams));
@@ -501,6 +503,7 @@ async fn stream_fetch<R, W>(
     ctx: &SessionCtx,
     answer: &crate::pipeline::FetchAnswer,
     whole_fetches: &mut u32,
+    stream_buf: &mut bytes::BytesMut,
 ) -> Result<CutThrough, SessionError>
 where
     R: AsyncRead + Unpin,
@@ -514,7 +517,8 @@ where
     let arrived_at = Instant::now();
     // Bytes after this frame in the buffer are the next frame's: they stay.
     let take = frames.read_buffer().len().min(total);
-    let buf = frames.read_buffer_mut().split_to(take);
+    crate::fetch_stream::reuse(stream_buf, &frames.read_buffer()[..take], total);
+    frames.read_buffer_mut().advance(take);
     let sctx = crate::fetch_stream::StreamCtx {
         pipeline: &ctx.pipeline,
         session: info,
@@ -522,15 +526,16 @@ where
         lanes: ctx.fetch_lanes,
     };
     use crate::fetch_stream::StreamError as E;
-    let streamed = crate::fetch_stream::stream(frames.get_mut(), buf, total, client_w, &sctx)
-        .await
-        .map_err(|e| match e {
-            E::Client(e) => client_write_error(e),
-            E::Stage(e) => fail(e.blame, e.to_string()),
-            e @ (E::Broker(_) | E::BrokerClosed(..) | E::Malformed(_)) => {
-                fail(Blame::Upstream, e.to_string())
-            }
-        })?;
+    let streamed =
+        crate::fetch_stream::stream(frames.get_mut(), stream_buf, total, client_w, &sctx)
+            .await
+            .map_err(|e| match e {
+                E::Client(e) => client_write_error(e),
+                E::Stage(e) => fail(e.blame, e.to_string()),
+                e @ (E::Broker(_) | E::BrokerClosed(..) | E::Malformed(_)) => {
+                    fail(Blame::Upstream, e.to_string())
+                }
+            })?;
     ctx.metrics.fetch_streamed.inc();
     if streamed.no_room > 0 {
         ctx.metrics.fetch_stream_no_room.inc_by(streamed.no_room);
