@@ -459,7 +459,7 @@ impl SubjectKeys for SubjectKeyStore {
         wrapped: &WrappedKey,
         _replaces: Option<u32>,
     ) -> Result<(u32, WrappedKey), StoreError> {
-        // One gateway owns a sled store, and `KeyService` lets one task at a
+        // One gateway owns a sled store, and `KeyManager` lets one task at a
         // time create a subject's key, so nobody can have created one since
         // the caller looked.
         // sled's flush waits for the disk: keep it off the executor.

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -263,7 +263,7 @@ where
     // Fetch answers still to read whole before streaming again.
     let mut whole_fetches = 0u32;
     // The buffer streamed answers are read into, kept between them.
-    let mut stream_buf = bytes::BytesMut::new();
+    let mut stream_buf = BytesMut::new();
     let result = async {
         loop {
             let pending = tokio::select! {
@@ -503,7 +503,7 @@ async fn stream_fetch<R, W>(
     ctx: &SessionCtx,
     answer: &crate::pipeline::FetchAnswer,
     whole_fetches: &mut u32,
-    stream_buf: &mut bytes::BytesMut,
+    stream_buf: &mut BytesMut,
 ) -> Result<CutThrough, SessionError>
 where
     R: AsyncRead + Unpin,
