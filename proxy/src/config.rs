@@ -218,15 +218,25 @@ pub struct LimitsConfig {
     /// Most requests in flight per connection before Custos stops reading.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Fetch answers at least this large that stages rewrite (decryption,
-    /// access audit) are streamed partition by partition instead of being
-    /// read whole first; 0 streams every such answer.
+    /// Fetch answers at least this large that stages only read (the access
+    /// audit) are streamed partition by partition instead of being read
+    /// whole first; 0 streams every such answer.
     #[serde(default = "default_fetch_stream_min_bytes")]
     pub fetch_stream_min_bytes: usize,
+    /// The same for Fetch answers a stage may rewrite (decryption). Smaller
+    /// ones are read whole, revealed on every core and sent at their exact
+    /// length, which measured cheaper and no slower; larger ones stream so
+    /// that a connection never holds more than a few MiB of an answer.
+    #[serde(default = "default_fetch_reveal_stream_min_bytes")]
+    pub fetch_reveal_stream_min_bytes: usize,
 }
 
 fn default_fetch_stream_min_bytes() -> usize {
     256 * 1024
+}
+
+fn default_fetch_reveal_stream_min_bytes() -> usize {
+    8 << 20
 }
 
 impl Default for LimitsConfig {
@@ -236,6 +246,7 @@ impl Default for LimitsConfig {
             max_connections: default_max_connections(),
             max_in_flight: default_max_in_flight(),
             fetch_stream_min_bytes: default_fetch_stream_min_bytes(),
+            fetch_reveal_stream_min_bytes: default_fetch_reveal_stream_min_bytes(),
         }
     }
 }
@@ -764,6 +775,8 @@ admin:
         let c = parse(GOOD).expect("valid");
         assert_eq!(c.listen.host, "0.0.0.0");
         assert_eq!(c.limits.max_frame_bytes, 100 * 1024 * 1024);
+        assert_eq!(c.limits.fetch_stream_min_bytes, 256 << 10);
+        assert_eq!(c.limits.fetch_reveal_stream_min_bytes, 8 << 20);
         assert_eq!(c.shutdown.drain_timeout_ms, 30_000);
         assert_eq!(
             parse_host_port(&c.upstream.bootstrap_servers[1]),

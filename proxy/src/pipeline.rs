@@ -197,6 +197,13 @@ pub trait Stage: Send + Sync + 'static {
         false
     }
 
+    /// Whether this stage may change the records of Fetch answers at
+    /// `version` (decryption), not only read them: such answers stream only
+    /// from a larger size on (`limits.fetch_reveal_stream_min_bytes`).
+    fn rewrites_fetch(&self, _version: i16) -> bool {
+        false
+    }
+
     /// Inspects or changes one partition of a streamed Fetch answer.
     /// Partitions of one answer may be handled concurrently.
     async fn on_fetch_partition(
@@ -288,6 +295,15 @@ impl Pipeline {
             .filter(|s| s.wants_response_version(ApiKey::Fetch, version))
             .peekable();
         wanted.peek().is_some() && wanted.all(|s| s.streams_fetch(version))
+    }
+
+    /// Whether a stage that wants Fetch answers at `version` may change
+    /// their records.
+    pub fn rewrites_fetch(&self, version: i16) -> bool {
+        self.by_response_key[slot(ApiKey::Fetch)]
+            .iter()
+            .map(|&i| &self.stages[i])
+            .any(|s| s.wants_response_version(ApiKey::Fetch, version) && s.rewrites_fetch(version))
     }
 
     /// Runs the partition hooks of a streamed Fetch answer, in response
@@ -395,5 +411,44 @@ mod tests {
         let mut r = Response::parse(raw, ApiKey::Metadata, 0).expect("parse");
         p.on_response(&session, &mut r).await.expect("run");
         assert_eq!(*seen.lock().expect("lock"), vec!["b", "a"]);
+    }
+
+    /// A Fetch stage that streams, and rewrites records from `from` on.
+    struct FetchReader {
+        rewrites_from: i16,
+    }
+
+    #[async_trait]
+    impl Stage for FetchReader {
+        fn name(&self) -> &'static str {
+            "fetch-reader"
+        }
+        fn response_api_keys(&self) -> &[ApiKey] {
+            &[ApiKey::Fetch]
+        }
+        fn streams_fetch(&self, _version: i16) -> bool {
+            true
+        }
+        fn rewrites_fetch(&self, version: i16) -> bool {
+            version >= self.rewrites_from
+        }
+    }
+
+    #[test]
+    fn fetch_answers_count_as_rewritten_when_a_stage_that_wants_them_may_rewrite() {
+        let reader = || -> Arc<dyn Stage> {
+            Arc::new(FetchReader {
+                rewrites_from: i16::MAX,
+            })
+        };
+        let rewriter = || -> Arc<dyn Stage> { Arc::new(FetchReader { rewrites_from: 4 }) };
+        let only_reads = Pipeline::new(vec![reader()]);
+        assert!(only_reads.streams_fetch(12));
+        assert!(!only_reads.rewrites_fetch(12));
+        let both = Pipeline::new(vec![reader(), rewriter()]);
+        assert!(both.streams_fetch(12));
+        assert!(both.rewrites_fetch(12));
+        assert!(!both.rewrites_fetch(3), "per version");
+        assert!(!Pipeline::new(vec![]).rewrites_fetch(12));
     }
 }

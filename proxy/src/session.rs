@@ -89,9 +89,11 @@ pub struct SessionCtx {
     pub max_in_flight: usize,
     /// Where audit records go before a response is released.
     pub auditor: crate::audit_trail::Auditor,
-    /// Fetch answers at least this large that stages rewrite are streamed
+    /// Fetch answers at least this large that stages only read are streamed
     /// partition by partition (`fetch_stream.rs`), not read whole first.
     pub fetch_stream_min_bytes: usize,
+    /// The same for Fetch answers a stage may rewrite.
+    pub fetch_reveal_stream_min_bytes: usize,
     /// Partitions of a streamed Fetch answer handled at once.
     pub fetch_lanes: usize,
 }
@@ -493,7 +495,8 @@ fn decode_buffered<R>(frames: &mut FramedRead<R, FrameCodec>) -> Result<CutThrou
 
 /// Streams the broker's next frame, a Fetch answer, to the client through
 /// the stages' partition hooks (`fetch_stream.rs`) if it is at least
-/// `ctx.fetch_stream_min_bytes` long; the exchange's audit records are
+/// `ctx.fetch_stream_min_bytes` long (`ctx.fetch_reveal_stream_min_bytes`
+/// when a stage may rewrite it); the exchange's audit records are
 /// submitted before its last bytes go out. Any other frame is returned whole
 /// if it is whole in the buffer, else left for the framer.
 async fn stream_fetch<R, W>(
@@ -509,7 +512,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let total = match peek(frames, answer.correlation_id, ctx.fetch_stream_min_bytes).await? {
+    let min = if ctx.pipeline.rewrites_fetch(answer.api_version) {
+        ctx.fetch_reveal_stream_min_bytes
+    } else {
+        ctx.fetch_stream_min_bytes
+    };
+    let total = match peek(frames, answer.correlation_id, min).await? {
         Peek::Large(total) => total,
         Peek::Other => return decode_buffered(frames),
         Peek::Closed => return Ok(CutThrough::NotTaken),
@@ -675,6 +683,7 @@ mod tests {
             max_in_flight: 8,
             auditor: crate::audit_trail::Auditor::disabled(),
             fetch_stream_min_bytes: CUT_THROUGH_MIN_BYTES,
+            fetch_reveal_stream_min_bytes: CUT_THROUGH_MIN_BYTES,
             fetch_lanes: 2,
         })
     }

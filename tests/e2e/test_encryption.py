@@ -117,8 +117,9 @@ def setup(kafka, tmp_path_factory):
                       f"      credentials_file: \"{creds}\"\n"),
         admin_extra=f"  token_file: \"{d / 'admin.token'}\"\n",
         # Every Fetch answer streams partition by partition (fetch_stream.rs),
-        # however small, so both clients read streamed answers throughout.
-        limits_extra="  fetch_stream_min_bytes: 0\n",
+        # however small, so both clients read streamed answers throughout
+        # (by default answers a stage may rewrite stream from 8 MiB on).
+        limits_extra="  fetch_stream_min_bytes: 0\n  fetch_reveal_stream_min_bytes: 0\n",
         extra_yaml=("authorization:\n"
                     f"  policies: [\"{policies}\"]\n"
                     "audit:\n"

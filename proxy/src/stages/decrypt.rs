@@ -175,6 +175,10 @@ impl Stage for Decrypt {
         fetch_records::VERSIONS.contains(&version)
     }
 
+    fn rewrites_fetch(&self, _version: i16) -> bool {
+        !self.protection.rules.is_empty()
+    }
+
     async fn on_fetch_partition(
         &self,
         session: &SessionInfo,
