@@ -79,6 +79,22 @@ rm -rf "$RUN"; mkdir -p "$RUN"
 
 CUSTOS_PID=""
 PIDS=()
+# Waits until the instance (pid, admin address, log) answers /readyz; one
+# that exits first (e.g. its port was taken: these ports sit in Linux's
+# ephemeral range, so an outgoing connection can hold one for a while) stops
+# the run with its last log line instead of waiting forever.
+wait_ready() { # pid admin-addr log
+  for _ in $(seq 1 300); do
+    curl -fsS "http://$2/readyz" >/dev/null 2>&1 && return 0
+    if ! kill -0 "$1" 2>/dev/null; then
+      echo "bench.sh: Custos ($3) exited before it was ready: $(tail -1 "$3")" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+  echo "bench.sh: Custos ($3) not ready after 60 s" >&2
+  exit 1
+}
 cleanup() {
   [[ -n "$CUSTOS_PID" ]] && kill "$CUSTOS_PID" 2>/dev/null || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -159,13 +175,13 @@ YAML
   esac
   "$CUSTOS_BIN" run --config "$RUN/custos-$1.yaml" 2>"$RUN/custos-$1.log" &
   PIDS+=($!)
-  until curl -fsS "http://$4/readyz" >/dev/null 2>&1; do sleep 0.2; done
+  wait_ready "${PIDS[-1]}" "$4" "$RUN/custos-$1.log"
 }
 if has authz || has json || has share; then variant authz 49510 49700 "$AUTHZ_ADMIN"; fi
 if has audit; then variant audit 49520 49800 "$AUDIT_ADMIN" strict; fi
 if has audit-async; then variant audit-async 49530 49900 "$AUDIT_ASYNC_ADMIN" async; fi
 if has enc-value || has enc-json || has enc-share; then variant enc 49540 50000 "$ENC_ADMIN" enc; fi
-until curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1; do sleep 0.2; done
+wait_ready "$CUSTOS_PID" "$ADMIN" "$RUN/custos.log"
 
 # enc-json's records (and json's): 1000 distinct JSON documents of exactly
 # SIZE bytes, one a line, picked at random by the producer. Two string fields
