@@ -103,6 +103,32 @@ def test_aws_kms_round_trip(setup, kafka):
     assert metric_total(gw, "kms_calls", kms="aws", op="generate_data_key", outcome="ok") >= 1
 
 
+def metric_plain(gw, name) -> float:
+    with urllib.request.urlopen(f"http://{gw.host}:{gw.admin_port}/metrics", timeout=5) as r:
+        m = re.search(r"^custos_%s(?:_total)? (\S+)$" % name, r.read().decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_encrypted_answers_up_to_8_mib_are_revealed_whole(setup, kafka):
+    """By default a Fetch answer the decrypt stage may rewrite streams only
+    from 8 MiB on (`limits.fetch_reveal_stream_min_bytes`): an answer of
+    several hundred KiB, which would stream if it were only read, is read
+    whole, revealed and sent at its exact length."""
+    gw, _, _ = setup
+    topic = "aws.secure.whole"
+    rd_create_topic(gw.bootstrap, topic, 1)
+    values = [f"{i:04d}".encode() + os.urandom(500).hex().encode() for i in range(600)]
+    assert produce(gw, topic, values) == (600, {})
+    streamed = metric_plain(gw, "fetch_streamed")
+    sent = metric_plain(gw, "client_sent_bytes")
+    got = rd_consume(gw.bootstrap, topic, 600)
+    assert [r.v for r in got] == values
+    # The records came in answers above the 256 KiB streaming threshold of
+    # read-only stages, and none of them streamed.
+    assert metric_plain(gw, "client_sent_bytes") - sent > 256 * 1024
+    assert metric_plain(gw, "fetch_streamed") == streamed
+
+
 def test_kms_outage_refuses_protected_produce_and_recovers(setup, kafka):
     gw, moto, _ = setup
     topic = "aws.secure.outage"
@@ -143,3 +169,4 @@ def test_kms_stopped_refuses_protected_produce(setup, kafka):
     assert ok == 0 and sum(errs.values()) == 1, errs
     assert rd_consume(kafka.bootstrap, topic, 0, timeout=3, check=False) == []
     assert produce(gw, plain_topic, [b"not protected"]) == (1, {})
+
