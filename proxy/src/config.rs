@@ -229,6 +229,14 @@ pub struct LimitsConfig {
     /// that a connection never holds more than a few MiB of an answer.
     #[serde(default = "default_fetch_reveal_stream_min_bytes")]
     pub fetch_reveal_stream_min_bytes: usize,
+    /// Pass answers that no stage reads from the broker's socket to the
+    /// client's inside the kernel (splice), when both legs are plain TCP.
+    #[serde(default = "default_zero_copy")]
+    pub zero_copy: bool,
+}
+
+fn default_zero_copy() -> bool {
+    true
 }
 
 fn default_fetch_stream_min_bytes() -> usize {
@@ -247,6 +255,7 @@ impl Default for LimitsConfig {
             max_in_flight: default_max_in_flight(),
             fetch_stream_min_bytes: default_fetch_stream_min_bytes(),
             fetch_reveal_stream_min_bytes: default_fetch_reveal_stream_min_bytes(),
+            zero_copy: default_zero_copy(),
         }
     }
 }

@@ -152,6 +152,28 @@ pub fn read_partition<'a>(
     version: i16,
     topic: Option<&'a str>,
 ) -> Result<PartitionRecords<'a>, WireError> {
+    let (partition, error_code, error_at) = read_partition_fields(r, version)?;
+    let (records, field) = r.records_field("records")?;
+    Ok(PartitionRecords {
+        topic,
+        partition,
+        error_code,
+        error_at,
+        records,
+        field,
+    })
+}
+
+/// A partition's fields through its records' length prefix: the records'
+/// length (0 when null). The records themselves need not be in `r`.
+pub fn read_partition_head(r: &mut Reader<'_>, version: i16) -> Result<usize, WireError> {
+    read_partition_fields(r, version)?;
+    r.bytes_len("records")
+}
+
+/// A partition's fields before its records: index, error code and where
+/// the error code sits.
+fn read_partition_fields(r: &mut Reader<'_>, version: i16) -> Result<(i32, i16, usize), WireError> {
     let partition = r.i32("partition index")?;
     let error_at = r.position();
     let error_code = r.i16("partition error code")?;
@@ -169,15 +191,7 @@ pub fn read_partition<'a>(
     if version >= 11 {
         r.i32("preferred read replica")?;
     }
-    let (records, field) = r.records_field("records")?;
-    Ok(PartitionRecords {
-        topic,
-        partition,
-        error_code,
-        error_at,
-        records,
-        field,
-    })
+    Ok((partition, error_code, error_at))
 }
 
 /// A Fetch response frame (`frame`, whose body starts at `body_at`) with

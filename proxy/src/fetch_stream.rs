@@ -75,6 +75,17 @@ pub enum Step {
     Pass(Bytes),
     /// A partition, through its records.
     Partition(Part),
+    /// A partition's bytes through its records' length prefix; its records
+    /// (`len` bytes) come next, for the caller to move on unread before the
+    /// next step ([`Walker::records_unread`] walkers only).
+    Head {
+        /// The partition's fields through the records' length prefix.
+        head: Bytes,
+        /// Length of its records.
+        len: usize,
+    },
+    /// The answer's closing tagged fields (and anything after them).
+    Tail(Bytes),
     /// The answer has been walked to its end.
     Done,
 }
@@ -121,6 +132,8 @@ pub struct Walker {
     parts_left: usize,
     topic: Option<Arc<str>>,
     topic_id: Option<Arc<str>>,
+    /// Partitions come as [`Step::Head`], their records left unread.
+    records_unread: bool,
 }
 
 /// Reads with `f` from the start of `buf`: what it read and how many bytes,
@@ -170,6 +183,16 @@ impl Walker {
             parts_left: 0,
             topic: None,
             topic_id: None,
+            records_unread: false,
+        })
+    }
+
+    /// A walker for a Fetch answer at `version` whose records the caller
+    /// moves on unread: partitions come as [`Step::Head`].
+    pub fn records_unread(version: i16) -> Result<Self, FetchError> {
+        Ok(Self {
+            records_unread: true,
+            ..Self::new(version)?
         })
     }
 
@@ -230,6 +253,19 @@ impl Walker {
                     return Ok(pass(buf, n));
                 }
                 State::Partition if self.parts_left == 0 => self.state = State::TopicEnd,
+                State::Partition if self.records_unread => {
+                    let Some((len, n)) = parse(buf, complete, flexible, |r| {
+                        fetch_records::read_partition_head(r, version)
+                    })?
+                    else {
+                        return Ok(Step::NeedMore);
+                    };
+                    self.state = State::PartitionEnd;
+                    return Ok(Step::Head {
+                        head: buf.split_to(n).freeze(),
+                        len,
+                    });
+                }
                 State::Partition => {
                     let Some((p, _)) = parse(buf, complete, flexible, |r| {
                         let p = fetch_records::read_partition(r, version, None)?;
@@ -276,7 +312,7 @@ impl Walker {
                     parse(buf, true, flexible, |r| r.tagged_fields())?;
                     self.state = State::Done;
                     let n = buf.len();
-                    return Ok(pass(buf, n));
+                    return Ok(Step::Tail(buf.split_to(n).freeze()));
                 }
                 State::Done => return Ok(Step::Done),
             }
@@ -356,6 +392,24 @@ where
                     partition: false,
                     no_room: false,
                 })))),
+                Step::Tail(t) => {
+                    let t = rewrite_tail(ctx.pipeline, ctx.answer.api_version, t)?;
+                    queue.push_back(Box::pin(std::future::ready(Ok(Out {
+                        pieces: vec![t],
+                        partition: false,
+                        no_room: false,
+                    }))));
+                }
+                // Not from a walker made by `Walker::new`.
+                Step::Head { .. } => {
+                    return Err(StreamError::Malformed(FetchError::Wire(
+                        WireError::Invalid {
+                            what: "partition walked without its records",
+                            at: total - unread - buf.len(),
+                            value: 0,
+                        },
+                    )))
+                }
                 Step::Partition(p) => match p.records.clone().filter(|r| !r.is_empty()) {
                     None => queue.push_back(Box::pin(std::future::ready(Ok(Out {
                         pieces: [Some(p.head), p.records].into_iter().flatten().collect(),
@@ -421,6 +475,34 @@ where
         held: writer.held.unwrap_or_default(),
         no_room,
     })
+}
+
+/// The answer's closing tagged fields after the stages' tail hooks, at
+/// their original length (the frame's length went out first): a shorter
+/// result is padded with a tagged field clients skip as unknown; one too
+/// long to fit is dropped for padding alone (for node endpoints, the
+/// client then asks Metadata where the leaders are).
+pub fn rewrite_tail(pipeline: &Pipeline, version: i16, tail: Bytes) -> Result<Bytes, StreamError> {
+    let Some(new) = pipeline.on_fetch_tail(version, &tail)? else {
+        return Ok(tail);
+    };
+    crate::wire::pad_tagged_fields(&new, tail.len())
+        .or_else(|| {
+            tracing::debug!(
+                was = tail.len(),
+                rewritten = new.len(),
+                "rewritten Fetch tagged fields do not fit the answer; dropped"
+            );
+            crate::wire::pad_tagged_fields(&[0], tail.len())
+        })
+        .map(Bytes::from)
+        .ok_or(StreamError::Malformed(FetchError::Wire(
+            WireError::Invalid {
+                what: "closing tagged fields too short to rewrite",
+                at: 0,
+                value: tail.len() as i64,
+            },
+        )))
 }
 
 /// Makes `spare` (the buffer the session's last answer was streamed through)
@@ -690,6 +772,8 @@ mod tests {
                             }
                             parts.push((p.topic, p.topic_id.is_some(), p.partition, p.records));
                         }
+                        Step::Tail(b) => out.extend_from_slice(&b),
+                        Step::Head { .. } => panic!("v{v}: a head from a walker reading records"),
                         Step::Done => break,
                     }
                 }

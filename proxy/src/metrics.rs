@@ -139,6 +139,8 @@ pub struct Metrics {
     /// Partitions of streamed answers withheld because their new records
     /// were longer than the broker's.
     pub fetch_stream_no_room: Counter,
+    /// Answer bytes moved socket to socket in the kernel (`splice.rs`).
+    pub zero_copy_bytes: Counter,
     /// KMS calls, by KMS, operation and outcome.
     pub kms_calls: Family<KmsLabel, Counter>,
     /// KMS call latency.
@@ -226,6 +228,7 @@ impl Metrics {
         let decrypt_failures = Counter::default();
         let fetch_streamed = Counter::default();
         let fetch_stream_no_room = Counter::default();
+        let zero_copy_bytes = Counter::default();
         let kms_calls = Family::<KmsLabel, Counter>::default();
         let kms_latency = upstream_histogram();
         let dek_cache_hits = Gauge::default();
@@ -276,6 +279,11 @@ impl Metrics {
             "fetch_stream_no_room",
             "Partitions of streamed Fetch answers withheld because their new records did not fit",
             fetch_stream_no_room.clone(),
+        );
+        registry.register(
+            "zero_copy_bytes",
+            "Answer bytes moved from the broker's socket to the client's inside the kernel (splice)",
+            zero_copy_bytes.clone(),
         );
         registry.register(
             "kms_calls",
@@ -375,6 +383,7 @@ impl Metrics {
             decrypt_failures,
             fetch_streamed,
             fetch_stream_no_room,
+            zero_copy_bytes,
             kms_calls,
             kms_latency,
             dek_cache_hits,

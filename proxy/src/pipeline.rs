@@ -204,6 +204,23 @@ pub trait Stage: Send + Sync + 'static {
         false
     }
 
+    /// Whether this stage, streaming Fetch answers at `version`, needs each
+    /// partition's records ([`on_fetch_partition`](Self::on_fetch_partition)).
+    /// When no stage does, the records are passed on unread (socket to
+    /// socket where both legs are plain TCP: `fetch_relay.rs`).
+    fn reads_fetch_partitions(&self, _version: i16) -> bool {
+        true
+    }
+
+    /// Rewrites the closing tagged fields of a streamed Fetch answer (the
+    /// bytes after its last topic: the field count and the fields). `None`
+    /// leaves them as they are. The streamer keeps the answer's length: a
+    /// shorter result is padded with an unknown tagged field that clients
+    /// skip, and one that cannot fit is refused with [`TailTooLong`].
+    fn on_fetch_tail(&self, _version: i16, _tail: &[u8]) -> Result<Option<Vec<u8>>, StageError> {
+        Ok(None)
+    }
+
     /// Inspects or changes one partition of a streamed Fetch answer.
     /// Partitions of one answer may be handled concurrently.
     async fn on_fetch_partition(
@@ -304,6 +321,34 @@ impl Pipeline {
             .iter()
             .map(|&i| &self.stages[i])
             .any(|s| s.wants_response_version(ApiKey::Fetch, version) && s.rewrites_fetch(version))
+    }
+
+    /// Whether a stage that wants Fetch answers at `version` reads their
+    /// partitions' records.
+    pub fn reads_fetch_partitions(&self, version: i16) -> bool {
+        self.by_response_key[slot(ApiKey::Fetch)]
+            .iter()
+            .map(|&i| &self.stages[i])
+            .any(|s| {
+                s.wants_response_version(ApiKey::Fetch, version)
+                    && s.reads_fetch_partitions(version)
+            })
+    }
+
+    /// Runs the tail hooks of a streamed Fetch answer in order, each seeing
+    /// the last one's result; `None` when no stage changed the tail.
+    pub fn on_fetch_tail(&self, version: i16, tail: &[u8]) -> Result<Option<Vec<u8>>, StageError> {
+        let mut out: Option<Vec<u8>> = None;
+        for &i in &self.by_response_key[slot(ApiKey::Fetch)] {
+            let stage = &self.stages[i];
+            if !stage.wants_response_version(ApiKey::Fetch, version) {
+                continue;
+            }
+            if let Some(t) = stage.on_fetch_tail(version, out.as_deref().unwrap_or(tail))? {
+                out = Some(t);
+            }
+        }
+        Ok(out)
     }
 
     /// Runs the partition hooks of a streamed Fetch answer, in response

@@ -258,6 +258,7 @@ impl Proxy {
             auditor: auditor.clone(),
             fetch_stream_min_bytes: config.limits.fetch_stream_min_bytes,
             fetch_reveal_stream_min_bytes: config.limits.fetch_reveal_stream_min_bytes,
+            zero_copy: config.limits.zero_copy,
             fetch_lanes: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         });
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));

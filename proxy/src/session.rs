@@ -23,6 +23,8 @@ use crate::frame::{write_frame, write_frame_parts, FrameCodec};
 use crate::message::{Amends, Request, Response};
 use crate::metrics::Metrics;
 use crate::pipeline::{Blame, Pipeline, SessionInfo, Verdict};
+use crate::splice::{Relay, RelayError};
+use crate::stream::{Side, SplitSides};
 
 /// Largest broker response accepted. Brokers are trusted more than clients,
 /// and fetch responses are legitimately large (`fetch.max.bytes`).
@@ -94,6 +96,9 @@ pub struct SessionCtx {
     pub fetch_stream_min_bytes: usize,
     /// The same for Fetch answers a stage may rewrite.
     pub fetch_reveal_stream_min_bytes: usize,
+    /// Whether answers no stage reads move socket to socket in the kernel
+    /// when both legs are plain TCP (`splice.rs`).
+    pub zero_copy: bool,
     /// Partitions of a streamed Fetch answer handled at once.
     pub fetch_lanes: usize,
 }
@@ -128,15 +133,25 @@ pub async fn run<C, U>(
     shutdown: CancellationToken,
 ) -> Result<(), SessionError>
 where
-    C: AsyncRead + AsyncWrite + Send + 'static,
-    U: AsyncRead + AsyncWrite + Send + 'static,
+    C: SplitSides,
+    U: SplitSides,
 {
-    let (client_r, client_w) = tokio::io::split(client);
-    let (upstream_r, upstream_w) = tokio::io::split(upstream);
+    let (client_r, client_w) = client.split_sides();
+    // The broker's write side lives until both loops end: dropping a plain
+    // TCP write side sends FIN, and answers still in flight must arrive.
+    let (upstream_r, mut upstream_w) = upstream.split_sides();
     let (tx, rx) = mpsc::channel(ctx.max_in_flight);
     // Either loop failing stops the other at once.
     let abort = CancellationToken::new();
-    let requests = request_loop(client_r, upstream_w, tx, &info, &ctx, &shutdown, &abort);
+    let requests = request_loop(
+        client_r,
+        &mut upstream_w,
+        tx,
+        &info,
+        &ctx,
+        &shutdown,
+        &abort,
+    );
     let responses = response_loop(upstream_r, client_w, rx, &info, &ctx, &abort);
     let (a, b) = tokio::join!(requests, responses);
     a.and(b)
@@ -144,7 +159,7 @@ where
 
 async fn request_loop<R, W>(
     client_r: R,
-    mut upstream_w: W,
+    upstream_w: &mut W,
     tx: mpsc::Sender<Pending>,
     info: &SessionInfo,
     ctx: &SessionCtx,
@@ -220,7 +235,7 @@ where
                             return Ok(());
                         }
                     }
-                    write_frame(&mut upstream_w, &bytes).await.map_err(|e| {
+                    write_frame(upstream_w, &bytes).await.map_err(|e| {
                         fail(
                             Blame::Upstream,
                             format!("writing {api_key:?} to broker: {e}"),
@@ -258,14 +273,11 @@ async fn response_loop<R, W>(
     abort: &CancellationToken,
 ) -> Result<(), SessionError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Side + Unpin,
+    W: AsyncWrite + Side + Unpin,
 {
     let mut frames = FramedRead::new(upstream_r, FrameCodec::new(MAX_RESPONSE_BYTES));
-    // Fetch answers still to read whole before streaming again.
-    let mut whole_fetches = 0u32;
-    // The buffer streamed answers are read into, kept between them.
-    let mut stream_buf = BytesMut::new();
+    let mut kept = Kept::default();
     let result = async {
         loop {
             let pending = tokio::select! {
@@ -303,7 +315,7 @@ where
                         && api_key == ApiKey::Fetch
                         && amends.0.is_empty()
                         && ctx.pipeline.streams_fetch(api_version);
-                    let taken = if streams && whole_fetches == 0 {
+                    let taken = if streams && kept.whole_fetches == 0 {
                         let answer = crate::pipeline::FetchAnswer {
                             api_version,
                             correlation_id,
@@ -312,10 +324,10 @@ where
                         tokio::select! {
                             biased;
                             _ = abort.cancelled() => return Ok(()),
-                            s = stream_fetch(&mut frames, &mut client_w, info, ctx, &answer, &mut whole_fetches, &mut stream_buf) => s?,
+                            s = stream_fetch(&mut frames, &mut client_w, info, ctx, &answer, &mut kept) => s?,
                         }
                     } else if wanted {
-                        whole_fetches = whole_fetches.saturating_sub(u32::from(streams));
+                        kept.whole_fetches = kept.whole_fetches.saturating_sub(u32::from(streams));
                         CutThrough::NotTaken
                     } else {
                         // No stage reads it, so no stage adds audit records:
@@ -324,12 +336,13 @@ where
                         tokio::select! {
                             biased;
                             _ = abort.cancelled() => return Ok(()),
-                            s = cut_through(&mut frames, &mut client_w, correlation_id) => s?,
+                            s = cut_through(&mut frames, &mut client_w, correlation_id, &mut kept.relay, ctx.zero_copy) => s?,
                         }
                     };
                     let next = match taken {
                         CutThrough::Streamed(s) => {
                             ctx.metrics.bytes_out.inc_by(s.bytes);
+                            ctx.metrics.zero_copy_bytes.inc_by(kept.relay.take_moved());
                             ctx.metrics.exchange(
                                 api_key,
                                 s.arrived_at.saturating_duration_since(forwarded_at),
@@ -407,6 +420,17 @@ where
     }
     let _ = client_w.shutdown().await;
     result
+}
+
+/// What a session keeps from one Fetch answer to the next.
+#[derive(Default)]
+struct Kept {
+    /// Fetch answers still to read whole before streaming again.
+    whole_fetches: u32,
+    /// The buffer streamed answers are read into.
+    buf: BytesMut,
+    /// Moves answer bytes socket to socket when both legs are plain TCP.
+    relay: Relay,
 }
 
 /// Answers at least this large are forwarded as they arrive when no stage
@@ -505,12 +529,11 @@ async fn stream_fetch<R, W>(
     info: &SessionInfo,
     ctx: &SessionCtx,
     answer: &crate::pipeline::FetchAnswer,
-    whole_fetches: &mut u32,
-    stream_buf: &mut BytesMut,
+    kept: &mut Kept,
 ) -> Result<CutThrough, SessionError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Side + Unpin,
+    W: AsyncWrite + Side + Unpin,
 {
     let min = if ctx.pipeline.rewrites_fetch(answer.api_version) {
         ctx.fetch_reveal_stream_min_bytes
@@ -525,6 +548,46 @@ where
     let arrived_at = Instant::now();
     // Bytes after this frame in the buffer are the next frame's: they stay.
     let take = frames.read_buffer().len().min(total);
+    use crate::fetch_stream::StreamError as E;
+    let stream_error = |e: E| match e {
+        E::Client(e) => client_write_error(e),
+        E::Stage(e) => fail(e.blame, e.to_string()),
+        e @ (E::Broker(_) | E::BrokerClosed(..) | E::Malformed(_)) => {
+            fail(Blame::Upstream, e.to_string())
+        }
+    };
+    if !ctx.pipeline.reads_fetch_partitions(answer.api_version) {
+        // Only the closing tagged fields are wanted: records pass unread.
+        let Kept {
+            buf: stream_buf,
+            relay,
+            ..
+        } = kept;
+        stream_buf.clear();
+        stream_buf.extend_from_slice(&frames.read_buffer()[..take]);
+        frames.read_buffer_mut().advance(take);
+        let rctx = crate::fetch_relay::RelayCtx {
+            pipeline: &ctx.pipeline,
+            version: answer.api_version,
+            zero_copy: ctx.zero_copy,
+        };
+        let relayed =
+            crate::fetch_relay::relay(frames.get_mut(), stream_buf, total, client_w, relay, &rctx)
+                .await
+                .map_err(stream_error)?;
+        ctx.metrics.fetch_streamed.inc();
+        submit_audit(ctx, &answer.audit, ApiKey::Fetch).await?;
+        crate::frame::write_pieces(client_w, std::slice::from_ref(&relayed.held))
+            .await
+            .map_err(client_write_error)?;
+        client_w.flush().await.map_err(client_write_error)?;
+        return Ok(CutThrough::Streamed(Streamed {
+            arrived_at,
+            first_out: relayed.first_out.unwrap_or_else(Instant::now),
+            bytes: total as u64,
+        }));
+    }
+    let stream_buf = &mut kept.buf;
     crate::fetch_stream::reuse(stream_buf, &frames.read_buffer()[..take], total);
     frames.read_buffer_mut().advance(take);
     let sctx = crate::fetch_stream::StreamCtx {
@@ -533,21 +596,14 @@ where
         answer,
         lanes: ctx.fetch_lanes,
     };
-    use crate::fetch_stream::StreamError as E;
     let streamed =
         crate::fetch_stream::stream(frames.get_mut(), stream_buf, total, client_w, &sctx)
             .await
-            .map_err(|e| match e {
-                E::Client(e) => client_write_error(e),
-                E::Stage(e) => fail(e.blame, e.to_string()),
-                e @ (E::Broker(_) | E::BrokerClosed(..) | E::Malformed(_)) => {
-                    fail(Blame::Upstream, e.to_string())
-                }
-            })?;
+            .map_err(stream_error)?;
     ctx.metrics.fetch_streamed.inc();
     if streamed.no_room > 0 {
         ctx.metrics.fetch_stream_no_room.inc_by(streamed.no_room);
-        *whole_fetches = WHOLE_FETCHES_AFTER_NO_ROOM;
+        kept.whole_fetches = WHOLE_FETCHES_AFTER_NO_ROOM;
     }
     // Strict audit: the answer is not whole until its records are durable.
     submit_audit(ctx, &answer.audit, ApiKey::Fetch).await?;
@@ -575,10 +631,12 @@ async fn cut_through<R, W>(
     frames: &mut FramedRead<R, FrameCodec>,
     client_w: &mut W,
     correlation_id: i32,
+    relay: &mut Relay,
+    zero_copy: bool,
 ) -> Result<CutThrough, SessionError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Side + Unpin,
+    W: AsyncWrite + Side + Unpin,
 {
     let from_broker =
         |e: std::io::Error| fail(Blame::Upstream, format!("reading from broker: {e}"));
@@ -598,6 +656,29 @@ where
     let first_out = Instant::now();
     let mut remaining = total - buffered.len();
     frames.read_buffer_mut().clear();
+    if let (true, Some(from), Some(to)) = (
+        zero_copy,
+        frames.get_ref().plain_tcp(),
+        client_w.plain_tcp(),
+    ) {
+        let moved = relay
+            .relay(from, to, remaining)
+            .await
+            .map_err(|e| match e {
+                RelayError::Broker(e) => from_broker(e),
+                RelayError::BrokerClosed(left) => fail(
+                    Blame::Upstream,
+                    format!(
+                    "broker closed the connection inside an answer ({} of {total} bytes forwarded)",
+                    total - left
+                ),
+                ),
+                RelayError::Client(e) => client_write_error(e),
+            })?;
+        if moved {
+            remaining = 0;
+        }
+    }
     let mut chunk = bytes::BytesMut::with_capacity(CUT_THROUGH_CHUNK_BYTES.min(remaining));
     while remaining > 0 {
         chunk.clear();
@@ -684,6 +765,7 @@ mod tests {
             auditor: crate::audit_trail::Auditor::disabled(),
             fetch_stream_min_bytes: CUT_THROUGH_MIN_BYTES,
             fetch_reveal_stream_min_bytes: CUT_THROUGH_MIN_BYTES,
+            zero_copy: true,
             fetch_lanes: 2,
         })
     }

@@ -81,3 +81,144 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+/// The side of a connection a session reads from or writes to, and, when it
+/// is plain TCP, the socket itself: plaintext bytes that no stage reads can
+/// then move between sockets inside the kernel (`splice.rs`).
+pub trait Side {
+    /// The TCP socket under this side, if the bytes on it are plaintext.
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// A connection a session can split into a read side and a write side.
+pub trait SplitSides: AsyncRead + AsyncWrite + Send + 'static {
+    /// The side read from.
+    type Read: AsyncRead + Side + Unpin + Send;
+    /// The side written to.
+    type Write: AsyncWrite + Side + Unpin + Send;
+    /// Splits the connection.
+    fn split_sides(self) -> (Self::Read, Self::Write);
+}
+
+/// The read side of a [`Stream`].
+pub enum ReadSide {
+    /// Plain TCP: split without a lock, and the socket reachable for splice.
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    /// TLS: both sides share the TLS state.
+    Tls(tokio::io::ReadHalf<Stream>),
+}
+
+/// The write side of a [`Stream`].
+pub enum WriteSide {
+    /// Plain TCP.
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    /// TLS.
+    Tls(tokio::io::WriteHalf<Stream>),
+}
+
+impl SplitSides for Stream {
+    type Read = ReadSide;
+    type Write = WriteSide;
+    fn split_sides(self) -> (ReadSide, WriteSide) {
+        match self {
+            Stream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                (ReadSide::Plain(r), WriteSide::Plain(w))
+            }
+            tls => {
+                let (r, w) = tokio::io::split(tls);
+                (ReadSide::Tls(r), WriteSide::Tls(w))
+            }
+        }
+    }
+}
+
+impl Side for ReadSide {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            ReadSide::Plain(r) => Some(r.as_ref()),
+            ReadSide::Tls(_) => None,
+        }
+    }
+}
+
+impl Side for WriteSide {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            WriteSide::Plain(w) => Some(w.as_ref()),
+            WriteSide::Tls(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadSide::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadSide::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WriteSide::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WriteSide::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteSide::Plain(s) => s.is_write_vectored(),
+            WriteSide::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Plain(s) => Pin::new(s).poll_flush(cx),
+            WriteSide::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WriteSide::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// In-memory connections (the session's unit tests) have no socket.
+impl SplitSides for tokio::io::DuplexStream {
+    type Read = tokio::io::ReadHalf<tokio::io::DuplexStream>;
+    type Write = tokio::io::WriteHalf<tokio::io::DuplexStream>;
+    fn split_sides(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+impl<T> Side for tokio::io::ReadHalf<T> {}
+impl<T> Side for tokio::io::WriteHalf<T> {}

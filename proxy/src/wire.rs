@@ -199,6 +199,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The length prefix of a BYTES or RECORDS field alone (0 for null), for
+    /// a reader whose buffer need not hold the bytes that follow.
+    pub fn bytes_len(&mut self, what: &'static str) -> Result<usize, WireError> {
+        Ok(self.nullable_len(what, true)?.unwrap_or(0))
+    }
+
     /// A RECORDS field where it sits: the records' bytes (`None` when null)
     /// and the whole field, its length prefix included, as ranges of the
     /// buffer, for splicing new records in.
@@ -275,9 +281,105 @@ pub fn put_bytes_len(out: &mut BytesMut, n: usize, flexible: bool) -> Result<(),
     Ok(())
 }
 
+/// Writes an unsigned varint.
+pub fn put_uvarint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn uvarint_len(v: u32) -> usize {
+    match v {
+        0..0x80 => 1,
+        0x80..0x4000 => 2,
+        0x4000..0x20_0000 => 3,
+        0x20_0000..0x1000_0000 => 4,
+        _ => 5,
+    }
+}
+
+/// Tag numbers of the tagged field that pads a section: far above any tag
+/// Kafka defines, so every client skips it as unknown. Two, because their
+/// varints differ in length, so one of them always fits a gap exactly.
+const PAD_TAGS: [u32; 2] = [10_000, 1_000_000];
+
+/// `fields` (a tagged-fields section: count, then the fields in tag order)
+/// grown to exactly `len` bytes by one more field of zeros with an unknown
+/// tag; `fields` itself when it is `len` long. `None` when it is longer, is
+/// not a tagged-fields section, or no padding field fits the gap.
+pub fn pad_tagged_fields(fields: &[u8], len: usize) -> Option<Vec<u8>> {
+    if fields.len() == len {
+        return Some(fields.to_vec());
+    }
+    let mut r = Reader::new(fields, true);
+    let count = r.uvarint("tagged field count").ok()?;
+    let rest = &fields[r.position()..];
+    let head = uvarint_len(count.checked_add(1)?) + rest.len();
+    for tag in PAD_TAGS {
+        let gap = len.checked_sub(head + uvarint_len(tag))?;
+        // The size's own varint is part of the gap.
+        for size_len in 1..=3 {
+            let Some(size) = gap.checked_sub(size_len) else {
+                continue;
+            };
+            let size = u32::try_from(size).ok()?;
+            if uvarint_len(size) != size_len {
+                continue;
+            }
+            let mut out = Vec::with_capacity(len);
+            put_uvarint(&mut out, count + 1);
+            out.extend_from_slice(rest);
+            put_uvarint(&mut out, tag);
+            put_uvarint(&mut out, size);
+            out.resize(len, 0);
+            return Some(out);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_tagged_fields_have_the_length_asked_and_keep_the_fields() {
+        // One field: tag 0, 3 bytes.
+        let fields = [1u8, 0, 3, 0xaa, 0xbb, 0xcc];
+        for len in 6..400 {
+            let Some(out) = pad_tagged_fields(&fields, len) else {
+                // Only gaps too small for any padding field may fail.
+                assert!(len < 6 + 3, "no padding fits {len}");
+                continue;
+            };
+            assert_eq!(out.len(), len);
+            let mut r = Reader::new(&out, true);
+            let count = r.uvarint("count").unwrap();
+            let mut tags = vec![];
+            for _ in 0..count {
+                let tag = r.uvarint("tag").unwrap();
+                let size = r.uvarint("size").unwrap() as usize;
+                let data = &out[r.position()..r.position() + size];
+                if tag == 0 {
+                    assert_eq!(data, &[0xaa, 0xbb, 0xcc]);
+                }
+                r.skip("data", size).unwrap();
+                tags.push(tag);
+            }
+            assert_eq!(r.remaining(), 0, "len {len}");
+            assert_eq!(tags[0], 0);
+            assert!(
+                len == 6 || (tags.len() == 2 && tags[1] >= 10_000),
+                "len {len}"
+            );
+        }
+        // Longer than asked: no.
+        assert_eq!(pad_tagged_fields(&fields, 5), None);
+        // An empty section pads too.
+        assert_eq!(pad_tagged_fields(&[0], 5).map(|v| v.len()), Some(5));
+    }
 
     #[test]
     fn bytes_lengths_round_trip_through_the_reader() {

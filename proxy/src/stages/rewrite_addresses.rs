@@ -11,12 +11,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::NodeEndpoint;
 use kafka_protocol::messages::{ApiKey, BrokerId, ResponseKind};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::broker_map::BrokerMap;
 use crate::message::Response;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError};
+use crate::wire::{put_uvarint, Reader};
 
 const NAME: &str = "rewrite_addresses";
 
@@ -95,6 +98,73 @@ impl Stage for RewriteAddresses {
 
     fn wants_response_version(&self, key: ApiKey, version: i16) -> bool {
         may_carry_endpoints(key, version)
+    }
+
+    // A large Fetch answer's endpoints sit in its closing tagged fields, after
+    // all the records: it streams, records unread, and only the tail comes here.
+    fn streams_fetch(&self, version: i16) -> bool {
+        may_carry_endpoints(ApiKey::Fetch, version)
+    }
+
+    fn reads_fetch_partitions(&self, _version: i16) -> bool {
+        false
+    }
+
+    fn on_fetch_tail(&self, version: i16, tail: &[u8]) -> Result<Option<Vec<u8>>, StageError> {
+        if !may_carry_endpoints(ApiKey::Fetch, version) {
+            return Ok(None);
+        }
+        let bad = |e: String| StageError {
+            stage: NAME,
+            blame: Blame::Upstream,
+            message: format!("Fetch answer's closing tagged fields: {e}"),
+        };
+        let mut r = Reader::new(tail, true);
+        let count = r
+            .uvarint("tagged field count")
+            .map_err(|e| bad(e.to_string()))?;
+        let mut out = Vec::with_capacity(tail.len());
+        put_uvarint(&mut out, count);
+        let mut changed = false;
+        for _ in 0..count {
+            let tag = r.uvarint("tag").map_err(|e| bad(e.to_string()))?;
+            let size = r.uvarint("tag size").map_err(|e| bad(e.to_string()))? as usize;
+            let at = r.position();
+            r.skip("tagged field", size)
+                .map_err(|e| bad(e.to_string()))?;
+            let data = &tail[at..at + size];
+            put_uvarint(&mut out, tag);
+            // Tag 0 is NodeEndpoints (KIP-951); any other goes on untouched.
+            if tag != 0 {
+                put_uvarint(&mut out, size as u32);
+                out.extend_from_slice(data);
+                continue;
+            }
+            let mut d = Reader::new(data, true);
+            let n = d
+                .array_len("node endpoints")
+                .map_err(|e| bad(e.to_string()))?
+                .ok_or_else(|| bad("null node endpoints".into()))?;
+            let mut buf = Bytes::copy_from_slice(&data[d.position()..]);
+            let mut endpoints = Vec::new();
+            for _ in 0..n {
+                endpoints
+                    .push(NodeEndpoint::decode(&mut buf, version).map_err(|e| bad(e.to_string()))?);
+            }
+            endpoints.retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
+            let mut count = Vec::with_capacity(5);
+            put_uvarint(&mut count, endpoints.len() as u32 + 1);
+            let mut field = bytes::BytesMut::from(&count[..]);
+            for e in &endpoints {
+                e.encode(&mut field, version)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            put_uvarint(&mut out, field.len() as u32);
+            out.extend_from_slice(&field);
+            changed = true;
+        }
+        out.extend_from_slice(&tail[r.position()..]);
+        Ok(changed.then_some(out))
     }
 
     async fn on_response(

@@ -1,0 +1,193 @@
+//! Moves answer bytes that no stage reads from the broker's socket to the
+//! client's inside the kernel, through a pipe (`splice(2)`), when both legs
+//! are plain TCP.
+//!
+//! A Fetch answer passed through otherwise crosses user space twice (read
+//! from one socket, written to the other): on a small machine that shares
+//! its cores with the broker and the consumer, those copies are most of what
+//! Custos costs a consumer. Spliced, the pages the broker sent (often its
+//! page cache, sent with sendfile) are handed on by reference.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Bytes moved per splice call: the pipe is asked to hold this much.
+const PIPE_BYTES: usize = 1024 * 1024;
+
+/// A session's pipe, made on first use and kept for its later answers.
+pub struct Relay {
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    /// What the pipe holds at most (the kernel may grant less than asked).
+    capacity: usize,
+    /// Bytes moved since [`take_moved`](Self::take_moved) was last called.
+    moved: u64,
+}
+
+/// Why a relay stopped.
+#[derive(Debug)]
+pub enum RelayError {
+    /// Reading from the broker failed.
+    Broker(io::Error),
+    /// The broker closed the connection with this many bytes still to come.
+    BrokerClosed(usize),
+    /// Writing to the client failed.
+    Client(io::Error),
+}
+
+impl Relay {
+    /// A relay with no pipe yet.
+    pub fn new() -> Self {
+        Relay {
+            pipe: None,
+            capacity: 0,
+            moved: 0,
+        }
+    }
+
+    /// Moves exactly `len` bytes from `from` to `to`. Returns `Ok(false)`
+    /// without moving anything when the system refuses a pipe (the caller
+    /// then copies through user space as before).
+    pub async fn relay(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        mut len: usize,
+    ) -> Result<bool, RelayError> {
+        if self.pipe.is_none() {
+            let Ok((r, w)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
+                return Ok(false);
+            };
+            // The default 64 KiB would mean many more calls; a smaller grant
+            // (the system's pipe-max-size) still works.
+            let granted = rustix::pipe::fcntl_setpipe_size(&w, PIPE_BYTES)
+                .or_else(|_| rustix::pipe::fcntl_getpipe_size(&w))
+                .unwrap_or(4096);
+            self.capacity = granted.max(4096);
+            self.pipe = Some((r, w));
+        }
+        let capacity = self.capacity;
+        let Some((pipe_r, pipe_w)) = self.pipe.as_ref() else {
+            return Ok(false);
+        };
+        let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+        while len > 0 {
+            // Fill the pipe from the broker (it is empty here: each fill is
+            // drained before the next, so EAGAIN means the socket is dry).
+            let want = len.min(capacity);
+            let filled = loop {
+                from.readable().await.map_err(RelayError::Broker)?;
+                match from.try_io(Interest::READABLE, || {
+                    splice(from, None, pipe_w, None, want, flags).map_err(io::Error::from)
+                }) {
+                    Ok(0) => return Err(RelayError::BrokerClosed(len)),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(RelayError::Broker(e)),
+                }
+            };
+            len -= filled;
+            // Drain it to the client.
+            let mut held = filled;
+            while held > 0 {
+                to.writable().await.map_err(RelayError::Client)?;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(pipe_r, None, to, None, held, flags).map_err(io::Error::from)
+                }) {
+                    Ok(0) => {
+                        return Err(RelayError::Client(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "client socket took no bytes",
+                        )))
+                    }
+                    Ok(n) => {
+                        held -= n;
+                        self.moved += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(RelayError::Client(e)),
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Relay {
+    /// Whether a pipe was made (some answer moved in the kernel).
+    pub fn has_pipe(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// Bytes moved since the last call (for the metric).
+    pub fn take_moved(&mut self) -> u64 {
+        std::mem::take(&mut self.moved)
+    }
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn moves_exactly_the_bytes_asked_and_leaves_the_rest() {
+        // broker_w -> broker_r (relay) -> client_w -> client_r
+        let (mut broker_w, broker_r) = pair().await;
+        let (client_w, mut client_r) = pair().await;
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            broker_w.write_all(&sent).await.unwrap();
+            broker_w.write_all(b"NEXT").await.unwrap();
+            broker_w
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 3_000_000];
+            client_r.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut relay = Relay::new();
+        assert!(relay
+            .relay(&broker_r, &client_w, payload.len())
+            .await
+            .unwrap());
+        assert_eq!(reader.await.unwrap(), payload);
+        let _keep = writer.await.unwrap();
+        // The bytes after the answer stay in the broker's socket.
+        let mut next = [0u8; 4];
+        let mut broker_r = broker_r;
+        broker_r.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn a_broker_closing_early_says_how_much_was_missing() {
+        let (mut broker_w, broker_r) = pair().await;
+        let (client_w, _client_r) = pair().await;
+        broker_w.write_all(&[7u8; 1000]).await.unwrap();
+        drop(broker_w);
+        let mut relay = Relay::new();
+        match relay.relay(&broker_r, &client_w, 5000).await {
+            Err(RelayError::BrokerClosed(left)) => assert_eq!(left, 4000),
+            other => panic!("expected BrokerClosed, got {other:?}"),
+        }
+    }
+}
