@@ -786,6 +786,7 @@ admin:
         assert_eq!(c.limits.max_frame_bytes, 100 * 1024 * 1024);
         assert_eq!(c.limits.fetch_stream_min_bytes, 256 << 10);
         assert_eq!(c.limits.fetch_reveal_stream_min_bytes, 8 << 20);
+        assert!(c.limits.zero_copy);
         assert_eq!(c.shutdown.drain_timeout_ms, 30_000);
         assert_eq!(
             parse_host_port(&c.upstream.bootstrap_servers[1]),
