@@ -199,26 +199,27 @@ where
     Ok(())
 }
 
+/// Answers and a pipeline for tests of the relay and of the session.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
     use std::sync::Arc;
 
+    use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::fetch_response::{
         FetchableTopicResponse, NodeEndpoint, PartitionData,
     };
     use kafka_protocol::messages::{ApiKey, BrokerId, FetchResponse, ResponseHeader};
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
 
     use crate::broker_map::{BrokerMap, Routing};
+    use crate::pipeline::Pipeline;
     use crate::stages::rewrite_addresses::RewriteAddresses;
-    use crate::stream::{ReadSide, SplitSides, Stream, WriteSide};
 
-    const VERSION: i16 = 17;
+    /// The Fetch version of the answers.
+    pub const VERSION: i16 = 17;
 
-    fn pipeline() -> Pipeline {
+    /// The address stage alone, mapping broker N to proxy.example:40000+N.
+    pub fn pipeline() -> Pipeline {
         let (map, rx) = BrokerMap::new(
             "proxy.example",
             "127.0.0.1",
@@ -233,7 +234,7 @@ mod tests {
 
     /// Records of partition `p`: bytes no stage parses, large enough to
     /// take many socket reads.
-    fn records(p: u8, len: usize) -> Bytes {
+    pub fn records(p: u8, len: usize) -> Bytes {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(p))
             .collect()
@@ -241,7 +242,7 @@ mod tests {
 
     /// A version-17 answer with four partitions (one null, one empty) and
     /// the given leader endpoints.
-    fn answer(endpoints: Vec<(i32, &'static str)>) -> (Bytes, FetchResponse) {
+    pub fn answer(endpoints: Vec<(i32, &'static str)>) -> (Bytes, FetchResponse) {
         let part = |i: i32, r: Option<Bytes>| {
             PartitionData::default()
                 .with_partition_index(i)
@@ -279,6 +280,18 @@ mod tests {
         f.extend_from_slice(&out);
         (f.freeze(), body)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{answer, pipeline, VERSION};
+    use super::*;
+    use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::stream::{ReadSide, SplitSides, Stream, WriteSide};
 
     fn decode(frame: &[u8]) -> FetchResponse {
         let mut b = Bytes::copy_from_slice(&frame[4..]);

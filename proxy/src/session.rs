@@ -1062,4 +1062,89 @@ mod tests {
         assert_eq!(err.blame, Blame::Upstream);
         assert!(read_frame(&mut r.client).await.is_none());
     }
+
+    /// Client and broker sockets of a session over loopback TCP (so its
+    /// plain-TCP paths are the ones taken), and the app ends of both.
+    async fn tcp_session(
+        ctx: Arc<SessionCtx>,
+    ) -> (
+        tokio::net::TcpStream,
+        tokio::net::TcpStream,
+        tokio::task::JoinHandle<Result<(), SessionError>>,
+    ) {
+        async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let a = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (b, _) = l.accept().await.expect("accept");
+            (a, b)
+        }
+        let (client_app, client_proxy) = pair().await;
+        let (broker_proxy, broker_app) = pair().await;
+        let task = tokio::spawn(run(
+            crate::stream::Stream::Plain(client_proxy),
+            crate::stream::Stream::Plain(broker_proxy),
+            info(),
+            ctx,
+            CancellationToken::new(),
+        ));
+        (client_app, broker_app, task)
+    }
+
+    #[tokio::test]
+    async fn a_v17_fetch_answer_streams_with_records_moved_in_the_kernel_and_endpoints_rewritten() {
+        use crate::fetch_relay::fixtures::{answer, pipeline, VERSION};
+        use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseHeader};
+        use kafka_protocol::protocol::Decodable;
+        let ctx = Arc::new(SessionCtx {
+            pipeline: Arc::new(pipeline()),
+            ..Arc::into_inner(ctx()).expect("fresh")
+        });
+        let metrics = ctx.metrics.clone();
+        let (mut client, mut broker, task) = tcp_session(ctx).await;
+        let fetch = RequestKind::Fetch(FetchRequest::default());
+        client
+            .write_all(&request(ApiKey::Fetch, VERSION, 5, &fetch))
+            .await
+            .expect("write");
+        let fwd = read_frame_tcp(&mut broker).await;
+        assert_eq!(corr_of_request(&fwd), 5);
+        let (frame, sent) = answer(vec![(2, "broker-2.kafka.internal.example")]);
+        let mut reply = frame.to_vec();
+        reply[4..8].copy_from_slice(&5i32.to_be_bytes());
+        broker.write_all(&reply).await.expect("answer");
+        let got = read_frame_tcp(&mut client).await;
+        assert_eq!(got.len(), frame.len() - 4, "same length");
+        let mut b = Bytes::from(got);
+        let header = ResponseHeader::decode(&mut b, ApiKey::Fetch.response_header_version(VERSION))
+            .expect("header");
+        assert_eq!(header.correlation_id, 5);
+        let out = FetchResponse::decode(&mut b, VERSION).expect("answer");
+        assert_eq!(out.responses, sent.responses);
+        let e = &out.node_endpoints[0];
+        assert_eq!(
+            (e.node_id.0, e.host.as_str(), e.port),
+            (2, "proxy.example", 40002)
+        );
+        assert_eq!(metrics.fetch_streamed.get(), 1, "streamed, not read whole");
+        assert!(
+            metrics.zero_copy_bytes.get() >= 900_000,
+            "records moved in the kernel: {}",
+            metrics.zero_copy_bytes.get()
+        );
+        drop(client);
+        let _ = task.await.expect("join");
+    }
+
+    /// The next frame's body from a TCP socket.
+    async fn read_frame_tcp(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.expect("length");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.expect("body");
+        body
+    }
 }
