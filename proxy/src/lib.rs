@@ -6,7 +6,8 @@
 //! header (`message.rs`), checks the allow-list (`versions.rs`), runs the
 //! stages (`pipeline.rs`, one file each under `stages/`), and forwards; the
 //! response comes back through the same session and stages (large Fetch
-//! answers partition by partition, `fetch_stream.rs`). Broker addresses
+//! answers partition by partition, `fetch_stream.rs`, or with their records
+//! unread, `fetch_relay.rs`, moved socket to socket by `splice.rs`). Broker addresses
 //! are mapped in `broker_map.rs`, topic ids to names in `topic_ids.rs` (for
 //! share groups, which name topics only by id); `admin.rs` and `metrics.rs`
 //! serve operators;
