@@ -18,6 +18,23 @@ use tokio::net::TcpStream;
 /// Bytes moved per splice call: the pipe is asked to hold this much.
 const PIPE_BYTES: usize = 1024 * 1024;
 
+/// A pipe granted less than this is not used: splicing a page at a time
+/// costs more calls than the copies it saves.
+const MIN_PIPE_BYTES: usize = 64 * 1024;
+
+/// A pipe for the relay and what it holds, or `None` if the system will not
+/// give a useful one. An unprivileged user's pipes share a budget
+/// (`fs.pipe-user-pages-soft`, 64 MiB by default) past which new pipes get
+/// one page, so a smaller size is asked for before giving up.
+fn make_pipe() -> Option<(OwnedFd, OwnedFd, usize)> {
+    let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+    let granted = [PIPE_BYTES, PIPE_BYTES / 4]
+        .into_iter()
+        .find_map(|n| rustix::pipe::fcntl_setpipe_size(&w, n).ok())
+        .or_else(|| rustix::pipe::fcntl_getpipe_size(&w).ok())?;
+    (granted >= MIN_PIPE_BYTES).then_some((r, w, granted))
+}
+
 /// A session's pipe, made on first use and kept for its later answers.
 pub struct Relay {
     pipe: Option<(OwnedFd, OwnedFd)>,
@@ -25,6 +42,8 @@ pub struct Relay {
     capacity: usize,
     /// Bytes moved since [`take_moved`](Self::take_moved) was last called.
     moved: u64,
+    /// No useful pipe could be had: this session copies.
+    refused: bool,
 }
 
 /// Why a relay stopped.
@@ -45,11 +64,12 @@ impl Relay {
             pipe: None,
             capacity: 0,
             moved: 0,
+            refused: false,
         }
     }
 
     /// Moves exactly `len` bytes from `from` to `to`. Returns `Ok(false)`
-    /// without moving anything when the system refuses a pipe (the caller
+    /// without moving anything when the system gives no useful pipe (the caller
     /// then copies through user space as before).
     pub async fn relay(
         &mut self,
@@ -58,15 +78,14 @@ impl Relay {
         mut len: usize,
     ) -> Result<bool, RelayError> {
         if self.pipe.is_none() {
-            let Ok((r, w)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
+            if self.refused {
+                return Ok(false);
+            }
+            let Some((r, w, capacity)) = make_pipe() else {
+                self.refused = true;
                 return Ok(false);
             };
-            // The default 64 KiB would mean many more calls; a smaller grant
-            // (the system's pipe-max-size) still works.
-            let granted = rustix::pipe::fcntl_setpipe_size(&w, PIPE_BYTES)
-                .or_else(|_| rustix::pipe::fcntl_getpipe_size(&w))
-                .unwrap_or(4096);
-            self.capacity = granted.max(4096);
+            self.capacity = capacity;
             self.pipe = Some((r, w));
         }
         let capacity = self.capacity;
