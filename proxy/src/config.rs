@@ -233,6 +233,15 @@ pub struct LimitsConfig {
     /// client's inside the kernel (splice), when both legs are plain TCP.
     #[serde(default = "default_zero_copy")]
     pub zero_copy: bool,
+    /// Send buffer of each client socket, in bytes (`0`: the system's
+    /// autotuning). A large Fetch answer then waits in the kernel for the
+    /// client to read it rather than in Custos, which wakes less often.
+    #[serde(default = "default_client_send_buffer_bytes")]
+    pub client_send_buffer_bytes: usize,
+}
+
+fn default_client_send_buffer_bytes() -> usize {
+    1 << 20
 }
 
 fn default_zero_copy() -> bool {
@@ -256,6 +265,7 @@ impl Default for LimitsConfig {
             fetch_stream_min_bytes: default_fetch_stream_min_bytes(),
             fetch_reveal_stream_min_bytes: default_fetch_reveal_stream_min_bytes(),
             zero_copy: default_zero_copy(),
+            client_send_buffer_bytes: default_client_send_buffer_bytes(),
         }
     }
 }
@@ -787,6 +797,7 @@ admin:
         assert_eq!(c.limits.fetch_stream_min_bytes, 256 << 10);
         assert_eq!(c.limits.fetch_reveal_stream_min_bytes, 8 << 20);
         assert!(c.limits.zero_copy);
+        assert_eq!(c.limits.client_send_buffer_bytes, 1 << 20);
         assert_eq!(c.shutdown.drain_timeout_ms, 30_000);
         assert_eq!(
             parse_host_port(&c.upstream.bootstrap_servers[1]),
