@@ -291,7 +291,8 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    use crate::stream::{ReadSide, SplitSides, Stream, WriteSide};
+    use crate::stream::{SplitSides, Stream};
+    use tokio_util::either::Either;
 
     fn decode(frame: &[u8]) -> FetchResponse {
         let mut b = Bytes::copy_from_slice(&frame[4..]);
@@ -316,8 +317,8 @@ mod tests {
         let (client_w, mut client_r) = tcp_pair().await;
         let (mut broker_r, _) = Stream::Plain(broker_r).split_sides();
         let (_, mut client_w) = Stream::Plain(client_w).split_sides();
-        assert!(matches!(broker_r, ReadSide::Plain(_)));
-        assert!(matches!(client_w, WriteSide::Plain(_)));
+        assert!(matches!(broker_r, Either::Left(_)));
+        assert!(matches!(client_w, Either::Left(_)));
         let total = frame.len();
         let sent = frame.clone();
         let writer = tokio::spawn(async move {

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// A client or upstream connection, plaintext or TLS.
 pub enum Stream {
@@ -102,21 +103,12 @@ pub trait SplitSides: AsyncRead + AsyncWrite + Send + 'static {
     fn split_sides(self) -> (Self::Read, Self::Write);
 }
 
-/// The read side of a [`Stream`].
-pub enum ReadSide {
-    /// Plain TCP: split without a lock, and the socket reachable for splice.
-    Plain(tokio::net::tcp::OwnedReadHalf),
-    /// TLS: both sides share the TLS state.
-    Tls(tokio::io::ReadHalf<Stream>),
-}
+/// The read side of a [`Stream`]: plain TCP split without a lock (its
+/// socket reachable for splice), or TLS, whose sides share the TLS state.
+pub type ReadSide = Either<tokio::net::tcp::OwnedReadHalf, tokio::io::ReadHalf<Stream>>;
 
 /// The write side of a [`Stream`].
-pub enum WriteSide {
-    /// Plain TCP.
-    Plain(tokio::net::tcp::OwnedWriteHalf),
-    /// TLS.
-    Tls(tokio::io::WriteHalf<Stream>),
-}
+pub type WriteSide = Either<tokio::net::tcp::OwnedWriteHalf, tokio::io::WriteHalf<Stream>>;
 
 impl SplitSides for Stream {
     type Read = ReadSide;
@@ -125,11 +117,11 @@ impl SplitSides for Stream {
         match self {
             Stream::Plain(tcp) => {
                 let (r, w) = tcp.into_split();
-                (ReadSide::Plain(r), WriteSide::Plain(w))
+                (Either::Left(r), Either::Left(w))
             }
             tls => {
                 let (r, w) = tokio::io::split(tls);
-                (ReadSide::Tls(r), WriteSide::Tls(w))
+                (Either::Right(r), Either::Right(w))
             }
         }
     }
@@ -138,8 +130,8 @@ impl SplitSides for Stream {
 impl Side for ReadSide {
     fn plain_tcp(&self) -> Option<&TcpStream> {
         match self {
-            ReadSide::Plain(r) => Some(r.as_ref()),
-            ReadSide::Tls(_) => None,
+            Either::Left(r) => Some(r.as_ref()),
+            Either::Right(_) => None,
         }
     }
 }
@@ -147,66 +139,8 @@ impl Side for ReadSide {
 impl Side for WriteSide {
     fn plain_tcp(&self) -> Option<&TcpStream> {
         match self {
-            WriteSide::Plain(w) => Some(w.as_ref()),
-            WriteSide::Tls(_) => None,
-        }
-    }
-}
-
-impl AsyncRead for ReadSide {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadSide::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ReadSide::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteSide {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteSide::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WriteSide::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteSide::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            WriteSide::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteSide::Plain(s) => s.is_write_vectored(),
-            WriteSide::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteSide::Plain(s) => Pin::new(s).poll_flush(cx),
-            WriteSide::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteSide::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WriteSide::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Either::Left(w) => Some(w.as_ref()),
+            Either::Right(_) => None,
         }
     }
 }
