@@ -258,6 +258,13 @@ consume() { # bootstrap [topic]
 field_rate() { sed -E 's/.* ([0-9.]+) records\/sec.*/\1/'; }
 field_pct() { sed -E "s/.* ([0-9.]+) ms $1.*/\1/"; }
 
+# Every measured run starts with no dirty pages: the broker's log grows by
+# ~300 MB per run, and once the kernel writes those back during a later run
+# (dirty data older than 30 s is flushed every 5 s), the broker's CPU per
+# record doubles and that run's throughput falls by a third, whichever path
+# it measures. Writing them back before each run costs under a second here.
+settle() { sync; }
+
 echo "round,path,produce_rec_s,consume_rec_s" > "$RUN/throughput.csv"
 # Where each path goes: bootstrap, topic, payload file (none: random bytes).
 route() {
@@ -279,7 +286,9 @@ for r in $(seq 1 "$ROUNDS"); do
   order="${ALL[*]:$k} ${ALL[*]:0:$k}"
   for path in $order; do
     read -r b topic payload <<< "$(route "$path")"
+    settle
     p=$(produce "$b" -1 "$topic" "$payload" | field_rate)
+    settle
     case "$path" in
       share|enc-share) c=$(share_consume "$b" "$topic" | cut -d, -f5 | tr -d ' ') ;;
       *) c=$(consume "$b" "$topic" | cut -d, -f6 | tr -d ' ') ;;
@@ -320,6 +329,7 @@ if has direct && has proxy; then
   for r in $(seq 1 "$ROUNDS"); do
     for path in direct proxy; do
       b=$DIRECT; [[ $path == proxy ]] && b=$PROXY
+      settle
       line=$(produce "$b" "$RATE" bench "$PLAIN_PAYLOAD")
       echo "$r,$path,$(echo "$line" | field_pct 50th),$(echo "$line" | field_pct 99th)" | tee -a "$RUN/latency.csv"
     done
