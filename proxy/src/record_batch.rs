@@ -737,7 +737,7 @@ fn open_batch(entry: &Bytes, budget: &mut usize) -> Result<(BatchHeader, Bytes),
         record_count: be_i32(&entry[RECORD_COUNT_AT..]),
     };
     // A rebuilt batch gets a fresh CRC, so a corrupt one must not pass here.
-    if crc32c::crc32c(&entry[ATTRIBUTES_AT..]) != header.crc {
+    if crc32c(&entry[ATTRIBUTES_AT..]) != header.crc {
         return Err(BatchError::CrcMismatch {
             base_offset: header.base_offset,
         });
@@ -943,12 +943,18 @@ pub fn visit<E>(
     Ok(count)
 }
 
+/// CRC-32C (Castagnoli, Kafka's batch checksum) of `data`.
+pub fn crc32c(data: &[u8]) -> u32 {
+    // CRC-32/ISCSI is CRC-32C; the 64-bit result holds the 32-bit CRC.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
 /// Writes the length and CRC-32C of the batch written to `out` from `start`.
 fn seal_batch(out: &mut BytesMut, start: usize) -> Result<(), BatchError> {
     let length = i32::try_from(out.len() - start - LOG_OVERHEAD)
         .map_err(|_| BatchError::TooLong { what: "batch" })?;
     out[start + LENGTH_AT..start + LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
-    let crc = crc32c::crc32c(&out[start + ATTRIBUTES_AT..]);
+    let crc = crc32c(&out[start + ATTRIBUTES_AT..]);
     out[start + CRC_AT..start + CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(())
 }
