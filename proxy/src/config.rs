@@ -234,8 +234,8 @@ pub struct LimitsConfig {
     #[serde(default = "default_zero_copy")]
     pub zero_copy: bool,
     /// Send buffer of each client socket, in bytes (`0`: the system's
-    /// autotuning). A large Fetch answer then waits in the kernel for the
-    /// client to read it rather than in Custos, which wakes less often.
+    /// autotuning). 1 MiB was measured best for consumers (BENCHMARKS.md,
+    /// run AD).
     #[serde(default = "default_client_send_buffer_bytes")]
     pub client_send_buffer_bytes: usize,
 }
