@@ -112,7 +112,8 @@ where
                 if rest > 0 {
                     write_pending(client, &mut pending).await?;
                     first_out.get_or_insert_with(Instant::now);
-                    move_records(broker, buf, client, relay, rest, ctx.zero_copy).await?;
+                    let span = (total - unread, total);
+                    move_records(broker, buf, client, relay, rest, span, ctx.zero_copy).await?;
                     unread -= rest;
                 }
             }
@@ -152,12 +153,15 @@ async fn write_pending<W: AsyncWrite + Unpin>(
 
 /// Moves the next `len` bytes from the broker to the client: in the kernel
 /// when allowed and both legs are plain TCP, else through `scratch`.
+/// `(read, total)`: bytes of the answer read before these, and its length,
+/// for the error if the broker closes inside them.
 async fn move_records<R, W>(
     broker: &mut R,
     scratch: &mut BytesMut,
     client: &mut W,
     relay: &mut Relay,
     mut len: usize,
+    (mut read, total): (usize, usize),
     zero_copy: bool,
 ) -> Result<(), StreamError>
 where
@@ -167,9 +171,7 @@ where
     if let (true, Some(from), Some(to)) = (zero_copy, broker.plain_tcp(), client.plain_tcp()) {
         let moved = relay.relay(from, to, len).await.map_err(|e| match e {
             RelayError::Broker(e) => StreamError::Broker(e),
-            RelayError::BrokerClosed(_) => {
-                StreamError::Broker(std::io::ErrorKind::UnexpectedEof.into())
-            }
+            RelayError::BrokerClosed(left) => StreamError::BrokerClosed(read + len - left, total),
             RelayError::Client(e) => StreamError::Client(e),
         })?;
         if moved {
@@ -185,15 +187,14 @@ where
             .await
             .map_err(StreamError::Broker)?;
         if n == 0 {
-            return Err(StreamError::Broker(
-                std::io::ErrorKind::UnexpectedEof.into(),
-            ));
+            return Err(StreamError::BrokerClosed(read, total));
         }
         client
             .write_all(scratch)
             .await
             .map_err(StreamError::Client)?;
         len -= n;
+        read += n;
     }
     scratch.clear();
     Ok(())
@@ -402,31 +403,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_broker_closing_inside_the_records_is_an_error() {
+    async fn a_broker_closing_inside_the_records_says_how_far_it_got() {
         let (frame, _) = answer(vec![]);
-        let (mut broker_w, broker_r) = tcp_pair().await;
-        let (client_w, _client_r) = tcp_pair().await;
-        let (mut broker_r, _) = Stream::Plain(broker_r).split_sides();
-        let (_, mut client_w) = Stream::Plain(client_w).split_sides();
-        broker_w.write_all(&frame[8..200_000]).await.expect("write");
-        drop(broker_w);
-        let p = pipeline();
-        let ctx = RelayCtx {
-            pipeline: &p,
-            version: VERSION,
-            zero_copy: true,
-        };
-        let mut buf = BytesMut::from(&frame[..8]);
-        let err = super::relay(
-            &mut broker_r,
-            &mut buf,
-            frame.len(),
-            &mut client_w,
-            &mut Relay::new(),
-            &ctx,
-        )
-        .await
-        .expect_err("cut short");
-        assert!(matches!(err, StreamError::Broker(_)), "{err:?}");
+        for zero_copy in [true, false] {
+            let (mut broker_w, broker_r) = tcp_pair().await;
+            let (client_w, _client_r) = tcp_pair().await;
+            let (mut broker_r, _) = Stream::Plain(broker_r).split_sides();
+            let (_, mut client_w) = Stream::Plain(client_w).split_sides();
+            broker_w.write_all(&frame[8..200_000]).await.expect("write");
+            drop(broker_w);
+            let p = pipeline();
+            let ctx = RelayCtx {
+                pipeline: &p,
+                version: VERSION,
+                zero_copy,
+            };
+            let mut buf = BytesMut::from(&frame[..8]);
+            let err = super::relay(
+                &mut broker_r,
+                &mut buf,
+                frame.len(),
+                &mut client_w,
+                &mut Relay::new(),
+                &ctx,
+            )
+            .await
+            .expect_err("cut short");
+            assert!(
+                matches!(err, StreamError::BrokerClosed(200_000, t) if t == frame.len()),
+                "zero copy {zero_copy}: {err:?}"
+            );
+        }
     }
 }

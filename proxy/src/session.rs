@@ -575,17 +575,17 @@ where
             crate::fetch_relay::relay(frames.get_mut(), stream_buf, total, client_w, relay, &rctx)
                 .await
                 .map_err(stream_error)?;
-        ctx.metrics.fetch_streamed.inc();
-        submit_audit(ctx, &answer.audit, ApiKey::Fetch).await?;
-        crate::frame::write_pieces(client_w, std::slice::from_ref(&relayed.held))
-            .await
-            .map_err(client_write_error)?;
-        client_w.flush().await.map_err(client_write_error)?;
-        return Ok(CutThrough::Streamed(Streamed {
+        let first_out = relayed.first_out;
+        return finish_streamed(
+            ctx,
+            client_w,
+            answer,
+            relayed.held,
+            first_out,
             arrived_at,
-            first_out: relayed.first_out.unwrap_or_else(Instant::now),
-            bytes: total as u64,
-        }));
+            total,
+        )
+        .await;
     }
     let stream_buf = &mut kept.buf;
     crate::fetch_stream::reuse(stream_buf, &frames.read_buffer()[..take], total);
@@ -600,20 +600,44 @@ where
         crate::fetch_stream::stream(frames.get_mut(), stream_buf, total, client_w, &sctx)
             .await
             .map_err(stream_error)?;
-    ctx.metrics.fetch_streamed.inc();
     if streamed.no_room > 0 {
         ctx.metrics.fetch_stream_no_room.inc_by(streamed.no_room);
         kept.whole_fetches = WHOLE_FETCHES_AFTER_NO_ROOM;
     }
-    // Strict audit: the answer is not whole until its records are durable.
+    let first_out = streamed.first_out;
+    finish_streamed(
+        ctx,
+        client_w,
+        answer,
+        streamed.held,
+        first_out,
+        arrived_at,
+        total,
+    )
+    .await
+}
+
+/// Ends a streamed Fetch answer: submits the exchange's audit records (strict
+/// audit: the answer is not whole until they are durable), then writes the
+/// bytes held back to the client.
+async fn finish_streamed<W: AsyncWrite + Unpin>(
+    ctx: &SessionCtx,
+    client_w: &mut W,
+    answer: &crate::pipeline::FetchAnswer,
+    held: Bytes,
+    first_out: Option<Instant>,
+    arrived_at: Instant,
+    total: usize,
+) -> Result<CutThrough, SessionError> {
+    ctx.metrics.fetch_streamed.inc();
     submit_audit(ctx, &answer.audit, ApiKey::Fetch).await?;
-    crate::frame::write_pieces(client_w, std::slice::from_ref(&streamed.held))
+    crate::frame::write_pieces(client_w, std::slice::from_ref(&held))
         .await
         .map_err(client_write_error)?;
     client_w.flush().await.map_err(client_write_error)?;
     Ok(CutThrough::Streamed(Streamed {
         arrived_at,
-        first_out: streamed.first_out.unwrap_or_else(Instant::now),
+        first_out: first_out.unwrap_or_else(Instant::now),
         bytes: total as u64,
     }))
 }
