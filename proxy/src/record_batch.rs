@@ -862,35 +862,142 @@ pub fn rewrite<E>(
     edit: &mut RecordEdit<'_, E>,
 ) -> Result<u64, RewriteError<E>> {
     let mut budget = max_decompressed;
-    let mut count = 0u64;
-    let mut scratch = Vec::new();
-    let mut plain = Vec::new();
+    let mut rw = Rewriter::default();
     for entry in Entries::new(records) {
-        let entry = match entry? {
-            Entry::Raw(b) => {
-                out.put_slice(&b);
-                continue;
+        match entry? {
+            Entry::Raw(b) => out.put_slice(&b),
+            Entry::Data(entry) => {
+                let (header, data) = open_batch(&entry, &mut budget)?;
+                rw.batch(&entry, &header, &data, out, edit)?;
             }
-            Entry::Data(b) => b,
-        };
-        let (header, data) = open_batch(&entry, &mut budget)?;
+        }
+    }
+    Ok(rw.count)
+}
+
+/// A records blob whose v2 data batches were checked and decompressed once,
+/// for a caller that reads every record before rewriting them (a rule keyed
+/// by subject looks up each record's key first) and would otherwise
+/// decompress each batch twice.
+pub struct OpenedBlob {
+    entries: Vec<Opened>,
+}
+
+/// One entry of an [`OpenedBlob`].
+enum Opened {
+    /// Bytes copied as they are (see [`rewrite`]).
+    Raw(Bytes),
+    /// A v2 data batch: as it arrived, its header, its records decompressed.
+    Data(Bytes, BatchHeader, Bytes),
+}
+
+impl OpenedBlob {
+    /// Checks and decompresses the data batches of `records` (at most
+    /// `max_decompressed` bytes in all).
+    pub fn open(records: &Bytes, max_decompressed: usize) -> Result<Self, BatchError> {
+        let mut budget = max_decompressed;
+        let entries = Entries::new(records)
+            .map(|entry| match entry? {
+                Entry::Raw(b) => Ok(Opened::Raw(b)),
+                Entry::Data(entry) => {
+                    let (header, data) = open_batch(&entry, &mut budget)?;
+                    Ok(Opened::Data(entry, header, data))
+                }
+            })
+            .collect::<Result<_, BatchError>>()?;
+        Ok(OpenedBlob { entries })
+    }
+
+    /// Hands each record of each data batch to `visit`, as [`rewrite`] would
+    /// to its edit, writing nothing. Returns the number of records visited.
+    pub fn visit<E>(
+        &self,
+        visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), E>,
+    ) -> Result<u64, RewriteError<E>> {
+        let mut count = 0;
+        for e in &self.entries {
+            if let Opened::Data(_, header, data) = e {
+                count += visit_batch(header, data, visit)?;
+            }
+        }
+        Ok(count)
+    }
+
+    /// [`rewrite`] of the opened batches.
+    pub fn rewrite<E>(
+        &self,
+        out: &mut BytesMut,
+        edit: &mut RecordEdit<'_, E>,
+    ) -> Result<u64, RewriteError<E>> {
+        let mut rw = Rewriter::default();
+        for e in &self.entries {
+            match e {
+                Opened::Raw(b) => out.put_slice(b),
+                Opened::Data(entry, header, data) => rw.batch(entry, header, data, out, edit)?,
+            }
+        }
+        Ok(rw.count)
+    }
+}
+
+/// Hands each record of one opened batch to `visit`; returns how many.
+fn visit_batch<E>(
+    header: &BatchHeader,
+    data: &Bytes,
+    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), E>,
+) -> Result<u64, RewriteError<E>> {
+    let mut c = Cursor { buf: data, pos: 0 };
+    let mut rec = RecordView::default();
+    for index in 0..header.record_count {
+        read_view(&mut c, &mut rec)?;
+        rec.index = index;
+        visit(&rec).map_err(RewriteError::Edit)?;
+    }
+    if c.remaining() != 0 {
+        return Err(BatchError::TrailingBytes {
+            left: c.remaining(),
+        }
+        .into());
+    }
+    Ok(u64::try_from(header.record_count).unwrap_or(0))
+}
+
+/// The state [`rewrite`] keeps across batches: buffers reused, and the
+/// records handed to the edit so far.
+#[derive(Default)]
+struct Rewriter {
+    count: u64,
+    scratch: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl Rewriter {
+    /// Rewrites one opened batch (`entry` as it arrived) into `out`.
+    fn batch<E>(
+        &mut self,
+        entry: &Bytes,
+        header: &BatchHeader,
+        data: &Bytes,
+        out: &mut BytesMut,
+        edit: &mut RecordEdit<'_, E>,
+    ) -> Result<(), RewriteError<E>> {
         let codec = Compression::from_attributes(header.attributes)?;
         let start = out.len();
         out.put_slice(&entry[..HEADER_LEN]);
-        let mut c = Cursor { buf: &data, pos: 0 };
+        let mut c = Cursor { buf: data, pos: 0 };
         let mut changed = false;
         let mut rec = RecordView::default();
-        plain.clear();
+        self.plain.clear();
         for index in 0..header.record_count {
             read_view(&mut c, &mut rec)?;
             rec.index = index;
-            count += 1;
-            scratch.clear();
-            changed |= edit(&mut rec, &mut scratch).map_err(RewriteError::Edit)?;
+            self.count += 1;
+            self.scratch.clear();
+            changed |= edit(&mut rec, &mut self.scratch).map_err(RewriteError::Edit)?;
             if codec == Compression::None {
-                write_view(out, &rec, &scratch)?;
+                write_view(out, &rec, &self.scratch)?;
             } else {
-                write_view(&mut plain, &rec, &scratch)?;
+                write_view(&mut self.plain, &rec, &self.scratch)?;
             }
         }
         if c.remaining() != 0 {
@@ -901,46 +1008,15 @@ pub fn rewrite<E>(
         }
         if !changed {
             out.truncate(start);
-            out.put_slice(&entry);
-            continue;
+            out.put_slice(entry);
+            return Ok(());
         }
         if codec != Compression::None {
-            out.put_slice(&compress(codec, &plain)?);
+            out.put_slice(&compress(codec, &self.plain)?);
         }
         seal_batch(out, start)?;
+        Ok(())
     }
-    Ok(count)
-}
-
-/// Reads a records blob one record at a time, as [`rewrite`] does, but only
-/// hands each record of each v2 data batch to `visit`: nothing is written.
-/// Returns the number of records visited.
-pub fn visit<E>(
-    records: &Bytes,
-    max_decompressed: usize,
-    visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), E>,
-) -> Result<u64, RewriteError<E>> {
-    let mut budget = max_decompressed;
-    let mut count = 0u64;
-    for entry in Entries::new(records) {
-        let Entry::Data(entry) = entry? else { continue };
-        let (header, data) = open_batch(&entry, &mut budget)?;
-        let mut c = Cursor { buf: &data, pos: 0 };
-        let mut rec = RecordView::default();
-        for index in 0..header.record_count {
-            read_view(&mut c, &mut rec)?;
-            rec.index = index;
-            count += 1;
-            visit(&rec).map_err(RewriteError::Edit)?;
-        }
-        if c.remaining() != 0 {
-            return Err(BatchError::TrailingBytes {
-                left: c.remaining(),
-            }
-            .into());
-        }
-    }
-    Ok(count)
 }
 
 /// CRC-32C (Castagnoli, Kafka's batch checksum) of `data`.

@@ -134,6 +134,8 @@ impl Encrypt {
         if count == 0 {
             return Ok(None);
         }
+        // Checked and decompressed once, for the subject pass and the sealing.
+        let opened = record_batch::OpenedBlob::open(records, max).map_err(unreadable)?;
         // First the keys, which may need the KMS (async), then the sealing.
         // A rule keyed by subject reads every record's subject first; the
         // others know their keys from the record count alone.
@@ -143,25 +145,26 @@ impl Encrypt {
         let fixed_subject = field_rules::deterministic_key_id(rule, topic);
         if rule.config.subject.is_some() {
             let mut record_errors = Vec::new();
-            record_batch::visit(records, max, &mut |rec| {
-                match field_rules::subject_of(rule, rec) {
-                    Ok(s) => {
-                        if let Some(s) = &s {
-                            subjects.insert(s.clone());
+            opened
+                .visit(&mut |rec| {
+                    match field_rules::subject_of(rule, rec) {
+                        Ok(s) => {
+                            if let Some(s) = &s {
+                                subjects.insert(s.clone());
+                            }
+                            per_record_subject.push(s);
                         }
-                        per_record_subject.push(s);
+                        Err(e) => {
+                            record_errors.push((rec.index, e.to_string()));
+                            per_record_subject.push(None);
+                        }
                     }
-                    Err(e) => {
-                        record_errors.push((rec.index, e.to_string()));
-                        per_record_subject.push(None);
-                    }
-                }
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .map_err(|e| match e {
-                RewriteError::Batch(e) => unreadable(e),
-                RewriteError::Edit(never) => match never {},
-            })?;
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .map_err(|e| match e {
+                    RewriteError::Batch(e) => unreadable(e),
+                    RewriteError::Edit(never) => match never {},
+                })?;
             if !record_errors.is_empty() {
                 return Err(refused(record_errors));
             }
@@ -214,7 +217,7 @@ impl Encrypt {
         let mut n = 0usize;
         let mut record_errors = Vec::new();
         let mut bufs = field_rules::SealBuffers::default();
-        let sealed = record_batch::rewrite(records, max, &mut out, &mut |rec, scratch| {
+        let sealed = opened.rewrite(&mut out, &mut |rec, scratch| {
             let at = n;
             n += 1;
             let subject = match per_record_subject.get(at) {
