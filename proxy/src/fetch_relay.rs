@@ -287,10 +287,10 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{answer, pipeline, VERSION};
     use super::*;
+    use crate::stream::tcp_pair;
     use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader};
     use kafka_protocol::protocol::Decodable;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
 
     use crate::stream::{SplitSides, Stream};
     use tokio_util::either::Either;
@@ -302,13 +302,28 @@ mod tests {
         FetchResponse::decode(&mut b, VERSION).expect("answer")
     }
 
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let a = TcpStream::connect(l.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (b, _) = l.accept().await.expect("accept");
-        (a, b)
+    /// [`super::relay`] of an answer as long as `frame`, whose first 8 bytes
+    /// were already read (as the session's peek leaves them) and whose rest
+    /// comes from `broker_r`.
+    async fn relay_after_peek(
+        broker_r: &mut crate::stream::ReadSide,
+        client_w: &mut crate::stream::WriteSide,
+        frame: &[u8],
+        relay: &mut Relay,
+        zero_copy: bool,
+    ) -> Result<Relayed, StreamError> {
+        let p = pipeline();
+        let ctx = RelayCtx {
+            pipeline: &p,
+            version: VERSION,
+            zero_copy,
+        };
+        let mut buf = BytesMut::from(&frame[..8]);
+        let relayed = super::relay(broker_r, &mut buf, frame.len(), client_w, relay, &ctx).await;
+        if relayed.is_ok() {
+            assert!(buf.is_empty(), "buf is left empty");
+        }
+        relayed
     }
 
     /// Relays `frame` from a broker socket to a client socket, the first
@@ -320,7 +335,6 @@ mod tests {
         let (_, mut client_w) = Stream::Plain(client_w).split_sides();
         assert!(matches!(broker_r, Either::Left(_)));
         assert!(matches!(client_w, Either::Left(_)));
-        let total = frame.len();
         let sent = frame.clone();
         let writer = tokio::spawn(async move {
             // In pieces, so heads and records arrive split every which way.
@@ -334,25 +348,10 @@ mod tests {
             client_r.read_to_end(&mut got).await.expect("read");
             got
         });
-        let p = pipeline();
-        let ctx = RelayCtx {
-            pipeline: &p,
-            version: VERSION,
-            zero_copy,
-        };
-        let mut buf = BytesMut::from(&frame[..8]);
         let mut relay = Relay::new();
-        let relayed = super::relay(
-            &mut broker_r,
-            &mut buf,
-            total,
-            &mut client_w,
-            &mut relay,
-            &ctx,
-        )
-        .await
-        .expect("relay");
-        assert!(buf.is_empty());
+        let relayed = relay_after_peek(&mut broker_r, &mut client_w, &frame, &mut relay, zero_copy)
+            .await
+            .expect("relay");
         client_w.write_all(&relayed.held).await.expect("held");
         drop(client_w);
         let _broker = writer.await.expect("writer");
@@ -412,20 +411,12 @@ mod tests {
             let (_, mut client_w) = Stream::Plain(client_w).split_sides();
             broker_w.write_all(&frame[8..200_000]).await.expect("write");
             drop(broker_w);
-            let p = pipeline();
-            let ctx = RelayCtx {
-                pipeline: &p,
-                version: VERSION,
-                zero_copy,
-            };
-            let mut buf = BytesMut::from(&frame[..8]);
-            let err = super::relay(
+            let err = relay_after_peek(
                 &mut broker_r,
-                &mut buf,
-                frame.len(),
                 &mut client_w,
+                &frame,
                 &mut Relay::new(),
-                &ctx,
+                zero_copy,
             )
             .await
             .expect_err("cut short");

@@ -946,12 +946,25 @@ fn visit_batch<E>(
     data: &Bytes,
     visit: &mut dyn FnMut(&RecordView<'_>) -> Result<(), E>,
 ) -> Result<u64, RewriteError<E>> {
+    each_view(header, data, |rec: &mut RecordView<'_>| {
+        visit(rec).map_err(RewriteError::Edit)
+    })?;
+    Ok(u64::try_from(header.record_count).unwrap_or(0))
+}
+
+/// Reads the records of one opened batch in turn into one view (indexed
+/// within the batch) and hands it to `f`; the records must fill `data`.
+// Generic, not `dyn`: it is the per-record loop of every rewrite.
+fn each_view<E, F>(header: &BatchHeader, data: &Bytes, mut f: F) -> Result<(), RewriteError<E>>
+where
+    F: FnMut(&mut RecordView<'_>) -> Result<(), RewriteError<E>>,
+{
     let mut c = Cursor { buf: data, pos: 0 };
     let mut rec = RecordView::default();
     for index in 0..header.record_count {
         read_view(&mut c, &mut rec)?;
         rec.index = index;
-        visit(&rec).map_err(RewriteError::Edit)?;
+        f(&mut rec)?;
     }
     if c.remaining() != 0 {
         return Err(BatchError::TrailingBytes {
@@ -959,7 +972,7 @@ fn visit_batch<E>(
         }
         .into());
     }
-    Ok(u64::try_from(header.record_count).unwrap_or(0))
+    Ok(())
 }
 
 /// The state [`rewrite`] keeps across batches: buffers reused, and the
@@ -984,28 +997,24 @@ impl Rewriter {
         let codec = Compression::from_attributes(header.attributes)?;
         let start = out.len();
         out.put_slice(&entry[..HEADER_LEN]);
-        let mut c = Cursor { buf: data, pos: 0 };
         let mut changed = false;
-        let mut rec = RecordView::default();
         self.plain.clear();
-        for index in 0..header.record_count {
-            read_view(&mut c, &mut rec)?;
-            rec.index = index;
-            self.count += 1;
-            self.scratch.clear();
-            changed |= edit(&mut rec, &mut self.scratch).map_err(RewriteError::Edit)?;
+        let Rewriter {
+            count,
+            scratch,
+            plain,
+        } = self;
+        each_view(header, data, |rec| {
+            *count += 1;
+            scratch.clear();
+            changed |= edit(rec, scratch).map_err(RewriteError::Edit)?;
             if codec == Compression::None {
-                write_view(out, &rec, &self.scratch)?;
+                write_view(out, rec, scratch)?;
             } else {
-                write_view(&mut self.plain, &rec, &self.scratch)?;
+                write_view(plain, rec, scratch)?;
             }
-        }
-        if c.remaining() != 0 {
-            return Err(BatchError::TrailingBytes {
-                left: c.remaining(),
-            }
-            .into());
-        }
+            Ok(())
+        })?;
         if !changed {
             out.truncate(start);
             out.put_slice(entry);

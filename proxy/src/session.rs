@@ -575,13 +575,12 @@ where
             crate::fetch_relay::relay(frames.get_mut(), stream_buf, total, client_w, relay, &rctx)
                 .await
                 .map_err(stream_error)?;
-        let first_out = relayed.first_out;
         return finish_streamed(
             ctx,
             client_w,
             answer,
             relayed.held,
-            first_out,
+            relayed.first_out,
             arrived_at,
             total,
         )
@@ -604,13 +603,12 @@ where
         ctx.metrics.fetch_stream_no_room.inc_by(streamed.no_room);
         kept.whole_fetches = WHOLE_FETCHES_AFTER_NO_ROOM;
     }
-    let first_out = streamed.first_out;
     finish_streamed(
         ctx,
         client_w,
         answer,
         streamed.held,
-        first_out,
+        streamed.first_out,
         arrived_at,
         total,
     )
@@ -1096,18 +1094,8 @@ mod tests {
         tokio::net::TcpStream,
         tokio::task::JoinHandle<Result<(), SessionError>>,
     ) {
-        async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let a = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
-                .await
-                .expect("connect");
-            let (b, _) = l.accept().await.expect("accept");
-            (a, b)
-        }
-        let (client_app, client_proxy) = pair().await;
-        let (broker_proxy, broker_app) = pair().await;
+        let (client_app, client_proxy) = crate::stream::tcp_pair().await;
+        let (broker_proxy, broker_app) = crate::stream::tcp_pair().await;
         let task = tokio::spawn(run(
             crate::stream::Stream::Plain(client_proxy),
             crate::stream::Stream::Plain(broker_proxy),

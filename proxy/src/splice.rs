@@ -156,21 +156,14 @@ impl Default for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::tcp_pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
-        (a, b)
-    }
 
     #[tokio::test]
     async fn moves_exactly_the_bytes_asked_and_leaves_the_rest() {
         // broker_w -> broker_r (relay) -> client_w -> client_r
-        let (mut broker_w, broker_r) = pair().await;
-        let (client_w, mut client_r) = pair().await;
+        let (mut broker_w, broker_r) = tcp_pair().await;
+        let (client_w, mut client_r) = tcp_pair().await;
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {
@@ -199,8 +192,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_broker_closing_early_says_how_much_was_missing() {
-        let (mut broker_w, broker_r) = pair().await;
-        let (client_w, _client_r) = pair().await;
+        let (mut broker_w, broker_r) = tcp_pair().await;
+        let (client_w, _client_r) = tcp_pair().await;
         broker_w.write_all(&[7u8; 1000]).await.unwrap();
         drop(broker_w);
         let mut relay = Relay::new();

@@ -156,3 +156,17 @@ impl SplitSides for tokio::io::DuplexStream {
 
 impl<T> Side for tokio::io::ReadHalf<T> {}
 impl<T> Side for tokio::io::WriteHalf<T> {}
+
+/// The two ends of a loopback TCP connection, for tests of the plain-TCP
+/// (splice) paths.
+#[cfg(test)]
+pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let a = TcpStream::connect(l.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (b, _) = l.accept().await.expect("accept");
+    (a, b)
+}
