@@ -12,7 +12,7 @@
 use crate::aead::{
     self, AeadError, Backend, GcmKey, SivKey, GCM_TAG_LEN, KEY_LEN, NONCE_LEN, SIV_IV_LEN,
 };
-use crate::key_ref::{KeyRef, SUBJECT_TOKEN_LEN};
+use crate::key_ref::{KeyRef, DEK_ID_LEN, SUBJECT_TOKEN_LEN};
 use crate::kms::WrappedKey;
 
 /// First two bytes of every envelope: not valid UTF-8 (0xC5 needs a
@@ -26,6 +26,7 @@ const ALG_AES256_GCM: u8 = 1;
 const ALG_AES256_SIV: u8 = 2;
 const KEY_REF_WRAPPED: u8 = 1;
 const KEY_REF_SUBJECT: u8 = 2;
+const KEY_REF_STORED: u8 = 3;
 
 /// Longest KEK id the format carries (one length byte).
 pub const MAX_KEK_ID_LEN: usize = u8::MAX as usize;
@@ -301,6 +302,10 @@ fn write_key_ref(key_ref: &KeyRef, out: &mut Vec<u8>) -> Result<(), EnvelopeErro
             out.extend_from_slice(token);
             out.extend_from_slice(&version.to_be_bytes());
         }
+        KeyRef::Stored(id) => {
+            out.push(KEY_REF_STORED);
+            out.extend_from_slice(id);
+        }
     }
     Ok(())
 }
@@ -404,6 +409,9 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
             r.take(SUBJECT_TOKEN_LEN)?;
             r.u32()?;
         }
+        KEY_REF_STORED => {
+            r.take(DEK_ID_LEN)?;
+        }
         _ => return Err(EnvelopeError::BadKeyRef("unknown key reference kind")),
     }
     let key_ref = &bytes[ref_start..r.pos];
@@ -452,6 +460,11 @@ fn read_key_ref(bytes: &[u8]) -> Result<KeyRef, EnvelopeError> {
             token.copy_from_slice(r.take(SUBJECT_TOKEN_LEN)?);
             let version = r.u32()?;
             KeyRef::Subject { token, version }
+        }
+        KEY_REF_STORED => {
+            let mut id = [0u8; DEK_ID_LEN];
+            id.copy_from_slice(r.take(DEK_ID_LEN)?);
+            KeyRef::Stored(id)
         }
         _ => return Err(EnvelopeError::BadKeyRef("unknown key reference kind")),
     })
@@ -650,6 +663,48 @@ mod tests {
         "00000007",
         "c77817d51a73501256b1433b0c76dd422829ca2357"
     );
+
+    fn stored() -> KeyRef {
+        KeyRef::Stored(std::array::from_fn(|i| 0x40 + i as u8))
+    }
+
+    // Header: magic c57d, version 01, alg 01 (GCM), kind 03 (stored DEK),
+    // id 40..4f. Then nonce a0..ab, then AES-256-GCM(key 00..1f, nonce,
+    // "alice@example.com", AAD = header ‖ 0006 "orders" ‖ 0015
+    // "json:$.customer.email"), from Python `cryptography` 48 (AESGCM).
+    const GOLDEN_STORED: &str = concat!(
+        "c57d010103404142434445464748494a4b4c4d4e4f",
+        "a0a1a2a3a4a5a6a7a8a9aaab",
+        "8774154e208b67c70308f7bf6254a3b11db314de5007870aa3f22224e5408b9251"
+    );
+
+    #[test]
+    fn golden_stored_dek_bytes_seal_and_open() {
+        let pk = PreparedKey::new(&key()).expect("key");
+        let mut out = Vec::new();
+        seal_with_nonce(
+            Algorithm::Aes256Gcm,
+            &pk,
+            &nonce(),
+            &stored(),
+            &ORDERS,
+            b"alice@example.com",
+            &mut out,
+        )
+        .expect("seal");
+        assert_eq!(hex(&out), GOLDEN_STORED);
+        let env = parse(&out).expect("parse");
+        assert_eq!(env.key_ref(), stored());
+        assert_eq!(env.key_ref_bytes(), &unhex(GOLDEN_STORED)[4..21]);
+        let mut pt = Vec::new();
+        env.open(&key(), &ORDERS, &mut pt).expect("open");
+        assert_eq!(pt, b"alice@example.com");
+        // 61 bytes shorter than with the keyring's wrapped DEK (60 bytes)
+        // and a 10-byte KEK name inline (1 + 1 + 10 + 4 + 2 + 60 = 78).
+        assert_eq!(out.len(), 5 + 16 + 12 + 17 + 16);
+        // A truncated id is not read as a shorter one.
+        assert!(parse(&out[..20]).is_err());
+    }
 
     fn sealed_gcm() -> Vec<u8> {
         let mut out = Vec::new();
@@ -867,7 +922,7 @@ mod tests {
             Err(EnvelopeError::UnknownAlgorithm(9))
         );
         assert!(matches!(
-            parse(&[0xC5, 0x7D, 1, 1, 3]),
+            parse(&[0xC5, 0x7D, 1, 1, 4]),
             Err(EnvelopeError::BadKeyRef(_))
         ));
         let mut bad_utf8 = good.clone();

@@ -20,7 +20,9 @@ use zeroize::Zeroizing;
 
 use crate::key_ref::KeyRef;
 use crate::kms::{EncryptionContext, Kms, KmsError, DEK_LEN};
-use crate::subject_store::{subject_context, StoreError, SubjectKey, SubjectKeys, SubjectToken};
+use crate::subject_store::{
+    subject_context, StoreError, StoredDek, SubjectKey, SubjectKeys, SubjectToken,
+};
 
 /// Encryptions per DEK must stay below this: AES-GCM with random 96-bit
 /// nonces keeps collision odds negligible only up to about 2^32 messages.
@@ -140,6 +142,13 @@ pub enum KeyError {
     /// No such subject key (never created, or a different store).
     #[error("unknown data-subject key")]
     UnknownSubjectKey,
+    /// An envelope names a stored DEK the key store does not have (a
+    /// different store, or one that lost it): the data cannot be opened.
+    #[error("unknown stored data key")]
+    UnknownStoredDek,
+    /// The random source failed; no DEK id could be drawn.
+    #[error("random source unavailable")]
+    Random,
     /// The subject key store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -307,9 +316,13 @@ pub struct KeyManager {
     kms: Arc<dyn Kms>,
     rotation: Rotation,
     subjects: Option<Arc<dyn SubjectKeys>>,
+    /// New DEKs are stored in the subject key store and named by id.
+    stored_deks: bool,
     kek_versions: Option<Arc<dyn KekVersionSource>>,
     slots: Mutex<HashMap<String, HashMap<EncryptionContext, Slot>>>,
-    decrypt_cache: Mutex<TwoGen<crate::kms::WrappedKey, (EncryptionContext, Arc<Dek>)>>,
+    /// Unwrapped DEKs by the reference envelopes carry (wrapped or stored),
+    /// with the context they were unwrapped under.
+    decrypt_cache: Mutex<TwoGen<KeyRef, (EncryptionContext, Arc<Dek>)>>,
     subject_cache: Arc<SubjectCache>,
     subject_locks: Vec<tokio::sync::Mutex<()>>,
     stats: Stats,
@@ -353,6 +366,7 @@ impl KeyManager {
             kms,
             rotation,
             subjects,
+            stored_deks: false,
             kek_versions: None,
             slots: Mutex::new(HashMap::new()),
             decrypt_cache: Mutex::new(TwoGen::new(DEFAULT_CACHE_ENTRIES)),
@@ -369,6 +383,17 @@ impl KeyManager {
     pub fn with_kek_versions(mut self, source: Arc<dyn KekVersionSource>) -> Self {
         self.kek_versions = Some(source);
         self
+    }
+
+    /// Stores each new DEK once, wrapped, in the subject key store, so
+    /// envelopes name it by a 16-byte id instead of carrying it (about 60
+    /// bytes less per protected part). Needs a subject key store.
+    pub fn with_stored_deks(mut self) -> Result<Self, KeyError> {
+        if self.subjects.is_none() {
+            return Err(KeyError::NoSubjectStore);
+        }
+        self.stored_deks = true;
+        Ok(self)
     }
 
     /// The counters so far.
@@ -432,15 +457,26 @@ impl KeyManager {
         bump(&self.stats.generated);
         let wrapped = data_key.wrapped;
         let kek_version = wrapped.kek_version;
-        let dek = Arc::new(Dek::new(
-            data_key.plaintext,
-            KeyRef::Wrapped(wrapped.clone()),
-        ));
+        let key_ref = if self.stored_deks {
+            let mut id = [0u8; crate::key_ref::DEK_ID_LEN];
+            getrandom::fill(&mut id).map_err(|_| KeyError::Random)?;
+            // Durable before anything is sealed under it: every gateway
+            // sharing the store must be able to open what this one seals.
+            let stored = StoredDek {
+                wrapped,
+                context: context.clone(),
+            };
+            self.store()?.store_dek(&id, &stored).await?;
+            KeyRef::Stored(id)
+        } else {
+            KeyRef::Wrapped(wrapped)
+        };
+        let dek = Arc::new(Dek::new(data_key.plaintext, key_ref.clone()));
         // This process's own consumers will ask for it next.
         self.decrypt_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(wrapped, (context.clone(), dek.clone()));
+            .insert(key_ref, (context.clone(), dek.clone()));
         *current = Some(Current {
             dek: dek.clone(),
             used: uses,
@@ -461,20 +497,31 @@ impl KeyManager {
         if let Some(found) = self.cached_decryption_key(key_ref, context) {
             return found;
         }
+        bump(&self.stats.misses);
+        let stored;
         let wrapped = match key_ref {
             KeyRef::Wrapped(w) => w,
             KeyRef::Subject { token, version } => {
                 return self.subject_version(token, *version).await
             }
+            KeyRef::Stored(id) => {
+                stored = self
+                    .store()?
+                    .stored_dek(id)
+                    .await?
+                    .ok_or(KeyError::UnknownStoredDek)?;
+                // Unwrapped under the reader's context, not the stored one:
+                // the KMS then refuses a key copied from another topic.
+                &stored.wrapped
+            }
         };
-        bump(&self.stats.misses);
         let key = self.kms.decrypt_data_key(wrapped, context).await?;
         bump(&self.stats.decrypts);
         let dek = Arc::new(Dek::new(key, key_ref.clone()));
         self.decrypt_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(wrapped.clone(), (context.clone(), dek.clone()));
+            .insert(key_ref.clone(), (context.clone(), dek.clone()));
         Ok(dek)
     }
 
@@ -488,12 +535,12 @@ impl KeyManager {
         context: &EncryptionContext,
     ) -> Option<Result<Arc<Dek>, KeyError>> {
         match key_ref {
-            KeyRef::Wrapped(wrapped) => {
+            KeyRef::Wrapped(_) | KeyRef::Stored(_) => {
                 let (ctx, dek) = self
                     .decrypt_cache
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .get(wrapped)?;
+                    .get(key_ref)?;
                 // As in `decryption_key`: under another context the KMS decides.
                 (ctx == *context).then(|| {
                     bump(&self.stats.hits);
@@ -648,7 +695,12 @@ impl KeyManager {
         self.decrypt_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|w| !(w.kek_id == kek_id && w.kek_version == version));
+            // Which KEK wrapped a stored DEK is not kept: all go, and the
+            // next use asks the store and the KMS again.
+            .retain(|r| match r {
+                KeyRef::Wrapped(w) => !(w.kek_id == kek_id && w.kek_version == version),
+                _ => false,
+            });
         self.subject_cache.forget_all();
     }
 
@@ -829,7 +881,7 @@ mod tests {
         let b = km.encryption_key("k", &c, 1).await.expect("b");
         let version = |d: &Dek| match d.key_ref() {
             KeyRef::Wrapped(w) => w.kek_version,
-            KeyRef::Subject { .. } => 0,
+            _ => 0,
         };
         assert_eq!((version(&a), version(&b)), (1, 2));
         // A fresh manager (another instance) decrypts both from the refs alone.
@@ -1089,5 +1141,73 @@ mod tests {
             km.subject_key(b"alice", "k").await,
             Err(KeyError::NoSubjectStore)
         ));
+    }
+
+    #[tokio::test]
+    async fn stored_deks_are_named_by_id_and_open_from_the_store_alone() {
+        let f = fixture(Duration::ZERO);
+        assert!(matches!(
+            KeyManager::new(f.kms.clone(), Rotation::default(), None)
+                .expect("km")
+                .with_stored_deks(),
+            Err(KeyError::NoSubjectStore)
+        ));
+        let subjects = store(&f);
+        let km = KeyManager::new(f.kms.clone(), Rotation::default(), Some(subjects.clone()))
+            .expect("km")
+            .with_stored_deks()
+            .expect("stored");
+        let c = ctx("orders");
+        let a = km.encryption_key("k", &c, 1).await.expect("a");
+        let KeyRef::Stored(id) = a.key_ref().clone() else {
+            panic!("not a stored reference: {:?}", a.key_ref());
+        };
+        // Durable before it was handed out, with the context it needs.
+        let kept = subjects
+            .stored_dek(&id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(kept.context, c);
+        assert_eq!(kept.wrapped.kek_version, 1);
+        assert_eq!(
+            subjects.dek_report().await.expect("report"),
+            vec![("k".into(), 1, 1)]
+        );
+        // Another gateway over the same store opens it from the id alone;
+        // under another topic's context the KMS refuses.
+        let other = KeyManager::new(f.kms.clone(), Rotation::default(), Some(subjects.clone()))
+            .expect("km");
+        let back = other.decryption_key(a.key_ref(), &c).await.expect("dec");
+        assert_eq!(back.key(), a.key());
+        assert!(matches!(
+            other.decryption_key(a.key_ref(), &ctx("people")).await,
+            Err(KeyError::Kms(KmsError::Rejected(_)))
+        ));
+        let unknown = KeyRef::Stored([0xEE; crate::key_ref::DEK_ID_LEN]);
+        assert!(matches!(
+            other.decryption_key(&unknown, &c).await,
+            Err(KeyError::UnknownStoredDek)
+        ));
+        // A KEK rotation and a rewrap move the stored DEK to the new version;
+        // what was sealed under it still opens, in a fresh manager too.
+        f.keyring.rotate("k").expect("rotate");
+        let report = subjects.rewrap_all(f.kms.as_ref()).await.expect("rewrap");
+        assert_eq!(
+            (report.rewrapped, report.deks_rewrapped, report.failed.len()),
+            (0, 1, 0)
+        );
+        let kept = subjects
+            .stored_dek(&id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(kept.wrapped.kek_version, 2);
+        f.keyring.retire("k", 1).expect("retire");
+        f.keyring.destroy("k", 1).expect("destroy");
+        let fresh = KeyManager::new(f.kms.clone(), Rotation::default(), Some(subjects.clone()))
+            .expect("km");
+        let back = fresh.decryption_key(a.key_ref(), &c).await.expect("dec");
+        assert_eq!(back.key(), a.key());
     }
 }

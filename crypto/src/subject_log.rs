@@ -15,6 +15,11 @@
 //!   once from overwriting each other under compaction.
 //! - **erased**: Kafka key `'e' ‖ token(32)`, value the versions shredded.
 //!   Compaction keeps the newest, so every marker lists all of them.
+//! - **stored DEK**: Kafka key `'d' ‖ id(16)`, value a topic DEK wrapped by
+//!   its KEK (JSON, with its encryption context), for envelopes that name
+//!   their DEK by id (`KeyRef::Stored`). Ids are random, so one writer per
+//!   id; a rewrap writes the same key again and the newest record wins, as
+//!   compaction keeps it.
 //!
 //! Rules every reader applies alike:
 //! - among live key records for one (subject, version), the one earliest in
@@ -32,14 +37,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::key_ref::SUBJECT_TOKEN_LEN;
+use crate::key_ref::{DekId, DEK_ID_LEN, SUBJECT_TOKEN_LEN};
 use crate::kms::WrappedKey;
-use crate::subject_store::{SubjectKey, SubjectToken};
+use crate::subject_store::{
+    decode_stored_dek, encode_stored_dek, StoredDek, SubjectKey, SubjectToken,
+};
 
 /// Length of a writer's nonce in a key record's Kafka key.
 pub const NONCE_LEN: usize = 8;
 const KEY_TAG: u8 = b'k';
 const ERASED_TAG: u8 = b'e';
+const DEK_TAG: u8 = b'd';
 
 /// A record to write to the topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +123,7 @@ pub enum Applied {
 #[derive(Debug, Default)]
 pub struct SubjectLog {
     subjects: HashMap<SubjectToken, Subject>,
+    deks: HashMap<DekId, StoredDek>,
     /// The offset after the last record applied.
     next_offset: i64,
 }
@@ -134,6 +143,17 @@ fn erased_record_key(token: &SubjectToken) -> Vec<u8> {
     k.push(ERASED_TAG);
     k.extend_from_slice(token);
     k
+}
+
+/// The record that stores a topic DEK under `id` (or rewrites it, rewrapped).
+pub fn dek_record(id: &DekId, dek: &StoredDek) -> LogRecord {
+    let mut key = Vec::with_capacity(1 + DEK_ID_LEN);
+    key.push(DEK_TAG);
+    key.extend_from_slice(id);
+    LogRecord {
+        key,
+        value: Some(encode_stored_dek(dek)),
+    }
 }
 
 /// A key record holding `wrapped`.
@@ -188,6 +208,22 @@ impl SubjectLog {
             why: why.to_owned(),
         };
         let (&tag, rest) = key.split_first().ok_or_else(|| bad("empty key"))?;
+        if tag == DEK_TAG {
+            let id: DekId = rest
+                .try_into()
+                .map_err(|_| bad("stored DEK record key has the wrong length"))?;
+            match value {
+                Some(v) => {
+                    let dek =
+                        decode_stored_dek(v).map_err(|e| bad(&format!("stored DEK value: {e}")))?;
+                    self.deks.insert(id, dek);
+                }
+                None => {
+                    self.deks.remove(&id);
+                }
+            }
+            return Ok(Applied::Quiet);
+        }
         if rest.len() < SUBJECT_TOKEN_LEN {
             return Err(bad("key shorter than a token"));
         }
@@ -245,6 +281,18 @@ impl SubjectLog {
             }
             _ => Err(bad("unknown record tag")),
         }
+    }
+
+    /// The topic DEK stored under `id`.
+    pub fn stored_dek(&self, id: &DekId) -> Option<StoredDek> {
+        self.deks.get(id).cloned()
+    }
+
+    /// Every stored DEK, by id (sorted).
+    pub fn all_deks(&self) -> Vec<(DekId, StoredDek)> {
+        let mut out: Vec<_> = self.deks.iter().map(|(i, d)| (*i, d.clone())).collect();
+        out.sort_by_key(|(i, _)| *i);
+        out
     }
 
     /// The subject's newest unshredded key.
@@ -563,5 +611,51 @@ mod tests {
         );
         assert_eq!(log.next_offset(), 4);
         assert_eq!(log.lookup(&t, 1), SubjectKey::Unknown);
+    }
+
+    #[test]
+    fn stored_deks_are_found_rewritten_and_survive_compaction() {
+        let ctx = |t: &str| {
+            let mut c = crate::kms::EncryptionContext::new();
+            c.insert("custos:topic".into(), t.into());
+            c
+        };
+        let dek = |tag: u8, t: &str| StoredDek {
+            wrapped: w(tag),
+            context: ctx(t),
+        };
+        let (a, b) = ([1u8; DEK_ID_LEN], [2u8; DEK_ID_LEN]);
+        let mut all = Vec::new();
+        let mut log = SubjectLog::new();
+        for r in [
+            dek_record(&a, &dek(1, "orders")),
+            key_record(&[9; 32], 1, &[1; 8], &w(3), 0),
+            dek_record(&b, &dek(2, "people")),
+            // A rewrap of a: same key, newest wins.
+            dek_record(&a, &dek(4, "orders")),
+        ] {
+            let o = log.next_offset();
+            all.push((o, r.clone()));
+            write(&mut log, &[r]);
+        }
+        assert_eq!(log.stored_dek(&a), Some(dek(4, "orders")));
+        assert_eq!(log.stored_dek(&b), Some(dek(2, "people")));
+        assert_eq!(log.stored_dek(&[3; DEK_ID_LEN]), None);
+        assert_eq!(log.all_deks().len(), 2);
+        // Subject keys are untouched by DEK records, and the other way round.
+        assert_eq!(log.current(&[9; 32]), Some((1, w(3))));
+        let again = replay(&compact(&all));
+        assert_eq!(again.stored_dek(&a), Some(dek(4, "orders")));
+        assert_eq!(again.all_deks(), log.all_deks());
+        // A tombstone removes; a key of the wrong length is reported.
+        let mut key = dek_record(&a, &dek(1, "orders")).key;
+        let o = log.next_offset();
+        log.apply(o, &key, None).expect("tombstone");
+        assert_eq!(log.stored_dek(&a), None);
+        key.push(0);
+        assert!(log.apply(o + 1, &key, Some(b"{}")).is_err());
+        key.pop();
+        assert!(log.apply(o + 2, &key, Some(b"{}")).is_err());
+        assert_eq!(log.stored_dek(&a), None);
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::key_ref::SUBJECT_TOKEN_LEN;
+use crate::key_ref::{DekId, SUBJECT_TOKEN_LEN};
 use crate::kms::{EncryptionContext, Kms, WrappedKey};
 use crate::SubjectTokenizer;
 
@@ -81,6 +81,61 @@ impl StoreError {
     }
 }
 
+/// A topic DEK stored once in the key store (`KeyRef::Stored`): wrapped by
+/// its KEK under `context`, which unwrapping and rewrapping need again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDek {
+    /// The DEK wrapped by its KEK.
+    pub wrapped: WrappedKey,
+    /// The encryption context it was wrapped with (`custos:topic`).
+    pub context: EncryptionContext,
+}
+
+/// How both backends serialise a stored DEK.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct StoredDekValue {
+    kek_id: String,
+    kek_version: u32,
+    /// base64 of the KMS's wrapped bytes.
+    blob: String,
+    context: EncryptionContext,
+    created: u64,
+}
+
+/// A stored DEK as the key store's JSON value.
+pub fn encode_stored_dek(dek: &StoredDek) -> Vec<u8> {
+    let v = StoredDekValue {
+        kek_id: dek.wrapped.kek_id.clone(),
+        kek_version: dek.wrapped.kek_version,
+        blob: base64::engine::general_purpose::STANDARD.encode(&dek.wrapped.blob),
+        context: dek.context.clone(),
+        created: now_secs(),
+    };
+    // A struct of strings and integers always serialises.
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Reads [`encode_stored_dek`]'s output.
+pub fn decode_stored_dek(raw: &[u8]) -> Result<StoredDek, String> {
+    let v: StoredDekValue = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(&v.blob)
+        .map_err(|_| "wrapped key is not base64".to_owned())?;
+    Ok(StoredDek {
+        wrapped: WrappedKey {
+            kek_id: v.kek_id,
+            kek_version: v.kek_version,
+            blob,
+        },
+        context: v.context,
+    })
+}
+
+/// How messages and rewrap reports name a stored DEK: `dek:` and its id in hex.
+pub fn dek_label(id: &DekId) -> String {
+    format!("dek:{}", hex(id))
+}
+
 /// Called with a subject's token after its keys were shredded.
 pub type ShredListener = Box<dyn Fn(&SubjectToken) + Send + Sync>;
 
@@ -127,6 +182,16 @@ pub trait SubjectKeys: Send + Sync + 'static {
     /// Stored (unshredded) keys per KEK version: `(kek_id, version, count)`.
     async fn report(&self) -> Result<Vec<(String, u32, u64)>, StoreError>;
 
+    /// Stores a topic DEK under `id`, durably: nothing may be sealed under
+    /// it before every gateway sharing the store can find it.
+    async fn store_dek(&self, id: &DekId, dek: &StoredDek) -> Result<(), StoreError>;
+
+    /// The DEK stored under `id`; `None` if this store never had it.
+    async fn stored_dek(&self, id: &DekId) -> Result<Option<StoredDek>, StoreError>;
+
+    /// Stored DEKs per KEK version: `(kek_id, version, count)`.
+    async fn dek_report(&self) -> Result<Vec<(String, u32, u64)>, StoreError>;
+
     /// Destroys every key of `subject_id`; see [`SubjectKeys::shred_token`].
     async fn shred(&self, subject_id: &[u8]) -> Result<ShredReceipt, StoreError> {
         self.shred_token(&self.token(subject_id)).await
@@ -159,9 +224,9 @@ pub struct ShredReceipt {
 /// One stored key that `rewrap_all` could not re-wrap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewrapFailure {
-    /// The subject's token, hex.
+    /// The subject's token, hex; for a stored DEK, [`dek_label`] of its id.
     pub token_hex: String,
-    /// The key version.
+    /// The key version (0 for a stored DEK).
     pub version: u32,
     /// The KMS's error message.
     pub error: String,
@@ -170,8 +235,10 @@ pub struct RewrapFailure {
 /// What `rewrap_all` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RewrapReport {
-    /// Keys now wrapped under their KEK's current version.
+    /// Subject keys now wrapped under their KEK's current version.
     pub rewrapped: u64,
+    /// Stored DEKs now wrapped under their KEK's current version.
+    pub deks_rewrapped: u64,
     /// Keys shredded or replaced while the rewrap ran (left alone).
     pub skipped: u64,
     /// Keys the KMS could not re-wrap (still wrapped as before).
@@ -239,6 +306,8 @@ impl StoredKey {
 pub struct SubjectKeyStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Stored topic DEKs, by id.
+    deks: sled::Tree,
     tokenizer: SubjectTokenizer,
     listeners: Mutex<Vec<ShredListener>>,
 }
@@ -252,6 +321,7 @@ impl std::fmt::Debug for SubjectKeyStore {
 /// sled's default page cache is 1 GiB; key entries are tiny.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const TREE: &[u8] = b"subject_keys";
+const DEK_TREE: &[u8] = b"stored_deks";
 
 fn db_err(op: &'static str) -> impl Fn(sled::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
@@ -264,9 +334,11 @@ impl SubjectKeyStore {
         let tokenizer = SubjectTokenizer::new(token_key)?;
         let db = open_db(path)?;
         let tree = db.open_tree(TREE).map_err(db_err("open tree"))?;
+        let deks = db.open_tree(DEK_TREE).map_err(db_err("open tree"))?;
         Ok(Self {
             db,
             tree,
+            deks,
             tokenizer,
             listeners: Mutex::new(Vec::new()),
         })
@@ -392,8 +464,47 @@ impl SubjectKeyStore {
                 report.skipped += 1;
             }
         }
+        for (id, old) in self.all_deks()? {
+            let Some(new) = rewrap_dek(kms, &id, &old, &mut report).await else {
+                continue;
+            };
+            let before = self.deks.get(id).map_err(db_err("read"))?;
+            // Only if nobody rewrote it meanwhile.
+            let unchanged = before
+                .as_deref()
+                .is_some_and(|raw| decode_stored_dek(raw).is_ok_and(|d| d == old));
+            let swapped = unchanged
+                && self
+                    .deks
+                    .compare_and_swap(id, before, Some(encode_stored_dek(&new)))
+                    .map_err(db_err("write"))?
+                    .is_ok();
+            if swapped {
+                report.deks_rewrapped += 1;
+            } else {
+                report.skipped += 1;
+            }
+        }
         self.db.flush().map_err(db_err("flush"))?;
         Ok(report)
+    }
+
+    /// Every stored DEK with its id.
+    fn all_deks(&self) -> Result<Vec<(DekId, StoredDek)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.deks.iter() {
+            let (k, v) = item.map_err(db_err("scan"))?;
+            let corrupt = |why: String| StoreError::Corrupt {
+                token_hex: format!("dek:{}", hex(&k)),
+                why,
+            };
+            let id: DekId = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt("key is not a 16-byte DEK id".to_owned()))?;
+            out.push((id, decode_stored_dek(&v).map_err(corrupt)?));
+        }
+        Ok(out)
     }
 
     /// How many stored (unshredded) keys sit under each KEK version:
@@ -488,6 +599,45 @@ impl SubjectKeys for SubjectKeyStore {
 
     async fn report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
         SubjectKeyStore::report(self)
+    }
+
+    async fn store_dek(&self, id: &DekId, dek: &StoredDek) -> Result<(), StoreError> {
+        let (db, deks, id, value) = (
+            self.db.clone(),
+            self.deks.clone(),
+            *id,
+            encode_stored_dek(dek),
+        );
+        // sled's flush waits for the disk: keep it off the executor.
+        let stored = tokio::task::spawn_blocking(move || {
+            deks.insert(id, value).map_err(db_err("store a DEK"))?;
+            db.flush().map_err(db_err("flush")).map(|_| ())
+        })
+        .await;
+        match stored {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Db {
+                op: "store a DEK (task cancelled)",
+                source: sled::Error::Io(std::io::Error::other("cancelled")),
+            }),
+        }
+    }
+
+    async fn stored_dek(&self, id: &DekId) -> Result<Option<StoredDek>, StoreError> {
+        let Some(raw) = self.deks.get(id).map_err(db_err("read"))? else {
+            return Ok(None);
+        };
+        decode_stored_dek(&raw)
+            .map(Some)
+            .map_err(|why| StoreError::Corrupt {
+                token_hex: dek_label(id),
+                why,
+            })
+    }
+
+    async fn dek_report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        Ok(count_deks_by_kek(self.all_deks()?.iter().map(|(_, d)| d)))
     }
 }
 
@@ -619,14 +769,51 @@ pub async fn rewrap_key(
     }
 }
 
+/// One stored DEK re-wrapped under its KEK's current version by the KMS
+/// (with the context it was wrapped under); `None` (and the failure noted
+/// in `report`) when the KMS refused.
+pub async fn rewrap_dek(
+    kms: &dyn Kms,
+    id: &DekId,
+    old: &StoredDek,
+    report: &mut RewrapReport,
+) -> Option<StoredDek> {
+    match kms.rewrap(&old.wrapped, None, &old.context).await {
+        Ok(wrapped) => Some(StoredDek {
+            wrapped,
+            context: old.context.clone(),
+        }),
+        Err(e) => {
+            report.failed.push(RewrapFailure {
+                token_hex: dek_label(id),
+                version: 0,
+                error: e.to_string(),
+            });
+            None
+        }
+    }
+}
+
+/// Stored DEKs per KEK version, `(kek_id, version, count)` sorted.
+pub fn count_deks_by_kek<'a>(deks: impl Iterator<Item = &'a StoredDek>) -> Vec<(String, u32, u64)> {
+    count_wrapped(deks.map(|d| &d.wrapped))
+}
+
 /// Stored keys per KEK version, `(kek_id, version, count)` sorted, from
 /// `(token, version, wrapped)` rows.
 pub fn count_by_kek(keys: Vec<(SubjectToken, u32, WrappedKey)>) -> Vec<(String, u32, u64)> {
-    let mut counts: BTreeMap<(String, u32), u64> = BTreeMap::new();
-    for (_, _, w) in keys {
-        *counts.entry((w.kek_id, w.kek_version)).or_default() += 1;
+    count_wrapped(keys.iter().map(|(_, _, w)| w))
+}
+
+fn count_wrapped<'a>(keys: impl Iterator<Item = &'a WrappedKey>) -> Vec<(String, u32, u64)> {
+    let mut counts: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+    for w in keys {
+        *counts.entry((&w.kek_id, w.kek_version)).or_default() += 1;
     }
-    counts.into_iter().map(|((k, v), n)| (k, v, n)).collect()
+    counts
+        .into_iter()
+        .map(|((k, v), n)| (k.to_owned(), v, n))
+        .collect()
 }
 
 /// Lower-case hex of `bytes` (how tokens appear in messages and receipts).

@@ -1,7 +1,7 @@
 //! How much retained data sits under which key: reads protected topics
 //! straight from the brokers (with Custos's own upstream credentials), opens
 //! no ciphertext, and counts records by the key reference their envelopes
-//! carry (`KEK#vN`, or `subject#vN`).
+//! carry (`KEK#vN`, `dek:ID` for a stored data key, or `subject#vN`).
 //!
 //! After a KEK rotation this says when the old version still protects data
 //! (and so may not be destroyed yet), and after shredding how many records
@@ -27,7 +27,7 @@ use crate::upstream::{Conn, UpstreamSecurity};
 pub struct ReportRow {
     /// The topic.
     pub topic: String,
-    /// `KEK#vN`, `subject#vN` or `unprotected`.
+    /// `KEK#vN`, `dek:ID`, `subject#vN` or `unprotected`.
     pub key: String,
     /// Records whose protected parts use this key.
     pub records: u64,

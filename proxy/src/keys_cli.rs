@@ -160,16 +160,21 @@ pub fn run(config: &Path, command: KeysCommand) -> anyhow::Result<ExitCode> {
             let kms = rt.block_on(protection::kms(enc))?.0;
             let report = rt.block_on(store.rewrap_all(kms.as_ref()))?;
             println!(
-                "rewrapped {} subject keys ({} skipped, {} failed)",
+                "rewrapped {} subject keys and {} stored data keys ({} skipped, {} failed)",
                 report.rewrapped,
+                report.deks_rewrapped,
                 report.skipped,
                 report.failed.len()
             );
             for f in &report.failed {
-                eprintln!(
-                    "  failed: subject {} version {}: {}",
-                    f.token_hex, f.version, f.error
-                );
+                if f.token_hex.starts_with("dek:") {
+                    eprintln!("  failed: stored data key {}: {}", f.token_hex, f.error);
+                } else {
+                    eprintln!(
+                        "  failed: subject {} version {}: {}",
+                        f.token_hex, f.version, f.error
+                    );
+                }
             }
             if !report.failed.is_empty() {
                 return Ok(ExitCode::FAILURE);
@@ -201,18 +206,23 @@ async fn open_store(
 
 fn report(cfg: &Config, enc: &EncryptionConfig, topics: &[String]) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
+    let mut store = None;
     match rt.block_on(open_store(cfg, enc)) {
-        Ok(Some(store)) => {
-            println!("stored subject keys:");
-            println!("  {:<40} {:>7} {:>10}", "kek", "version", "keys");
-            for (kek, version, count) in rt.block_on(store.report())? {
-                println!("  {kek:<40} {version:>7} {count:>10}");
+        Ok(Some(s)) => {
+            for (what, rows) in [
+                ("stored subject keys", rt.block_on(s.report())?),
+                ("stored data keys", rt.block_on(s.dek_report())?),
+            ] {
+                println!("{what}:");
+                println!("  {:<40} {:>7} {:>10}", "kek", "version", "keys");
+                for (kek, version, count) in rows {
+                    println!("  {kek:<40} {version:>7} {count:>10}");
+                }
             }
+            store = Some(s);
         }
         Ok(None) => {}
-        Err(e) => println!(
-            "stored subject keys: not read ({e}); GET /v1/keys/report on a running gateway"
-        ),
+        Err(e) => println!("stored keys: not read ({e}); GET /v1/keys/report on a running gateway"),
     }
     let rules = custos::field_rules::RuleSet::compile(&enc.rules).map_err(|issues| {
         anyhow::anyhow!(
@@ -248,12 +258,38 @@ fn report(cfg: &Config, enc: &EncryptionConfig, topics: &[String]) -> anyhow::Re
             std::time::Duration::from_millis(cfg.upstream.connect_timeout_ms),
         ))
         .map_err(anyhow::Error::msg)?;
+    // Envelopes that name a stored data key are counted under the KEK
+    // version the store wraps it with now (a rewrap moves them).
+    let mut by_key: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for r in rows {
+        let key = match (&store, stored_dek_id(&r.key)) {
+            (Some(s), Some(id)) => match rt.block_on(s.stored_dek(&id))? {
+                Some(d) => format!("{}#v{}", d.wrapped.kek_id, d.wrapped.kek_version),
+                None => format!("{} (not in the key store)", r.key),
+            },
+            _ => r.key,
+        };
+        *by_key.entry((r.topic, key)).or_default() += r.records;
+    }
     println!("retained records by key:");
     println!("  {:<40} {:<40} {:>10}", "topic", "key", "records");
-    for r in rows {
-        println!("  {:<40} {:<40} {:>10}", r.topic, r.key, r.records);
+    for ((topic, key), records) in by_key {
+        println!("  {topic:<40} {key:<40} {records:>10}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The id in a `dek:HEX` key label.
+fn stored_dek_id(label: &str) -> Option<custos_crypto::key_ref::DekId> {
+    let hex = label.strip_prefix("dek:")?;
+    let mut id = [0u8; custos_crypto::key_ref::DEK_ID_LEN];
+    if hex.len() != 2 * id.len() {
+        return None;
+    }
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
 }
 
 fn shred(cfg: &Config, enc: &EncryptionConfig, subject: &str) -> anyhow::Result<ExitCode> {

@@ -257,6 +257,11 @@ pub async fn open(
         // New data keys under a rotated KEK at once, not after the DEK ages out.
         keys = keys.with_kek_versions(k.clone());
     }
+    if cfg.dek.reference == crate::field_rules::DekReference::Stored {
+        keys = keys
+            .with_stored_deks()
+            .map_err(|e| ProtectionError::Kms(format!("encryption.dek.reference: {e}")))?;
+    }
     let keys = Arc::new(keys);
     let _ = metrics.key_stats.set(keys.clone());
     let tokenizer = cfg
@@ -275,11 +280,13 @@ pub async fn open(
 }
 
 /// How an audit record names a key: `KEK#vN` for a data key wrapped by
-/// version N of a KEK (`#v0` where the KMS versions keys itself), or
-/// `subject#vN` for a data subject's key (whose token goes alongside).
+/// version N of a KEK (`#v0` where the KMS versions keys itself),
+/// `dek:ID` (hex) for a data key stored in the key store, or `subject#vN`
+/// for a data subject's key (whose token goes alongside).
 pub fn key_label(r: &custos_crypto::key_ref::KeyRef) -> String {
     match r {
         custos_crypto::key_ref::KeyRef::Wrapped(w) => format!("{}#v{}", w.kek_id, w.kek_version),
+        custos_crypto::key_ref::KeyRef::Stored(id) => custos_crypto::subject_store::dek_label(id),
         custos_crypto::key_ref::KeyRef::Subject { version, .. } => format!("subject#v{version}"),
     }
 }
@@ -291,7 +298,9 @@ pub fn subject_token(r: &custos_crypto::key_ref::KeyRef) -> Option<custos_audit:
             let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
             custos_audit::SubjectToken::from_hex(&hex).ok()
         }
-        custos_crypto::key_ref::KeyRef::Wrapped(_) => None,
+        custos_crypto::key_ref::KeyRef::Wrapped(_) | custos_crypto::key_ref::KeyRef::Stored(_) => {
+            None
+        }
     }
 }
 

@@ -16,11 +16,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use custos_crypto::key_ref::DekId;
 use custos_crypto::kms::{Kms, WrappedKey};
 use custos_crypto::subject_log::{self, Applied, LogRecord, SubjectLog, NONCE_LEN};
 use custos_crypto::subject_store::{
-    count_by_kek, hex, rewrap_key, RewrapReport, ShredListener, ShredReceipt, StoreError,
-    SubjectKey, SubjectKeys, SubjectToken,
+    count_by_kek, count_deks_by_kek, hex, rewrap_dek, rewrap_key, RewrapReport, ShredListener,
+    ShredReceipt, StoreError, StoredDek, SubjectKey, SubjectKeys, SubjectToken,
 };
 use custos_crypto::SubjectTokenizer;
 use kafka_protocol::messages::{
@@ -573,10 +574,41 @@ impl SubjectKeys for TopicSubjectStore {
                 None => report.skipped += 1,
             }
         }
+        let deks = self.lock().all_deks();
+        for (id, old) in deks {
+            let Some(new) = rewrap_dek(kms, &id, &old, &mut report).await else {
+                continue;
+            };
+            let record = subject_log::dek_record(&id, &new);
+            let at = self.append(std::slice::from_ref(&record)).await?;
+            self.settle(at + 1).await?;
+            report.deks_rewrapped += 1;
+        }
         Ok(report)
     }
 
     async fn report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
         Ok(count_by_kek(self.lock().all_wrapped()))
+    }
+
+    async fn store_dek(&self, id: &DekId, dek: &StoredDek) -> Result<(), StoreError> {
+        let at = self.append(&[subject_log::dek_record(id, dek)]).await?;
+        self.settle(at + 1).await
+    }
+
+    async fn stored_dek(&self, id: &DekId) -> Result<Option<StoredDek>, StoreError> {
+        if let Some(found) = self.lock().stored_dek(id) {
+            return Ok(Some(found));
+        }
+        // Stored by another gateway a moment ago, perhaps. Unlike a subject
+        // key, every miss catches up: "not found" reads as undecryptable,
+        // so it must be true of the log's end, not of a stale copy.
+        self.sync().await?;
+        Ok(self.lock().stored_dek(id))
+    }
+
+    async fn dek_report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        let all = self.lock().all_deks();
+        Ok(count_deks_by_kek(all.iter().map(|(_, d)| d)))
     }
 }

@@ -179,7 +179,7 @@ def test_gateways_share_subject_keys_and_shredding(pair, kafka):
     # run (the topic is never locked); the report reads the topic.
     keys(a, "rotate", "shared-kek")
     out = keys(a, "rewrap").stdout
-    assert "rewrapped 31 subject keys (0 skipped, 0 failed)" in out, out
+    assert "rewrapped 31 subject keys and 0 stored data keys (0 skipped, 0 failed)" in out, out
     report = keys(a, "report", "--topic", TOPIC).stdout
     assert re.search(r"shared-kek\s+2\s+31\b", report), report
     assert not re.search(r"shared-kek\s+1\s+\d", report), report

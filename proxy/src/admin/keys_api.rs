@@ -1,6 +1,7 @@
 //! Key operations on a running gateway: `POST /v1/keys/shred?subject=ID`
 //! destroys a data subject's keys (crypto-shredding) and `GET
-//! /v1/keys/report` lists the stored subject keys by KEK version.
+//! /v1/keys/report` lists the stored subject keys and stored data keys by
+//! KEK version.
 //!
 //! They live here because a running Custos holds a sled subject key store
 //! locked, and because shredding must take effect in the running process at
@@ -74,18 +75,22 @@ pub async fn handle<B>(req: &Request<B>, state: &AdminState, peer: SocketAddr) -
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (&Method::GET, "/v1/keys/report") => match store.report().await {
-            Ok(rows) => json_response(
-                StatusCode::OK,
-                &json!({
-                    "subject_keys": rows
-                        .iter()
-                        .map(|(kek, v, n)| json!({"kek": kek, "version": v, "count": n}))
-                        .collect::<Vec<_>>()
-                }),
-            ),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
+        (&Method::GET, "/v1/keys/report") => {
+            let rows = |r: Vec<(String, u32, u64)>| {
+                r.iter()
+                    .map(|(kek, v, n)| json!({"kek": kek, "version": v, "count": n}))
+                    .collect::<Vec<_>>()
+            };
+            match (store.report().await, store.dek_report().await) {
+                (Ok(subjects), Ok(deks)) => json_response(
+                    StatusCode::OK,
+                    &json!({"subject_keys": rows(subjects), "stored_deks": rows(deks)}),
+                ),
+                (Err(e), _) | (_, Err(e)) => {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                }
+            }
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {} {path}", req.method()),
