@@ -37,7 +37,11 @@
 # keeps one core busy and so charges the proxy's CPU to the producer one for
 # one. Default: random (the tool's --record-size).
 #
-# Env: BENCH_PATHS, BENCH_PAYLOAD, BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
+# BENCH_DEK_REFERENCE=inline makes the enc instance carry each data key
+# wrapped in every envelope (the default elsewhere) instead of storing it
+# once in a key topic (encryption.dek.reference: stored, the default here).
+#
+# Env: BENCH_PATHS, BENCH_PAYLOAD, BENCH_DEK_REFERENCE, BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
 #      BENCH_IDLE_CONNS (1000), CUSTOS_BIN (default: target/release/custos,
 #      built if missing).
 set -euo pipefail
@@ -62,6 +66,11 @@ ENC=127.0.0.1:49540
 ENC_ADMIN=127.0.0.1:49440
 PATHS="${BENCH_PATHS:-direct proxy authz audit audit-async json enc-value enc-json}"
 PAYLOAD_MODE="${BENCH_PAYLOAD:-random}"
+DEK_REFERENCE="${BENCH_DEK_REFERENCE:-stored}"
+case "$DEK_REFERENCE" in
+  stored|inline) ;;
+  *) echo "bench.sh: BENCH_DEK_REFERENCE must be stored or inline, not '$DEK_REFERENCE'" >&2; exit 2 ;;
+esac
 case "$PAYLOAD_MODE" in
   random|file) ;;
   *) echo "bench.sh: BENCH_PAYLOAD must be random or file, not '$PAYLOAD_MODE'" >&2; exit 2 ;;
@@ -147,13 +156,22 @@ variant() { # name bootstrap-port broker-base admin-addr [strict|async|enc]
       printf 'audit:\n  dir: "%s"\n  signing_key: "%s"\n  mode: %s\n' \
         "$RUN/audit-$1" "$RUN/audit.key" "$5" >> "$RUN/custos-$1.yaml" ;;
     enc)
-      # Embedded keyring (the default KMS); one KEK for both rules.
+      # Embedded keyring (the default KMS); one KEK for both rules. Data
+      # keys stored once in a key topic and named by id in the envelopes
+      # (BENCH_DEK_REFERENCE=inline: carried wrapped in every envelope).
+      head -c 32 /dev/urandom > "$RUN/token.key"
       cat >> "$RUN/custos-$1.yaml" <<YAML
 encryption:
   kms:
     local:
       keyring: "$RUN/keyring.json"
       master_key_file: "$RUN/master.key"
+  dek:
+    reference: $DEK_REFERENCE
+  subject_keys:
+    topic: _custos_bench_keys
+    replication_factor: 1
+    token_key_file: "$RUN/token.key"
   rules:
     - name: bench-values
       topics: {exact: "bench.enc.value"}
@@ -445,7 +463,8 @@ if has enc-value || has enc-json || has enc-share; then
     "$(metric "$ENC_ADMIN" custos_revealed_plaintext_records_total) revealed in plaintext," \
     "$(metric "$ENC_ADMIN" custos_revealed_masked_records_total) masked," \
     "$(metric "$ENC_ADMIN" custos_encrypt_failures_total) produce partitions refused," \
-    "$(metric "$ENC_ADMIN" custos_decrypt_failures_total) fetch partitions withheld"
+    "$(metric "$ENC_ADMIN" custos_decrypt_failures_total) fetch partitions withheld;" \
+    "encryption.dek.reference: $DEK_REFERENCE"
 fi
 [[ -n "$LATENCY" ]] && echo "$LATENCY"
 if has proxy; then echo "Custos RSS (MB) before,after $IDLE idle connections: $RSS"; fi

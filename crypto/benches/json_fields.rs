@@ -5,7 +5,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use custos_crypto::json_fields::{
-    count_ciphertexts, encode_ciphertext, locate, locate_into, splice, FieldPath,
+    count_ciphertexts, encode_ciphertext, locate, locate_ciphertexts_into, locate_into, splice,
+    FieldPath,
 };
 
 /// An order event shaped like real traffic: nested customer, an items array,
@@ -92,6 +93,27 @@ fn bench(c: &mut Criterion) {
         format!("count_ciphertexts_sealed_bench_payload_{}B", sealed.len()),
         |b| b.iter(|| count_ciphertexts(black_box(&sealed))),
     );
+    // A revealing reader's walk: to the last ciphertext, for envelopes of a
+    // stored data key (70 bytes for a short field) and an inline one (140).
+    for envelope_len in [70, 140] {
+        let literal = encode_ciphertext(&vec![0x5au8; envelope_len]);
+        let reps: Vec<_> = found
+            .iter()
+            .map(|l| (l.span.clone(), literal.clone()))
+            .collect();
+        let sealed = splice(&payload, &reps);
+        g.bench_function(
+            format!("reveal_walk_{envelope_len}B_envelopes_{}B", sealed.len()),
+            |b| {
+                b.iter(|| {
+                    let n = count_ciphertexts(black_box(&sealed));
+                    locate_ciphertexts_into(black_box(&sealed), &payload_paths, &mut out, n)
+                        .expect("valid");
+                    assert_eq!(out.len(), 2);
+                })
+            },
+        );
+    }
     let fake_envelope = [0x5au8; 60];
     g.bench_function(format!("locate_and_splice_2_fields_{}B", doc.len()), |b| {
         b.iter(|| {
