@@ -8,13 +8,15 @@ error and nothing reaches the broker; once the KMS answers again, the same
 produce goes through."""
 import os
 import re
+import subprocess
 import time
 import urllib.request
 
 import pytest
 from confluent_kafka import Producer
 
-from harness import DIRECT, rd_common, rd_consume, rd_create_topic, start_gateway, stop_gateway
+from harness import (CUSTOS_BIN, DIRECT, rd_common, rd_consume, rd_create_topic, start_gateway,
+                     stop_gateway)
 from moto_server import MotoServer
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="encryption is Custos's")
@@ -154,6 +156,64 @@ def test_kms_outage_refuses_protected_produce_and_recovers(setup, kafka):
     assert [r.v for r in got] == [b"after-recovery"]
     raw = rd_consume(kafka.bootstrap, topic, 1)
     assert len(raw) == 1 and raw[0].v.startswith(ENVELOPE_MAGIC)
+
+
+def test_stored_data_keys_with_aws_kms(setup, kafka, tmp_path):
+    """`dek.reference: stored` with AWS KMS: the wrapped data key (an
+    ARN-bearing blob of a few hundred bytes) is kept once in the key store,
+    so each envelope is 49 bytes over its plaintext; another gateway
+    process over the same store opens them, also after a rewrap through
+    the KMS's ReEncrypt."""
+    inline_gw, _, arn = setup
+    (tmp_path / "token.key").write_bytes(os.urandom(32))
+    policies = tmp_path / "policies.cedar"
+    policies.write_text(POLICIES)
+    moto = setup[1]
+    gw = start_gateway(
+        kafka, tmp_path / "custos", "custos-enc-aws-stored",
+        extra_yaml=("authorization:\n"
+                    f"  policies: [\"{policies}\"]\n"
+                    "encryption:\n"
+                    + moto.custos_kms_yaml() +
+                    "  dek:\n"
+                    "    reference: stored\n"
+                    "  subject_keys:\n"
+                    f"    dir: \"{tmp_path / 'keys'}\"\n"
+                    f"    token_key_file: \"{tmp_path / 'token.key'}\"\n"
+                    "  rules:\n"
+                    "    - name: aws-stored\n"
+                    "      topics: {prefix: \"aws.stored.\"}\n"
+                    "      kek: alias/custos-e2e\n"
+                    "      value: true\n"))
+    topic = "aws.stored.values"
+    rd_create_topic(gw.bootstrap, topic, 1)
+    values = [f"stored-{i}-{'y' * 100}".encode() for i in range(200)]
+    try:
+        assert produce(gw, topic, values) == (200, {})
+        raw = rd_consume(kafka.bootstrap, topic, 200)
+        for r, v in zip(raw, values):
+            assert r.v[:5] == ENVELOPE_MAGIC + bytes([1, 3]), r.v[:5].hex()
+            assert arn.encode() not in r.v and b"stored-" not in r.v
+            assert len(r.v) == len(v) + 49
+        assert [r.v for r in rd_consume(gw.bootstrap, topic, 200)] == values
+    finally:
+        stop_gateway(gw)
+    # The same values inline carry the ARN and the KMS's blob every time.
+    inline_topic = "aws.secure.inline-size"
+    rd_create_topic(inline_gw.bootstrap, inline_topic, 1)
+    assert produce(inline_gw, inline_topic, values[:1]) == (1, {})
+    inline = rd_consume(kafka.bootstrap, inline_topic, 1)[0].v
+    assert len(inline) - len(values[0]) > 49 + 150, len(inline) - len(values[0])
+    # A sled store is one process's: rewrap with the gateway stopped.
+    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(gw.config_path), "rewrap"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rewrapped 0 subject keys and 1 stored data keys (0 skipped, 0 failed)" in r.stdout, r.stdout
+    gw.start()
+    try:
+        assert [r.v for r in rd_consume(gw.bootstrap, topic, 200)] == values
+    finally:
+        stop_gateway(gw)
 
 
 def test_kms_stopped_refuses_protected_produce(setup, kafka):
