@@ -248,18 +248,21 @@ fn seal_inner(
             AlgKey::Siv(_) => Algorithm::Aes256Siv,
         };
         write_header(alg, key_ref, out)?;
-        let aad = associated_data(&out[start..], binding)?;
-        match key {
-            AlgKey::Gcm(gcm) => {
-                let nonce = match nonce {
-                    Some(n) => *n,
-                    None => aead::random_nonce()?,
-                };
-                out.extend_from_slice(&nonce);
-                gcm.seal_append(&nonce, &aad, plaintext, out)?;
+        with_aad_buffer(|aad| {
+            build_associated_data(&out[start..], binding, aad)?;
+            match key {
+                AlgKey::Gcm(gcm) => {
+                    let nonce = match nonce {
+                        Some(n) => *n,
+                        None => aead::random_nonce()?,
+                    };
+                    out.extend_from_slice(&nonce);
+                    gcm.seal_append(&nonce, aad, plaintext, out)?;
+                }
+                AlgKey::Siv(siv) => siv.seal_append(aad, plaintext, out)?,
             }
-            AlgKey::Siv(siv) => siv.seal_append(&aad, plaintext, out)?,
-        }
+            Ok::<(), EnvelopeError>(())
+        })?;
         Ok(())
     })();
     if result.is_err() {
@@ -310,57 +313,37 @@ fn write_key_ref(key_ref: &KeyRef, out: &mut Vec<u8>) -> Result<(), EnvelopeErro
     Ok(())
 }
 
-/// Associated data up to this size is built on the stack: a header of about
-/// a hundred bytes plus short topic and field names, the usual case, so
-/// sealing and opening a field allocate nothing for it.
-const AAD_INLINE: usize = 512;
-
-/// Associated data, inline when it fits.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "the inline variant is the point: it lives on the stack for one call"
-)]
-enum Aad {
-    Inline([u8; AAD_INLINE], usize),
-    Heap(Vec<u8>),
+thread_local! {
+    /// Each thread's associated-data buffer, reused by every seal and open:
+    /// a field's AAD is rebuilt per call, and a fresh stack array for it
+    /// (zeroed, then moved out of the builder) cost about a twentieth of
+    /// opening a short JSON field.
+    static AAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl std::ops::Deref for Aad {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Aad::Inline(buf, len) => &buf[..*len],
-            Aad::Heap(v) => v,
-        }
-    }
+/// Runs `f` with this thread's AAD buffer (`build_associated_data` fills it).
+fn with_aad_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    AAD.with_borrow_mut(f)
 }
 
-/// header ‖ u16 BE len ‖ topic ‖ u16 BE len ‖ field. Length prefixes keep
-/// ("ab", "c") and ("a", "bc") apart.
-fn associated_data(header: &[u8], binding: &Binding) -> Result<Aad, EnvelopeError> {
+/// Writes header ‖ u16 BE len ‖ topic ‖ u16 BE len ‖ field into `aad`
+/// (cleared first). Length prefixes keep ("ab", "c") and ("a", "bc") apart.
+fn build_associated_data(
+    header: &[u8],
+    binding: &Binding,
+    aad: &mut Vec<u8>,
+) -> Result<(), EnvelopeError> {
     let topic_len =
         u16::try_from(binding.topic.len()).map_err(|_| EnvelopeError::BindingTooLong)?;
     let field_len =
         u16::try_from(binding.field.len()).map_err(|_| EnvelopeError::BindingTooLong)?;
-    let parts: [&[u8]; 5] = [
-        header,
-        &topic_len.to_be_bytes(),
-        binding.topic.as_bytes(),
-        &field_len.to_be_bytes(),
-        binding.field.as_bytes(),
-    ];
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    if total <= AAD_INLINE {
-        let mut buf = [0u8; AAD_INLINE];
-        let mut at = 0;
-        for p in parts {
-            buf[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        return Ok(Aad::Inline(buf, total));
-    }
-    Ok(Aad::Heap(parts.concat()))
+    aad.clear();
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(&topic_len.to_be_bytes());
+    aad.extend_from_slice(binding.topic.as_bytes());
+    aad.extend_from_slice(&field_len.to_be_bytes());
+    aad.extend_from_slice(binding.field.as_bytes());
+    Ok(())
 }
 
 /// Whether `bytes` start like an envelope of a version this build reads (magic
@@ -544,15 +527,17 @@ impl Envelope<'_> {
         binding: &Binding,
         out: &mut Vec<u8>,
     ) -> Result<(), EnvelopeError> {
-        let aad = associated_data(self.header, binding)?;
-        match (key, &self.nonce) {
-            (AlgKey::Gcm(gcm), Some(nonce)) => gcm.open_append(nonce, &aad, self.sealed, out)?,
-            (AlgKey::Siv(siv), None) => siv.open_append(&aad, self.sealed, out)?,
-            // `alg_key` follows `self.algorithm`, and the nonce is present
-            // exactly for GCM; a mismatch cannot authenticate anyway.
-            _ => return Err(EnvelopeError::Authentication),
-        }
-        Ok(())
+        with_aad_buffer(|aad| {
+            build_associated_data(self.header, binding, aad)?;
+            match (key, &self.nonce) {
+                (AlgKey::Gcm(gcm), Some(nonce)) => gcm.open_append(nonce, aad, self.sealed, out)?,
+                (AlgKey::Siv(siv), None) => siv.open_append(aad, self.sealed, out)?,
+                // `alg_key` follows `self.algorithm`, and the nonce is present
+                // exactly for GCM; a mismatch cannot authenticate anyway.
+                _ => return Err(EnvelopeError::Authentication),
+            }
+            Ok(())
+        })
     }
 }
 
