@@ -497,7 +497,6 @@ impl KeyManager {
         if let Some(found) = self.cached_decryption_key(key_ref, context) {
             return found;
         }
-        bump(&self.stats.misses);
         let stored;
         let wrapped = match key_ref {
             KeyRef::Wrapped(w) => w,
@@ -515,6 +514,8 @@ impl KeyManager {
                 &stored.wrapped
             }
         };
+        // Subject keys count their own miss.
+        bump(&self.stats.misses);
         let key = self.kms.decrypt_data_key(wrapped, context).await?;
         bump(&self.stats.decrypts);
         let dek = Arc::new(Dek::new(key, key_ref.clone()));
@@ -1180,6 +1181,13 @@ mod tests {
             .expect("km");
         let back = other.decryption_key(a.key_ref(), &c).await.expect("dec");
         assert_eq!(back.key(), a.key());
+        assert_eq!(
+            (other.stats().cache_misses, other.stats().kms_decrypts),
+            (1, 1)
+        );
+        let again = other.decryption_key(a.key_ref(), &c).await.expect("cached");
+        assert!(Arc::ptr_eq(&again, &back));
+        assert_eq!(other.stats().cache_hits, 1);
         assert!(matches!(
             other.decryption_key(a.key_ref(), &ctx("people")).await,
             Err(KeyError::Kms(KmsError::Rejected(_)))
