@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import urllib.request
 
 import pytest
 from confluent_kafka import Producer
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.skipif(DIRECT, reason="stored data keys are Custos's")
 KEY_TOPIC = "_custos_keys_stored_deks_e2e"
 JSON_TOPIC = "stored.orders"
 VALUE_TOPIC = "stored.blobs"
+ADMIN_TOKEN = "stored-deks-admin-token-0123456789"
 POLICIES = '''
 @id("all")
 permit (principal, action in [Action::"All", Action::"Decrypt"], resource);
@@ -66,7 +68,10 @@ def pair(kafka, tmp_path_factory):
     (d / "master.key").write_bytes(os.urandom(32))
     (d / "token.key").write_bytes(os.urandom(32))
     (d / "policies.cedar").write_text(POLICIES)
-    a = start_gateway(kafka, d / "a", "custos-deks-a", extra_yaml=config(d, "a"), defer_start=True)
+    (d / "admin.token").write_text(ADMIN_TOKEN + "\n")
+    (d / "admin.token").chmod(0o600)
+    a = start_gateway(kafka, d / "a", "custos-deks-a", extra_yaml=config(d, "a"), defer_start=True,
+                      admin_extra=f"  token_file: \"{d / 'admin.token'}\"\n")
     keys(a, "create", "stored-kek")
     a.start()
     b = start_gateway(kafka, d / "b", "custos-deks-b", extra_yaml=config(d, "b"))
@@ -162,6 +167,13 @@ def test_envelopes_name_stored_keys_and_another_gateway_opens_them(pair, kafka):
     assert re.search(rf"{re.escape(JSON_TOPIC)}\s+stored-kek#v1\s+300\b", report), report
     assert re.search(rf"{re.escape(VALUE_TOPIC)}\s+stored-kek#v1\s+50\b", report), report
     assert re.search(r"stored data keys:\s*\n.*\n\s+stored-kek\s+1\s+2\b", report), report
+    # A running gateway reports the same from its copy of the key topic.
+    req = urllib.request.Request(f"http://{a.host}:{a.admin_port}/v1/keys/report")
+    req.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        live = json.loads(r.read())
+    assert live["stored_deks"] == [{"kek": "stored-kek", "version": 1, "count": 2}], live
+    assert live["subject_keys"] == [], live
 
     # Rotate, rewrap (gateways running), then destroy version 1: the stored
     # DEKs are wrapped under version 2 now, so nothing written is lost.
