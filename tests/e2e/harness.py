@@ -447,6 +447,15 @@ def add_scram_users(path, users: dict):
         assert r.returncode == 0, r.stderr
 
 
+def keys_cli(config_path, *args, check=True):
+    """Runs `custos keys --config CONFIG ARGS...`; with check, asserts it succeeded."""
+    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(config_path), *map(str, args)],
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, f"custos keys {args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
 def stop_gateway(gw):
     """Stop Custos with SIGTERM and check it exited cleanly."""
     if gw.direct:

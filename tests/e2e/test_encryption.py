@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.admin import NewTopic
 
-from harness import (CUSTOS_BIN, DIRECT, PLAIN, Sec, add_scram_users, java, java_consume, java_produce, rd_admin,
+from harness import (keys_cli, CUSTOS_BIN, DIRECT, PLAIN, Sec, add_scram_users, java, java_consume, java_produce, rd_admin,
                      rd_common, rd_consume, start_gateway, stop_gateway, wait_until)
 from records import record_headers, record_key, record_value
 
@@ -88,14 +88,6 @@ def rules_yaml(d):
 
 def sec(user):
     return Sec(sasl=(MECH, user, USERS[user]))
-
-
-def keys_cli(cfg, *args, check=True):
-    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(cfg), *map(str, args)],
-                       capture_output=True, text=True, timeout=60)
-    if check:
-        assert r.returncode == 0, f"custos keys {args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ error and nothing reaches the broker; once the KMS answers again, the same
 produce goes through."""
 import os
 import re
-import subprocess
 import time
 import urllib.request
 
 import pytest
 from confluent_kafka import Producer
 
-from harness import (CUSTOS_BIN, DIRECT, rd_common, rd_consume, rd_create_topic, start_gateway,
+from harness import (keys_cli, DIRECT, rd_common, rd_consume, rd_create_topic, start_gateway,
                      stop_gateway)
 from moto_server import MotoServer
 
@@ -30,6 +29,14 @@ permit (principal, action == Action::"Decrypt", resource is Topic);
 '''
 
 
+def gateway_yaml(moto, policies, encryption_rest):
+    """Authorization by `policies`, encryption with moto's KMS plus `encryption_rest`."""
+    return ("authorization:\n"
+            f"  policies: [\"{policies}\"]\n"
+            "encryption:\n"
+            + moto.custos_kms_yaml() + encryption_rest)
+
+
 @pytest.fixture(scope="module")
 def setup(kafka, tmp_path_factory):
     d = tmp_path_factory.mktemp("encryption-aws")
@@ -42,20 +49,17 @@ def setup(kafka, tmp_path_factory):
     policies.write_text(POLICIES)
     g = start_gateway(
         kafka, d / "custos", "custos-enc-aws",
-        extra_yaml=("authorization:\n"
-                    f"  policies: [\"{policies}\"]\n"
-                    "encryption:\n"
-                    + moto.custos_kms_yaml() +
-                    "  kms_calls:\n"
-                    "    timeout_ms: 1000\n"
-                    "    max_retries: 1\n"
-                    "    breaker_threshold: 3\n"
-                    "    breaker_cooldown_ms: 1000\n"
-                    "  rules:\n"
-                    "    - name: aws-values\n"
-                    "      topics: {prefix: \"aws.secure.\"}\n"
-                    "      kek: alias/custos-e2e\n"
-                    "      value: true\n"))
+        extra_yaml=gateway_yaml(moto, policies,
+                                "  kms_calls:\n"
+                                "    timeout_ms: 1000\n"
+                                "    max_retries: 1\n"
+                                "    breaker_threshold: 3\n"
+                                "    breaker_cooldown_ms: 1000\n"
+                                "  rules:\n"
+                                "    - name: aws-values\n"
+                                "      topics: {prefix: \"aws.secure.\"}\n"
+                                "      kek: alias/custos-e2e\n"
+                                "      value: true\n"))
     yield g, moto, arn
     stop_gateway(g)
     moto.stop()
@@ -171,20 +175,17 @@ def test_stored_data_keys_with_aws_kms(setup, kafka, tmp_path):
     moto = setup[1]
     gw = start_gateway(
         kafka, tmp_path / "custos", "custos-enc-aws-stored",
-        extra_yaml=("authorization:\n"
-                    f"  policies: [\"{policies}\"]\n"
-                    "encryption:\n"
-                    + moto.custos_kms_yaml() +
-                    "  dek:\n"
-                    "    reference: stored\n"
-                    "  subject_keys:\n"
-                    f"    dir: \"{tmp_path / 'keys'}\"\n"
-                    f"    token_key_file: \"{tmp_path / 'token.key'}\"\n"
-                    "  rules:\n"
-                    "    - name: aws-stored\n"
-                    "      topics: {prefix: \"aws.stored.\"}\n"
-                    "      kek: alias/custos-e2e\n"
-                    "      value: true\n"))
+        extra_yaml=gateway_yaml(moto, policies,
+                                "  dek:\n"
+                                "    reference: stored\n"
+                                "  subject_keys:\n"
+                                f"    dir: \"{tmp_path / 'keys'}\"\n"
+                                f"    token_key_file: \"{tmp_path / 'token.key'}\"\n"
+                                "  rules:\n"
+                                "    - name: aws-stored\n"
+                                "      topics: {prefix: \"aws.stored.\"}\n"
+                                "      kek: alias/custos-e2e\n"
+                                "      value: true\n"))
     topic = "aws.stored.values"
     rd_create_topic(gw.bootstrap, topic, 1)
     values = [f"stored-{i}-{'y' * 100}".encode() for i in range(200)]
@@ -205,9 +206,7 @@ def test_stored_data_keys_with_aws_kms(setup, kafka, tmp_path):
     inline = rd_consume(kafka.bootstrap, inline_topic, 1)[0].v
     assert len(inline) - len(values[0]) > 49 + 150, len(inline) - len(values[0])
     # A sled store is one process's: rewrap with the gateway stopped.
-    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(gw.config_path), "rewrap"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    r = keys_cli(gw.config_path, "rewrap")
     assert "rewrapped 0 subject keys and 1 stored data keys (0 skipped, 0 failed)" in r.stdout, r.stdout
     gw.start()
     try:

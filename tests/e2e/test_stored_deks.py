@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from confluent_kafka import Producer
 
-from harness import CUSTOS_BIN, DIRECT, rd_admin, rd_consume, start_gateway, stop_gateway, wait_until
+from harness import keys_cli, CUSTOS_BIN, DIRECT, rd_admin, rd_consume, start_gateway, stop_gateway, wait_until
 from confluent_kafka.admin import NewTopic
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="stored data keys are Custos's")
@@ -85,10 +85,7 @@ def pair(kafka, tmp_path_factory):
 
 
 def keys(gw, *args):
-    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(gw.config_path), *args],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"custos keys {args}: {r.stdout}\n{r.stderr}"
-    return r.stdout
+    return keys_cli(gw.config_path, *args).stdout
 
 
 def order(i):

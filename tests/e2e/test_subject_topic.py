@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 from confluent_kafka.admin import ConfigResource, NewTopic
 
-from harness import (CUSTOS_BIN, DIRECT, rd_admin, rd_consume, start_gateway, stop_gateway,
+from harness import (keys_cli, CUSTOS_BIN, DIRECT, rd_admin, rd_consume, start_gateway, stop_gateway,
                      wait_until)
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="subject keys are Custos's")
@@ -90,10 +90,7 @@ def pair(kafka, tmp_path_factory):
 
 
 def keys(gw, *args):
-    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(gw.config_path), *args],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"custos keys {args}: {r.stdout}\n{r.stderr}"
-    return r
+    return keys_cli(gw.config_path, *args)
 
 
 def audit(gw, kind):
