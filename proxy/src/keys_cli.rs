@@ -281,15 +281,7 @@ fn report(cfg: &Config, enc: &EncryptionConfig, topics: &[String]) -> anyhow::Re
 
 /// The id in a `dek:HEX` key label.
 fn stored_dek_id(label: &str) -> Option<custos_crypto::key_ref::DekId> {
-    let hex = label.strip_prefix("dek:")?;
-    let mut id = [0u8; custos_crypto::key_ref::DEK_ID_LEN];
-    if hex.len() != 2 * id.len() {
-        return None;
-    }
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
+    custos_audit::hex::decode_array(label.strip_prefix("dek:")?)
 }
 
 fn shred(cfg: &Config, enc: &EncryptionConfig, subject: &str) -> anyhow::Result<ExitCode> {
