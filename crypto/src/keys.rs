@@ -465,6 +465,7 @@ impl KeyManager {
             let stored = StoredDek {
                 wrapped,
                 context: context.clone(),
+                created: crate::subject_store::now_secs(),
             };
             self.store()?.store_dek(&id, &stored).await?;
             KeyRef::Stored(id)
@@ -1171,6 +1172,8 @@ mod tests {
             .expect("stored");
         assert_eq!(kept.context, c);
         assert_eq!(kept.wrapped.kek_version, 1);
+        let born = kept.created;
+        assert!(born > 1_700_000_000, "created is a real time: {born}");
         assert_eq!(
             subjects.dek_report().await.expect("report"),
             vec![("k".into(), 1, 1)]
@@ -1211,6 +1214,8 @@ mod tests {
             .expect("read")
             .expect("stored");
         assert_eq!(kept.wrapped.kek_version, 2);
+        // Re-wrapped, not re-made: the key's birth time stays.
+        assert_eq!(kept.created, born);
         f.keyring.retire("k", 1).expect("retire");
         f.keyring.destroy("k", 1).expect("destroy");
         let fresh = KeyManager::new(f.kms.clone(), Rotation::default(), Some(subjects.clone()))

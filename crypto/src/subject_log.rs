@@ -623,6 +623,7 @@ mod tests {
         let dek = |tag: u8, t: &str| StoredDek {
             wrapped: w(tag),
             context: ctx(t),
+            created: 1_700_000_000 + u64::from(tag),
         };
         let (a, b) = ([1u8; DEK_ID_LEN], [2u8; DEK_ID_LEN]);
         let mut all = Vec::new();

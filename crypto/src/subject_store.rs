@@ -89,6 +89,8 @@ pub struct StoredDek {
     pub wrapped: WrappedKey,
     /// The encryption context it was wrapped with (`custos:topic`).
     pub context: EncryptionContext,
+    /// When the DEK was made (seconds since the epoch); a rewrap keeps it.
+    pub created: u64,
 }
 
 /// How both backends serialise a stored DEK.
@@ -109,7 +111,7 @@ pub fn encode_stored_dek(dek: &StoredDek) -> Vec<u8> {
         kek_version: dek.wrapped.kek_version,
         blob: base64::engine::general_purpose::STANDARD.encode(&dek.wrapped.blob),
         context: dek.context.clone(),
-        created: now_secs(),
+        created: dek.created,
     };
     // A struct of strings and integers always serialises.
     serde_json::to_vec(&v).unwrap_or_default()
@@ -128,6 +130,7 @@ pub fn decode_stored_dek(raw: &[u8]) -> Result<StoredDek, String> {
             blob,
         },
         context: v.context,
+        created: v.created,
     })
 }
 
@@ -740,7 +743,8 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the epoch (0 if the clock is before it).
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -782,6 +786,7 @@ pub async fn rewrap_dek(
         Ok(wrapped) => Some(StoredDek {
             wrapped,
             context: old.context.clone(),
+            created: old.created,
         }),
         Err(e) => {
             report.failed.push(RewrapFailure {

@@ -154,6 +154,8 @@ pub struct Metrics {
     pub subject_keys_offset: Gauge,
     /// Failed reads and writes of the shared subject key topic.
     pub subject_keys_failures: Counter,
+    /// Catch-ups with the shared key topic's end for keys not known yet.
+    pub subject_keys_catch_ups: Counter,
     /// The key manager whose cache counters are exported, once set.
     pub key_stats: std::sync::OnceLock<std::sync::Arc<custos_crypto::keys::KeyManager>>,
     next_conn_id: AtomicU64,
@@ -235,6 +237,7 @@ impl Metrics {
         let dek_cache_misses = Gauge::default();
         let subject_keys_offset = Gauge::default();
         let subject_keys_failures = Counter::default();
+        let subject_keys_catch_ups = Counter::default();
         registry.register(
             "subject_keys_topic_offset",
             "Offset after the last record of the shared subject key topic applied",
@@ -244,6 +247,11 @@ impl Metrics {
             "subject_keys_topic_failures",
             "Failed reads and writes of the shared subject key topic",
             subject_keys_failures.clone(),
+        );
+        registry.register(
+            "subject_keys_topic_catch_ups",
+            "Catch-ups with the shared key topic's end for keys not known yet",
+            subject_keys_catch_ups.clone(),
         );
         registry.register(
             "encrypted_records",
@@ -390,6 +398,7 @@ impl Metrics {
             dek_cache_misses,
             subject_keys_offset,
             subject_keys_failures,
+            subject_keys_catch_ups,
             key_stats: std::sync::OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
             labels: (0..LABEL_SLOTS)

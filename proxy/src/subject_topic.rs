@@ -11,8 +11,9 @@
 //! `custos_crypto::subject_log`. A shredding on any gateway reaches the key
 //! caches of all of them as they apply it, within a fetch round trip.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -42,6 +43,11 @@ const FETCH_BYTES: i32 = 4 * 1024 * 1024;
 const FETCH_WAIT_MS: i32 = 500;
 /// Least time between two catch-ups for keys not known yet.
 const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a stored DEK id that a catch-up did not find is answered
+/// "unknown" without another catch-up.
+const UNKNOWN_DEK_TTL: Duration = Duration::from_secs(600);
+/// Unknown stored DEK ids remembered at most (all are forgotten beyond).
+const UNKNOWN_DEKS_MAX: usize = 4096;
 /// How long a write waits to see itself in the log.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Topic configs on creation: compacted (the newest record per key stays),
@@ -69,6 +75,8 @@ pub struct TopicSubjectStore {
     tail_error: Mutex<Option<String>>,
     /// When a lookup of an unknown key last caught up with the log's end.
     last_sync: Mutex<Option<std::time::Instant>>,
+    /// Stored DEK ids a catch-up with the log's end did not find, and when.
+    unknown_deks: Mutex<HashMap<DekId, Instant>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -108,6 +116,7 @@ impl TopicSubjectStore {
             writer: tokio::sync::Mutex::new(None),
             tail_error: Mutex::new(None),
             last_sync: Mutex::new(None),
+            unknown_deks: Mutex::new(HashMap::new()),
             metrics,
         });
         let (host, port) = store.own.leader().await.map_err(unavailable)?;
@@ -128,6 +137,20 @@ impl TopicSubjectStore {
 
     fn next_offset(&self) -> i64 {
         self.lock().next_offset()
+    }
+
+    /// Whether a catch-up found no stored DEK `id` less than
+    /// [`UNKNOWN_DEK_TTL`] ago.
+    fn known_unknown(&self, id: &DekId) -> bool {
+        let mut unknown = self.unknown_deks.lock().unwrap_or_else(|p| p.into_inner());
+        match unknown.get(id) {
+            Some(at) if at.elapsed() < UNKNOWN_DEK_TTL => true,
+            Some(_) => {
+                unknown.remove(id);
+                false
+            }
+            None => false,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SubjectLog> {
@@ -422,6 +445,9 @@ impl TopicSubjectStore {
 
     /// Waits until the tail has caught up with the log's end as of now.
     async fn sync(&self) -> Result<(), StoreError> {
+        if let Some(m) = &self.metrics {
+            m.subject_keys_catch_ups.inc();
+        }
         let end = {
             let mut writer = self.writer.lock().await;
             if writer.is_none() {
@@ -601,10 +627,25 @@ impl SubjectKeys for TopicSubjectStore {
             return Ok(Some(found));
         }
         // Stored by another gateway a moment ago, perhaps. Unlike a subject
-        // key, every miss catches up: "not found" reads as undecryptable,
-        // so it must be true of the log's end, not of a stale copy.
+        // key, a miss catches up at once: "not found" reads as
+        // undecryptable, so it must be true of the log's end, not of a
+        // stale copy. Once it is, it stays true: a DEK is in the log before
+        // anything is sealed under it, so an id the log's end lacks after
+        // its record was read names no key (a forged or foreign envelope),
+        // and asking again would only cost every fetch a round trip.
+        if self.known_unknown(id) {
+            return Ok(None);
+        }
         self.sync().await?;
-        Ok(self.lock().stored_dek(id))
+        let found = self.lock().stored_dek(id);
+        if found.is_none() {
+            let mut unknown = self.unknown_deks.lock().unwrap_or_else(|p| p.into_inner());
+            if unknown.len() >= UNKNOWN_DEKS_MAX {
+                unknown.clear();
+            }
+            unknown.insert(*id, Instant::now());
+        }
+        Ok(found)
     }
 
     async fn dek_report(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {

@@ -194,6 +194,39 @@ def test_envelopes_name_stored_keys_and_another_gateway_opens_them(pair, kafka):
     assert got == [order(1000)]
 
 
+def catch_ups(gw):
+    with urllib.request.urlopen(f"http://{gw.host}:{gw.admin_port}/metrics", timeout=5) as r:
+        m = re.search(r"^custos_subject_keys_topic_catch_ups_total (\S+)$", r.read().decode(), re.M)
+    assert m, "no catch-up counter"
+    return float(m.group(1))
+
+
+def test_an_unknown_stored_key_reads_undecryptable_and_is_looked_for_once(pair, kafka):
+    a, b, d = pair
+    # Envelopes naming stored DEK ids the key topic never held (forged, or
+    # sealed against another cluster's store), written around Custos.
+    forged = [bytes([0xC5, 0x7D, 1, 1, 3]) + os.urandom(16 + 12 + 24 + 16) for _ in range(3)]
+    p = Producer({"bootstrap.servers": kafka.bootstrap})
+    for v in forged:
+        p.produce(VALUE_TOPIC, value=v)
+    p.flush(30)
+    total = len(rd_consume(kafka.bootstrap, VALUE_TOPIC, 10_000, timeout=10, check=False))
+    assert total >= 3, total
+
+    before = catch_ups(b)
+    got = values(b.bootstrap, VALUE_TOPIC, total)
+    # Each reads as the placeholder, and the consumer goes on past them.
+    assert got.count(b"custos:undecryptable") == 3, got[:5]
+    assert not any(v in got for v in forged)
+    first = catch_ups(b)
+    # Looked for at the key topic's end (once per id at most) ...
+    assert 1 <= first - before <= 3, (before, first)
+    # ... and not again: a second consumer costs no round trips.
+    got = values(b.bootstrap, VALUE_TOPIC, total)
+    assert got.count(b"custos:undecryptable") == 3
+    assert catch_ups(b) == first
+
+
 def test_stored_reference_needs_a_key_store(pair, tmp_path):
     _, _, d = pair
     cfg = (d / "a" / "custos.yaml").read_text()
