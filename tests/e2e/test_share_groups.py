@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from confluent_kafka.admin import NewTopic
 
-from harness import (CUSTOS_BIN, DIRECT, KAFKA_SH, Sec, add_scram_users, java, java_produce, java_records,
+from harness import (CUSTOS_BIN, DIRECT, KAFKA_SH, Sec, add_scram_users, keys_cli, java, java_produce, java_records,
                      rd_admin, rd_consume, start_gateway, stop_gateway)
 from records import record_value
 
@@ -86,9 +86,7 @@ def setup(kafka, tmp_path_factory):
                     "      mask: redact\n"),
         defer_start=True)
     (d / "admin.token").write_text(ADMIN_TOKEN + "\n")
-    r = subprocess.run([CUSTOS_BIN, "keys", "--config", str(g.config_path), "create", "share-kek"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    keys_cli(g.config_path, "create", "share-kek")
     g.start()
     yield g
     stop_gateway(g)
