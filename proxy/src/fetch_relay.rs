@@ -170,9 +170,9 @@ where
 {
     if let (true, Some(from), Some(to)) = (zero_copy, broker.plain_tcp(), client.plain_tcp()) {
         let moved = relay.relay(from, to, len).await.map_err(|e| match e {
-            RelayError::Broker(e) => StreamError::Broker(e),
-            RelayError::BrokerClosed(left) => StreamError::BrokerClosed(read + len - left, total),
-            RelayError::Client(e) => StreamError::Client(e),
+            RelayError::Read(e) => StreamError::Broker(e),
+            RelayError::ReadClosed(left) => StreamError::BrokerClosed(read + len - left, total),
+            RelayError::Write(e) => StreamError::Client(e),
         })?;
         if moved {
             return Ok(());

@@ -139,7 +139,7 @@ pub struct Metrics {
     /// Partitions of streamed answers withheld because their new records
     /// were longer than the broker's.
     pub fetch_stream_no_room: Counter,
-    /// Answer bytes moved socket to socket in the kernel (`splice.rs`).
+    /// Bytes moved socket to socket in the kernel (`splice.rs`).
     pub zero_copy_bytes: Counter,
     /// KMS calls, by KMS, operation and outcome.
     pub kms_calls: Family<KmsLabel, Counter>,
@@ -290,7 +290,7 @@ impl Metrics {
         );
         registry.register(
             "zero_copy_bytes",
-            "Answer bytes moved from the broker's socket to the client's inside the kernel (splice)",
+            "Bytes of Fetch answers and large Produce requests moved socket to socket inside the kernel (splice)",
             zero_copy_bytes.clone(),
         );
         registry.register(

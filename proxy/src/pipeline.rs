@@ -290,6 +290,11 @@ impl Pipeline {
         self.stages.iter().map(|s| s.name()).collect()
     }
 
+    /// Whether any stage wants requests of `key`.
+    pub fn wants_request(&self, key: ApiKey) -> bool {
+        !self.by_request_key[slot(key)].is_empty()
+    }
+
     /// Whether any stage wants responses of `key`.
     pub fn wants_response(&self, key: ApiKey) -> bool {
         !self.by_response_key[slot(key)].is_empty()

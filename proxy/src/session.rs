@@ -167,18 +167,57 @@ async fn request_loop<R, W>(
     abort: &CancellationToken,
 ) -> Result<(), SessionError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Side + Unpin,
+    W: AsyncWrite + Side + Unpin,
 {
     let mut frames = FramedRead::new(client_r, FrameCodec::new(ctx.max_frame_bytes));
+    // Large Produce requests skip user space when nothing reads them.
+    let produce_relay = ctx.zero_copy
+        && !ctx.pipeline.wants_request(ApiKey::Produce)
+        && frames.get_ref().plain_tcp().is_some()
+        && upstream_w.plain_tcp().is_some();
+    let mut relay = Relay::new();
     let result = async {
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = abort.cancelled() => return Ok(()),
-                // Stop reading new requests; those in flight are still answered.
-                _ = shutdown.cancelled() => return Ok(()),
-                next = frames.next() => next,
+            if produce_relay {
+                let head = tokio::select! {
+                    biased;
+                    _ = abort.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
+                    h = produce_head(&mut frames, ctx.max_frame_bytes) => h?,
+                };
+                if let Some(head) = head {
+                    // Once its first bytes are at the broker, a request is
+                    // finished even during a shutdown: only an abort stops it.
+                    let sent = tokio::select! {
+                        biased;
+                        _ = abort.cancelled() => return Ok(()),
+                        s = forward_produce(&mut frames, upstream_w, &tx, ctx, &mut relay, head) => s?,
+                    };
+                    if !sent {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            // A frame the Produce peek left whole in the buffer is taken
+            // from there: the framer reads the socket before decoding what it
+            // did not read itself, and the client may send nothing more.
+            let buffered = if produce_relay {
+                let mut codec = *frames.decoder();
+                codec.decode(frames.read_buffer_mut()).transpose()
+            } else {
+                None
+            };
+            let next = match buffered {
+                Some(frame) => Some(frame),
+                None => tokio::select! {
+                    biased;
+                    _ = abort.cancelled() => return Ok(()),
+                    // Stop reading new requests; those in flight are still answered.
+                    _ = shutdown.cancelled() => return Ok(()),
+                    next = frames.next() => next,
+                },
             };
             let raw = match next {
                 None => return Ok(()),
@@ -687,15 +726,15 @@ where
             .relay(from, to, remaining)
             .await
             .map_err(|e| match e {
-                RelayError::Broker(e) => from_broker(e),
-                RelayError::BrokerClosed(left) => fail(
+                RelayError::Read(e) => from_broker(e),
+                RelayError::ReadClosed(left) => fail(
                     Blame::Upstream,
                     format!(
                     "broker closed the connection inside an answer ({} of {total} bytes forwarded)",
                     total - left
                 ),
                 ),
-                RelayError::Client(e) => client_write_error(e),
+                RelayError::Write(e) => client_write_error(e),
             })?;
         if moved {
             remaining = 0;
@@ -731,6 +770,192 @@ where
         first_out,
         bytes: total as u64,
     }))
+}
+
+/// Produce requests at least this large are forwarded as they arrive when no
+/// stage reads Produce requests and both legs are plain TCP: a producer
+/// keeps several in flight, and each would otherwise be read whole into
+/// Custos's memory and written out again.
+const PRODUCE_RELAY_MIN_BYTES: usize = 64 * 1024;
+
+/// Bytes at the start of a request read at most to find its header and
+/// acks; a request whose head is not within them is read whole (and the
+/// framer or the parser says what is wrong with it).
+const REQUEST_HEAD_MAX_BYTES: usize = 16 * 1024;
+
+/// The parsed head of a large Produce request about to be forwarded.
+struct ProduceHead {
+    /// Frame size, length prefix included.
+    total: usize,
+    version: i16,
+    correlation_id: i32,
+    /// False for acks=0: no answer will come.
+    expects_response: bool,
+    /// When the head had arrived.
+    received_at: Instant,
+}
+
+/// Reads the start of the client's next frame into the framer's buffer and
+/// returns its head if it is a Produce of at least [`PRODUCE_RELAY_MIN_BYTES`]
+/// not yet whole there; `None` leaves the frame to the framer.
+async fn produce_head<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    max_frame: usize,
+) -> Result<Option<ProduceHead>, SessionError> {
+    let mut want = 8;
+    loop {
+        let buf = frames.read_buffer();
+        let total = match buf.get(..4) {
+            Some(&[a, b, c, d]) => match usize::try_from(i32::from_be_bytes([a, b, c, d])) {
+                // Small, bad or already whole frames are the framer's at
+                // once (a zero-length frame must not wait for bytes never sent).
+                Ok(len)
+                    if len + 4 >= PRODUCE_RELAY_MIN_BYTES
+                        && len <= max_frame
+                        && buf.len() < len + 4 =>
+                {
+                    len + 4
+                }
+                _ => return Ok(None),
+            },
+            _ => 0,
+        };
+        if buf.len() >= 8 {
+            if i16::from_be_bytes([buf[4], buf[5]]) != ApiKey::Produce as i16 {
+                return Ok(None);
+            }
+            let head = &buf[4..buf.len().min(REQUEST_HEAD_MAX_BYTES)];
+            if let Ok(request) = Request::parse(Bytes::copy_from_slice(head)) {
+                if let Ok(expects_response) = request.expects_response() {
+                    return Ok(Some(ProduceHead {
+                        total,
+                        version: request.version(),
+                        correlation_id: request.correlation_id(),
+                        expects_response,
+                        received_at: Instant::now(),
+                    }));
+                }
+            }
+            if buf.len() >= REQUEST_HEAD_MAX_BYTES {
+                return Ok(None);
+            }
+            // The head goes on past what is here (a long client id).
+            want = (buf.len() * 2).min(REQUEST_HEAD_MAX_BYTES);
+        }
+        let mut chunk = [0u8; 2048];
+        let take = want
+            .saturating_sub(frames.read_buffer().len())
+            .clamp(1, chunk.len());
+        let n = match frames.get_mut().read(&mut chunk[..take]).await {
+            Ok(n) => n,
+            Err(e) if is_hangup(&e) => {
+                return Err(client_left(format!("client disconnected: {e}")))
+            }
+            Err(e) => return Err(fail(Blame::Client, format!("reading from client: {e}"))),
+        };
+        if n == 0 {
+            // Closed: the framer reports it.
+            return Ok(None);
+        }
+        frames.read_buffer_mut().extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Forwards the Produce request `head` describes: what the framer holds of
+/// it, then the rest socket to socket (`splice.rs`). Returns false when the
+/// response loop has gone (the session is ending).
+async fn forward_produce<R, W>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    upstream_w: &mut W,
+    tx: &mpsc::Sender<Pending>,
+    ctx: &SessionCtx,
+    relay: &mut Relay,
+    head: ProduceHead,
+) -> Result<bool, SessionError>
+where
+    R: AsyncRead + Side + Unpin,
+    W: AsyncWrite + Side + Unpin,
+{
+    let ProduceHead {
+        total,
+        version,
+        correlation_id,
+        expects_response,
+        received_at,
+    } = head;
+    let api_key = ApiKey::Produce;
+    ctx.metrics.bytes_in.inc_by(total as u64);
+    ctx.metrics.request(api_key);
+    let audit = ctx.auditor.notes();
+    if expects_response {
+        let pending = Pending::Forwarded {
+            api_key,
+            api_version: version,
+            correlation_id,
+            forwarded_at: Instant::now(),
+            request_work: received_at.elapsed(),
+            amends: Amends::default(),
+            audit,
+        };
+        // Queued before writing so the response loop expects the answer
+        // before it can arrive.
+        if tx.send(pending).await.is_err() {
+            return Ok(false);
+        }
+    } else {
+        submit_audit(ctx, &audit, api_key).await?;
+    }
+    let to_broker = |e: std::io::Error| {
+        fail(
+            Blame::Upstream,
+            format!("writing {api_key:?} to broker: {e}"),
+        )
+    };
+    let cut = |done: usize| {
+        client_left(format!(
+            "client disconnected inside a {api_key:?} request ({done} of {total} bytes forwarded)"
+        ))
+    };
+    let held = frames.read_buffer().len().min(total);
+    upstream_w
+        .write_all(&frames.read_buffer()[..held])
+        .await
+        .map_err(to_broker)?;
+    frames.read_buffer_mut().advance(held);
+    let mut remaining = total - held;
+    if let (Some(from), Some(to)) = (frames.get_ref().plain_tcp(), upstream_w.plain_tcp()) {
+        let moved = relay
+            .relay(from, to, remaining)
+            .await
+            .map_err(|e| match e {
+                RelayError::Read(e) if is_hangup(&e) => cut(total - remaining),
+                RelayError::Read(e) => fail(Blame::Client, format!("reading from client: {e}")),
+                RelayError::ReadClosed(left) => cut(total - left),
+                RelayError::Write(e) => to_broker(e),
+            })?;
+        if moved {
+            remaining = 0;
+        }
+    }
+    // No pipe to be had: through user space, a chunk at a time.
+    let mut chunk = BytesMut::with_capacity(CUT_THROUGH_CHUNK_BYTES.min(remaining));
+    while remaining > 0 {
+        chunk.clear();
+        let limit = remaining.min(CUT_THROUGH_CHUNK_BYTES) as u64;
+        let n = (&mut *frames.get_mut())
+            .take(limit)
+            .read_buf(&mut chunk)
+            .await
+            .map_err(|e| fail(Blame::Client, format!("reading from client: {e}")))?;
+        if n == 0 {
+            return Err(cut(total - remaining));
+        }
+        upstream_w.write_all(&chunk).await.map_err(to_broker)?;
+        remaining -= n;
+    }
+    upstream_w.flush().await.map_err(to_broker)?;
+    ctx.metrics.zero_copy_bytes.inc_by(relay.take_moved());
+    Ok(true)
 }
 
 /// Hands an exchange's audit records to the log; if they cannot be recorded
@@ -1149,6 +1374,110 @@ mod tests {
         );
         drop(client);
         let _ = task.await.expect("join");
+    }
+
+    fn produce(corr: i32, acks: i16, records: usize, client_id: &str) -> Vec<u8> {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ProduceRequest, TopicName};
+        use kafka_protocol::protocol::StrBytes;
+        let bytes: Vec<u8> = (0..records)
+            .map(|i| (i * 7 + corr as usize) as u8)
+            .collect();
+        let body = RequestKind::Produce(
+            ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(bytes)))])]),
+        );
+        let mut out = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(9)
+            .with_correlation_id(corr)
+            .with_client_id(Some(StrBytes::from_string(client_id.to_owned())))
+            .encode(&mut out, ApiKey::Produce.request_header_version(9))
+            .expect("header");
+        body.encode(&mut out, 9).expect("body");
+        frame(&out)
+    }
+
+    #[tokio::test]
+    async fn large_produce_requests_move_socket_to_socket_in_order() {
+        let ctx = ctx();
+        let metrics = ctx.metrics.clone();
+        let (mut client, mut broker, task) = tcp_session(ctx).await;
+        // Large with acks=1, a small request, large with acks=0 (no answer)
+        // and a long client id, a small one, and one just under the size
+        // forwarded as it arrives: all pipelined.
+        let sent = vec![
+            produce(7, 1, 700_000, "perf"),
+            metadata(8),
+            produce(9, 0, 300_000, &"c".repeat(3000)),
+            metadata(10),
+            produce(11, -1, PRODUCE_RELAY_MIN_BYTES / 2, "perf"),
+        ];
+        let writer = tokio::spawn(async move {
+            for f in &sent {
+                client.write_all(f).await.expect("write");
+            }
+            (client, sent)
+        });
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(frame(&read_frame_tcp(&mut broker).await));
+        }
+        let (mut client, sent) = writer.await.expect("writer");
+        assert!(
+            got == sent,
+            "the broker got every request byte for byte, in order"
+        );
+        // Answers in request order; none for acks=0.
+        for corr in [7, 8, 10, 11] {
+            broker
+                .write_all(&response(corr, corr as u8))
+                .await
+                .expect("answer");
+        }
+        for corr in [7, 8, 10, 11] {
+            let answer = read_frame_tcp(&mut client).await;
+            assert_eq!(
+                i32::from_be_bytes([answer[0], answer[1], answer[2], answer[3]]),
+                corr
+            );
+        }
+        assert!(
+            metrics.zero_copy_bytes.get() >= 900_000,
+            "the two large requests moved in the kernel: {}",
+            metrics.zero_copy_bytes.get()
+        );
+        let total: usize = got.iter().map(Vec::len).sum();
+        assert_eq!(
+            metrics.bytes_in.get(),
+            total as u64,
+            "every byte counted once"
+        );
+        drop(client);
+        let _ = task.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_frame_shorter_than_the_produce_peek_is_refused_at_once() {
+        // Over plain TCP the request loop peeks at each frame's start for a
+        // large Produce; a whole frame taken in by the peek must not wait
+        // for bytes the client never sends.
+        for bad in [vec![0u8, 0, 0, 0], vec![0, 0, 0, 3, 0, 18, 0]] {
+            let (mut client, _broker, task) = tcp_session(ctx()).await;
+            client.write_all(&bad).await.expect("write");
+            let ended = tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("the session ends without waiting")
+                .expect("join");
+            assert_eq!(ended.expect_err("refused").blame, Blame::Client);
+        }
     }
 
     /// The next frame's body from a TCP socket.

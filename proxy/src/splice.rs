@@ -1,12 +1,13 @@
-//! Moves answer bytes that no stage reads from the broker's socket to the
-//! client's inside the kernel, through a pipe (`splice(2)`), when both legs
-//! are plain TCP.
+//! Moves bytes that no stage reads from one socket to the other inside the
+//! kernel, through a pipe (`splice(2)`), when both legs are plain TCP:
+//! Fetch answers from the broker to the client, large Produce requests from
+//! the client to the broker.
 //!
-//! A Fetch answer passed through otherwise crosses user space twice (read
-//! from one socket, written to the other): on a small machine that shares
-//! its cores with the broker and the consumer, those copies are most of what
-//! Custos costs a consumer. Spliced, the pages the broker sent (often its
-//! page cache, sent with sendfile) are handed on by reference.
+//! Bytes passed through otherwise cross user space twice (read from one
+//! socket, written to the other): on a small machine that shares its cores
+//! with the broker and the clients, those copies are most of what Custos
+//! costs them. Spliced, the pages the sender handed over (for a broker,
+//! often its page cache, sent with sendfile) are passed on by reference.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -49,12 +50,12 @@ pub struct Relay {
 /// Why a relay stopped.
 #[derive(Debug)]
 pub enum RelayError {
-    /// Reading from the broker failed.
-    Broker(io::Error),
-    /// The broker closed the connection with this many bytes still to come.
-    BrokerClosed(usize),
-    /// Writing to the client failed.
-    Client(io::Error),
+    /// Reading from the sending side failed.
+    Read(io::Error),
+    /// The sending side closed the connection with this many bytes still to come.
+    ReadClosed(usize),
+    /// Writing to the receiving side failed.
+    Write(io::Error),
 }
 
 impl Relay {
@@ -94,32 +95,32 @@ impl Relay {
         };
         let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
         while len > 0 {
-            // Fill the pipe from the broker (it is empty here: each fill is
+            // Fill the pipe from the sender (it is empty here: each fill is
             // drained before the next, so EAGAIN means the socket is dry).
             let want = len.min(capacity);
             let filled = loop {
-                from.readable().await.map_err(RelayError::Broker)?;
+                from.readable().await.map_err(RelayError::Read)?;
                 match from.try_io(Interest::READABLE, || {
                     splice(from, None, pipe_w, None, want, flags).map_err(io::Error::from)
                 }) {
-                    Ok(0) => return Err(RelayError::BrokerClosed(len)),
+                    Ok(0) => return Err(RelayError::ReadClosed(len)),
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(RelayError::Broker(e)),
+                    Err(e) => return Err(RelayError::Read(e)),
                 }
             };
             len -= filled;
-            // Drain it to the client.
+            // Drain it to the receiver.
             let mut held = filled;
             while held > 0 {
-                to.writable().await.map_err(RelayError::Client)?;
+                to.writable().await.map_err(RelayError::Write)?;
                 match to.try_io(Interest::WRITABLE, || {
                     splice(pipe_r, None, to, None, held, flags).map_err(io::Error::from)
                 }) {
                     Ok(0) => {
-                        return Err(RelayError::Client(io::Error::new(
+                        return Err(RelayError::Write(io::Error::new(
                             io::ErrorKind::WriteZero,
-                            "client socket took no bytes",
+                            "receiving socket took no bytes",
                         )))
                     }
                     Ok(n) => {
@@ -127,7 +128,7 @@ impl Relay {
                         self.moved += n as u64;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(RelayError::Client(e)),
+                    Err(e) => return Err(RelayError::Write(e)),
                 }
             }
         }
@@ -198,8 +199,8 @@ mod tests {
         drop(broker_w);
         let mut relay = Relay::new();
         match relay.relay(&broker_r, &client_w, 5000).await {
-            Err(RelayError::BrokerClosed(left)) => assert_eq!(left, 4000),
-            other => panic!("expected BrokerClosed, got {other:?}"),
+            Err(RelayError::ReadClosed(left)) => assert_eq!(left, 4000),
+            other => panic!("expected ReadClosed, got {other:?}"),
         }
     }
 }
