@@ -88,13 +88,7 @@ fn checkpoints_come_every_interval_without_new_appends() {
         ..AuditOptions::default()
     };
     let (handle, writer) = open(dir.path(), options);
-    for i in 0..20 {
-        handle
-            .append_blocking(&record(i))
-            .expect("queue")
-            .wait()
-            .expect("durable");
-    }
+    append_range(&handle, 0, 20);
     // The last records are covered once the interval passes, with no new
     // append; waited for, not slept for a fixed time, so a slow machine
     // only makes the test slower.

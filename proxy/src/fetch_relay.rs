@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::fetch_records::FetchError;
 use crate::fetch_stream::{rewrite_tail, Step, StreamError, Walker};
@@ -31,9 +31,6 @@ const FIRST_READ_BYTES: usize = 1024;
 
 /// Largest read for such bytes (long lists of aborted transactions).
 const MAX_READ_BYTES: usize = 64 * 1024;
-
-/// Records copied through user space at once when they cannot be moved.
-const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 /// An answer passed on but for its last bytes.
 #[derive(Debug)]
@@ -160,44 +157,22 @@ async fn move_records<R, W>(
     scratch: &mut BytesMut,
     client: &mut W,
     relay: &mut Relay,
-    mut len: usize,
-    (mut read, total): (usize, usize),
+    len: usize,
+    (read, total): (usize, usize),
     zero_copy: bool,
 ) -> Result<(), StreamError>
 where
     R: AsyncRead + Side + Unpin,
     W: AsyncWrite + Side + Unpin,
 {
-    if let (true, Some(from), Some(to)) = (zero_copy, broker.plain_tcp(), client.plain_tcp()) {
-        let moved = relay.relay(from, to, len).await.map_err(|e| match e {
+    relay
+        .pass_on(broker, client, len, scratch, zero_copy)
+        .await
+        .map_err(|e| match e {
             RelayError::Read(e) => StreamError::Broker(e),
             RelayError::ReadClosed(left) => StreamError::BrokerClosed(read + len - left, total),
             RelayError::Write(e) => StreamError::Client(e),
-        })?;
-        if moved {
-            return Ok(());
-        }
-    }
-    while len > 0 {
-        scratch.clear();
-        scratch.reserve(len.min(COPY_CHUNK_BYTES));
-        let n = (&mut *broker)
-            .take(len.min(COPY_CHUNK_BYTES) as u64)
-            .read_buf(scratch)
-            .await
-            .map_err(StreamError::Broker)?;
-        if n == 0 {
-            return Err(StreamError::BrokerClosed(read, total));
-        }
-        client
-            .write_all(scratch)
-            .await
-            .map_err(StreamError::Client)?;
-        len -= n;
-        read += n;
-    }
-    scratch.clear();
-    Ok(())
+        })
 }
 
 /// Answers and a pipeline for tests of the relay and of the session.

@@ -478,9 +478,6 @@ struct Kept {
 /// Custos to client), and Custos would hold all of it in memory.
 const CUT_THROUGH_MIN_BYTES: usize = 256 * 1024;
 
-/// Largest piece of an answer read from the broker before it is passed on.
-const CUT_THROUGH_CHUNK_BYTES: usize = 256 * 1024;
-
 /// What [`cut_through`] did with the broker's next frame.
 enum CutThrough {
     /// Forwarded it as it arrived.
@@ -715,55 +712,28 @@ where
         .await
         .map_err(client_write_error)?;
     let first_out = Instant::now();
-    let mut remaining = total - buffered.len();
+    let remaining = total - buffered.len();
     frames.read_buffer_mut().clear();
-    if let (true, Some(from), Some(to)) = (
-        zero_copy,
-        frames.get_ref().plain_tcp(),
-        client_w.plain_tcp(),
-    ) {
-        let moved = relay
-            .relay(from, to, remaining)
-            .await
-            .map_err(|e| match e {
-                RelayError::Read(e) => from_broker(e),
-                RelayError::ReadClosed(left) => fail(
-                    Blame::Upstream,
-                    format!(
-                    "broker closed the connection inside an answer ({} of {total} bytes forwarded)",
-                    total - left
-                ),
-                ),
-                RelayError::Write(e) => client_write_error(e),
-            })?;
-        if moved {
-            remaining = 0;
-        }
-    }
-    let mut chunk = bytes::BytesMut::with_capacity(CUT_THROUGH_CHUNK_BYTES.min(remaining));
-    while remaining > 0 {
-        chunk.clear();
-        let limit = remaining.min(CUT_THROUGH_CHUNK_BYTES) as u64;
-        let n = (&mut *frames.get_mut())
-            .take(limit)
-            .read_buf(&mut chunk)
-            .await
-            .map_err(from_broker)?;
-        if n == 0 {
-            return Err(fail(
+    relay
+        .pass_on(
+            frames.get_mut(),
+            client_w,
+            remaining,
+            &mut BytesMut::new(),
+            zero_copy,
+        )
+        .await
+        .map_err(|e| match e {
+            RelayError::Read(e) => from_broker(e),
+            RelayError::ReadClosed(left) => fail(
                 Blame::Upstream,
                 format!(
                     "broker closed the connection inside an answer ({} of {total} bytes forwarded)",
-                    total - remaining
+                    total - left
                 ),
-            ));
-        }
-        client_w
-            .write_all(&chunk)
-            .await
-            .map_err(client_write_error)?;
-        remaining -= n;
-    }
+            ),
+            RelayError::Write(e) => client_write_error(e),
+        })?;
     client_w.flush().await.map_err(client_write_error)?;
     Ok(CutThrough::Streamed(Streamed {
         arrived_at,
@@ -922,37 +892,22 @@ where
         .await
         .map_err(to_broker)?;
     frames.read_buffer_mut().advance(held);
-    let mut remaining = total - held;
-    if let (Some(from), Some(to)) = (frames.get_ref().plain_tcp(), upstream_w.plain_tcp()) {
-        let moved = relay
-            .relay(from, to, remaining)
-            .await
-            .map_err(|e| match e {
-                RelayError::Read(e) if is_hangup(&e) => cut(total - remaining),
-                RelayError::Read(e) => fail(Blame::Client, format!("reading from client: {e}")),
-                RelayError::ReadClosed(left) => cut(total - left),
-                RelayError::Write(e) => to_broker(e),
-            })?;
-        if moved {
-            remaining = 0;
-        }
-    }
-    // No pipe to be had: through user space, a chunk at a time.
-    let mut chunk = BytesMut::with_capacity(CUT_THROUGH_CHUNK_BYTES.min(remaining));
-    while remaining > 0 {
-        chunk.clear();
-        let limit = remaining.min(CUT_THROUGH_CHUNK_BYTES) as u64;
-        let n = (&mut *frames.get_mut())
-            .take(limit)
-            .read_buf(&mut chunk)
-            .await
-            .map_err(|e| fail(Blame::Client, format!("reading from client: {e}")))?;
-        if n == 0 {
-            return Err(cut(total - remaining));
-        }
-        upstream_w.write_all(&chunk).await.map_err(to_broker)?;
-        remaining -= n;
-    }
+    let remaining = total - held;
+    relay
+        .pass_on(
+            frames.get_mut(),
+            upstream_w,
+            remaining,
+            &mut BytesMut::new(),
+            ctx.zero_copy,
+        )
+        .await
+        .map_err(|e| match e {
+            RelayError::Read(e) if is_hangup(&e) => cut(total - remaining),
+            RelayError::Read(e) => fail(Blame::Client, format!("reading from client: {e}")),
+            RelayError::ReadClosed(left) => cut(total - left),
+            RelayError::Write(e) => to_broker(e),
+        })?;
     upstream_w.flush().await.map_err(to_broker)?;
     ctx.metrics.zero_copy_bytes.inc_by(relay.take_moved());
     Ok(true)

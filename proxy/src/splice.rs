@@ -12,12 +12,18 @@
 use std::io;
 use std::os::fd::OwnedFd;
 
+use bytes::BytesMut;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+
+use crate::stream::Side;
 
 /// Bytes moved per splice call: the pipe is asked to hold this much.
 const PIPE_BYTES: usize = 1024 * 1024;
+
+/// Bytes read and written at a time where the bytes go through user space.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 /// A pipe granted less than this is not used: splicing a page at a time
 /// costs more calls than the copies it saves.
@@ -137,6 +143,45 @@ impl Relay {
 }
 
 impl Relay {
+    /// Moves the next `len` bytes from `from` to `to`: in the kernel when
+    /// `zero_copy` allows it, both sides are plain TCP and a pipe can be had;
+    /// else through `scratch`, a chunk at a time. `to` is not flushed.
+    pub async fn pass_on<R, W>(
+        &mut self,
+        from: &mut R,
+        to: &mut W,
+        len: usize,
+        scratch: &mut BytesMut,
+        zero_copy: bool,
+    ) -> Result<(), RelayError>
+    where
+        R: AsyncRead + Side + Unpin,
+        W: AsyncWrite + Side + Unpin,
+    {
+        if let (true, Some(f), Some(t)) = (zero_copy, from.plain_tcp(), to.plain_tcp()) {
+            if self.relay(f, t, len).await? {
+                return Ok(());
+            }
+        }
+        let mut left = len;
+        while left > 0 {
+            scratch.clear();
+            scratch.reserve(left.min(COPY_CHUNK_BYTES));
+            let n = (&mut *from)
+                .take(left.min(COPY_CHUNK_BYTES) as u64)
+                .read_buf(scratch)
+                .await
+                .map_err(RelayError::Read)?;
+            if n == 0 {
+                return Err(RelayError::ReadClosed(left));
+            }
+            to.write_all(scratch).await.map_err(RelayError::Write)?;
+            left -= n;
+        }
+        scratch.clear();
+        Ok(())
+    }
+
     /// Whether a pipe was made (some answer moved in the kernel).
     pub fn has_pipe(&self) -> bool {
         self.pipe.is_some()
