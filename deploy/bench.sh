@@ -41,7 +41,15 @@
 # wrapped in every envelope (the default elsewhere) instead of storing it
 # once in a key topic (encryption.dek.reference: stored, the default here).
 #
-# Env: BENCH_PATHS, BENCH_PAYLOAD, BENCH_DEK_REFERENCE, BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
+# BENCH_BROKERS=3 runs the cluster as three brokers (the harness's second
+# shape) instead of one; the topics keep 6 partitions and replication factor
+# 1, so their leaders spread over the three. It matters for consumers: the
+# Java consumer asks a broker for more only once it has drained everything
+# it buffered from that broker, so with one broker every answer's time in
+# Custos is added to each fetch cycle, while with three it works on one
+# broker's answer while another's is on its way (BENCHMARKS.md, window AS).
+#
+# Env: BENCH_PATHS, BENCH_PAYLOAD, BENCH_DEK_REFERENCE, BENCH_BROKERS (1), BENCH_RECORDS (default 300000), BENCH_RECORD_SIZE (1024),
 #      BENCH_IDLE_CONNS (1000), CUSTOS_BIN (default: target/release/custos,
 #      built if missing).
 set -euo pipefail
@@ -67,6 +75,11 @@ ENC_ADMIN=127.0.0.1:49440
 PATHS="${BENCH_PATHS:-direct proxy authz audit audit-async json enc-value enc-json}"
 PAYLOAD_MODE="${BENCH_PAYLOAD:-random}"
 DEK_REFERENCE="${BENCH_DEK_REFERENCE:-stored}"
+BROKERS="${BENCH_BROKERS:-1}"
+case "$BROKERS" in
+  1|3) ;;
+  *) echo "bench.sh: BENCH_BROKERS must be 1 or 3, not '$BROKERS'" >&2; exit 2 ;;
+esac
 case "$DEK_REFERENCE" in
   stored|inline) ;;
   *) echo "bench.sh: BENCH_DEK_REFERENCE must be stored or inline, not '$DEK_REFERENCE'" >&2; exit 2 ;;
@@ -111,7 +124,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-CUSTOS_KAFKA_PORT_BASE=$KAFKA_PORT_BASE deploy/kafka.sh start --dir "$RUN/kafka" >/dev/null
+CUSTOS_KAFKA_PORT_BASE=$KAFKA_PORT_BASE deploy/kafka.sh start --brokers "$BROKERS" --dir "$RUN/kafka" >/dev/null
 cat > "$RUN/custos.yaml" <<YAML
 listen:
   host: 127.0.0.1
@@ -415,7 +428,7 @@ fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
 echo
-echo "== results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B, payload $PAYLOAD_MODE; paths: $PATHS) =="
+echo "== results (medians of $ROUNDS rounds, $RECORDS records of $SIZE B, payload $PAYLOAD_MODE, $BROKERS broker(s); paths: $PATHS) =="
 if has direct && has proxy; then
   echo "produce records/s: direct $DP, through Custos $PP, ratio of medians $(ratio "$PP" "$DP"), median paired ratio $(paired 3)"
   echo "consume records/s: direct $DC, through Custos $PC, ratio of medians $(ratio "$PC" "$DC"), median paired ratio $(paired 4)"
