@@ -615,10 +615,12 @@ where
             ctx,
             client_w,
             answer,
-            relayed.held,
-            relayed.first_out,
-            arrived_at,
-            total,
+            StreamEnd {
+                held: relayed.held,
+                first_out: relayed.first_out,
+                arrived_at,
+                total,
+            },
         )
         .await;
     }
@@ -643,12 +645,26 @@ where
         ctx,
         client_w,
         answer,
-        streamed.held,
-        streamed.first_out,
-        arrived_at,
-        total,
+        StreamEnd {
+            held: streamed.held,
+            first_out: streamed.first_out,
+            arrived_at,
+            total,
+        },
     )
     .await
+}
+
+/// The end of a streamed Fetch answer, as [`finish_streamed`] needs it.
+struct StreamEnd {
+    /// The answer's last bytes, held back until its audit records are in.
+    held: Bytes,
+    /// When its first bytes went to the client, if any have.
+    first_out: Option<Instant>,
+    /// When its length and correlation id had arrived.
+    arrived_at: Instant,
+    /// Its size, length prefix included.
+    total: usize,
 }
 
 /// Ends a streamed Fetch answer: submits the exchange's audit records (strict
@@ -658,11 +674,14 @@ async fn finish_streamed<W: AsyncWrite + Unpin>(
     ctx: &SessionCtx,
     client_w: &mut W,
     answer: &crate::pipeline::FetchAnswer,
-    held: Bytes,
-    first_out: Option<Instant>,
-    arrived_at: Instant,
-    total: usize,
+    end: StreamEnd,
 ) -> Result<CutThrough, SessionError> {
+    let StreamEnd {
+        held,
+        first_out,
+        arrived_at,
+        total,
+    } = end;
     ctx.metrics.fetch_streamed.inc();
     submit_audit(ctx, &answer.audit, ApiKey::Fetch).await?;
     crate::frame::write_pieces(client_w, std::slice::from_ref(&held))
