@@ -816,7 +816,7 @@ async fn produce_head<R: AsyncRead + Unpin>(
                 return Ok(None);
             }
             let head = &buf[4..buf.len().min(REQUEST_HEAD_MAX_BYTES)];
-            let parsed = if holds_client_id(head) {
+            let parsed = if crate::message::holds_client_id(head) {
                 Request::parse(Bytes::copy_from_slice(head)).ok()
             } else {
                 None
@@ -861,20 +861,6 @@ async fn produce_head<R: AsyncRead + Unpin>(
 /// (request header, transactional id, acks) fits with room to spare unless
 /// its client id is unusually long.
 const HEAD_FIRST_READ_BYTES: usize = 1024;
-
-/// Whether `head` (a request without its length prefix) reaches past its
-/// client id. Decoding a header cut short inside it fails in `kafka-protocol`
-/// with an `anyhow` error, which captures a backtrace when `RUST_BACKTRACE`
-/// is set: tens of microseconds for every partial look at a request.
-fn holds_client_id(head: &[u8]) -> bool {
-    match head.get(8..10) {
-        Some(&[a, b]) => {
-            let len = usize::try_from(i16::from_be_bytes([a, b])).unwrap_or(0);
-            head.len() > 10 + len
-        }
-        _ => false,
-    }
-}
 
 /// Forwards the Produce request `head` describes: what the framer holds of
 /// it, then the rest socket to socket (`splice.rs`). Returns false when the
@@ -1495,21 +1481,6 @@ mod tests {
         drop(client);
         drop(broker);
         let _ = task.await.expect("join");
-    }
-
-    #[test]
-    fn a_head_holds_its_client_id_only_once_past_it() {
-        let mut head = vec![0, 0, 0, 9, 0, 0, 0, 7, 0, 4];
-        head.extend_from_slice(b"perf");
-        for cut in 0..=head.len() {
-            assert!(!holds_client_id(&head[..cut]), "cut at {cut}");
-        }
-        head.push(0);
-        assert!(holds_client_id(&head));
-        // A null client id (length -1) ends at the length itself.
-        let null = [0, 0, 0, 9, 0, 0, 0, 7, 0xff, 0xff, 0];
-        assert!(!holds_client_id(&null[..10]));
-        assert!(holds_client_id(&null));
     }
 
     #[tokio::test]
