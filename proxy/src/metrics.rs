@@ -141,6 +141,8 @@ pub struct Metrics {
     pub fetch_stream_no_room: Counter,
     /// Bytes moved socket to socket in the kernel (`splice.rs`).
     pub zero_copy_bytes: Counter,
+    /// Leader endpoints in answers (KIP-951 hints) pointed at Custos, by api.
+    pub leader_hints: Family<ApiLabel, Counter>,
     /// KMS calls, by KMS, operation and outcome.
     pub kms_calls: Family<KmsLabel, Counter>,
     /// KMS call latency.
@@ -231,6 +233,7 @@ impl Metrics {
         let fetch_streamed = Counter::default();
         let fetch_stream_no_room = Counter::default();
         let zero_copy_bytes = Counter::default();
+        let leader_hints = Family::<ApiLabel, Counter>::default();
         let kms_calls = Family::<KmsLabel, Counter>::default();
         let kms_latency = upstream_histogram();
         let dek_cache_hits = Gauge::default();
@@ -282,6 +285,11 @@ impl Metrics {
             "fetch_streamed",
             "Fetch answers streamed through the stages partition by partition",
             fetch_streamed.clone(),
+        );
+        registry.register(
+            "leader_hints_rewritten",
+            "Leader endpoints in Produce, Fetch and share answers (KIP-951 hints) pointed at Custos, by api",
+            leader_hints.clone(),
         );
         registry.register(
             "fetch_stream_no_room",
@@ -392,6 +400,7 @@ impl Metrics {
             fetch_streamed,
             fetch_stream_no_room,
             zero_copy_bytes,
+            leader_hints,
             kms_calls,
             kms_latency,
             dek_cache_hits,
@@ -423,6 +432,13 @@ impl Metrics {
     /// Counts one request of `key`.
     pub fn request(&self, key: ApiKey) {
         self.requests.get_or_create(self.label(key)).inc();
+    }
+
+    /// Counts `n` leader endpoints of a `key` answer pointed at Custos.
+    pub fn leader_hints(&self, key: ApiKey, n: usize) {
+        self.leader_hints
+            .get_or_create(self.label(key))
+            .inc_by(n as u64);
     }
 
     /// Records the latencies of one request/response exchange.

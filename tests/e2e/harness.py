@@ -469,6 +469,53 @@ def stop_gateway(gw):
 
 
 
+def gateway_metrics(gw) -> str:
+    """The OpenMetrics text of a Custos gateway's admin endpoint."""
+    with urllib.request.urlopen(f"http://{gw.host}:{gw.admin_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric_sum(text: str, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples in OpenMetrics text, only those whose
+    labels contain `labels` (e.g. 'api="Fetch"') when given."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            head, _, value = line.rpartition(" ")
+            if labels in head:
+                total += float(value)
+    return total
+
+
+def tcp_peer_ports(pid: int) -> set:
+    """Remote ports of the established TCP connections process `pid` holds
+    (its socket inodes matched in /proc/net/tcp{,6}); empty once it exited."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    # cols: sl, local, remote, state (01 = ESTABLISHED), ..., inode at 9
+                    if cols[3] == "01" and cols[9] in inodes:
+                        ports.add(int(cols[2].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
 # ------------------------------------------------------------------ Java client
 
 def _java_cmd(args):

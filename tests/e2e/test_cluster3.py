@@ -1,14 +1,18 @@
 """A three-broker cluster behind the gateway: partitions led by different
-brokers are reached through their own gateway addresses, and clients keep
-working while one broker is stopped and restarted."""
+brokers are reached through their own gateway addresses, clients keep
+working while one broker is stopped and restarted, and a leader moved under
+running Java clients is announced to them at its gateway address only."""
+import json
+import subprocess
 import threading
 import time
 
 import pytest
 
-from harness import (KAFKA_PORT_BASE, JavaProc, KafkaCluster, RdProducer, java, java_consume,
-                     java_produce, rd_admin, rd_consume, rd_consumer, rd_create_topic, rd_produce,
-                     start_gateway, stop_gateway, wait_until)
+from harness import (DIRECT, KAFKA_PORT_BASE, KAFKA_SH, JavaProc, KafkaCluster, RdProducer,
+                     gateway_metrics, java, java_consume, java_produce, metric_sum, rd_admin, rd_common,
+                     rd_consume, rd_consumer, rd_create_topic, rd_produce, start_gateway, stop_gateway,
+                     tcp_peer_ports, wait_until)
 from records import (assert_same_records, check_consume_order, check_produce_order, rec_from_json,
                      rec_from_rdkafka, record_headers, record_key, record_value)
 
@@ -171,3 +175,122 @@ def test_broker_restart_while_clients_run(gw3, kafka3, topic_name):
         loop.stop_cons.set()
         for p in procs:
             p.kill()
+
+
+@pytest.mark.skipif(DIRECT, reason="checks the addresses Custos gives clients")
+def test_leader_moved_under_java_clients_is_announced_at_its_gateway_address(gw3, kafka3, topic_name, tmp_path):
+    """KIP-951: after a leadership change, Produce (v10+) and Fetch (v16+)
+    answers name the new leader's host and port, and Java clients connect
+    there at once, without asking Metadata. Fetch answers above
+    limits.fetch_stream_min_bytes pass through Custos as they arrive, records
+    unread, with only their closing tagged fields (where those endpoints are)
+    rewritten. Here a Java consumer gets such a hint inside a ~1 MiB answer
+    and a Java producer in a Produce answer; neither may ever connect to a
+    broker directly, and neither may lose or repeat a record."""
+    from confluent_kafka import ElectionType, Producer, TopicPartition
+
+    direct = kafka3.bootstrap
+    admin = rd_admin(direct)
+    # Both partitions led by broker 1 at first; partition 1 will move to 2.
+    r = subprocess.run([KAFKA_SH, "tool", "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", direct,
+                        "--create", "--topic", topic_name, "--replica-assignment", "1:2:3,1:3:2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def leader(p):
+        return admin.list_topics(topic_name, timeout=10).topics[topic_name].partitions[p].leader
+
+    wait_until(lambda: leader(0) == 1 and leader(1) == 1, 30, "both partitions led by broker 1")
+    # ~2 MB in partition 0, so the consumer's answers from broker 1 stay
+    # near max.partition.fetch.bytes (1 MiB) long after the move.
+    first = {0: 10000, 1: 1000}
+    prod = Producer({**rd_common(direct), "acks": "all", "linger.ms": 20})
+    for p, n in first.items():
+        for i in range(n):
+            prod.produce(topic_name, value=f"{p}-{i}-".encode().ljust(200, b"."), partition=p)
+            if i % 5000 == 4999:
+                prod.flush(30)
+    assert prod.flush(60) == 0
+    del prod
+
+    real_ports = {kafka3.client_port(n) + d for n in range(1, 4) for d in (0, 100)}
+    resume = tmp_path / "resume"
+    moved = 300
+    jcons = JavaProc("consume", "--bootstrap", gw3.bootstrap, "--topic", topic_name,
+                     "--count", sum(first.values()) + moved, "--pause-after", 1, "--resume-file", resume,
+                     "--property", "metadata.max.age.ms=300000", "--timeout-ms", 150000, timeout=170)
+    jprod = None
+    seen = {}
+    stop = threading.Event()
+
+    def watch():
+        # Every peer each Java client has, sampled until the end.
+        while not stop.is_set():
+            for name, proc in (("consumer", jcons), ("producer", jprod)):
+                if proc is not None:
+                    seen.setdefault(name, set()).update(tcp_peer_ports(proc.proc.pid))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        # The consumer holds broker 1's first answer (both partitions), unread.
+        wait_until(lambda: any(o.get("t") == "paused" for o in jcons.snapshot()), 60,
+                   "the consumer to pause with an answer buffered")
+        # A producer that learns partition 1's leader before the move and
+        # keeps sending to it for ~15 s.
+        jprod = JavaProc("produce", "--bootstrap", gw3.bootstrap, "--topic", topic_name, "--partition", 1,
+                         "--count", moved, "--size", 200, "--seed", 9, "--interval-ms", 50, "--idempotent",
+                         "--property", "metadata.max.age.ms=300000", "--timeout-ms", 120000, timeout=140)
+        broker1 = gw3.broker_port_base + 1
+        wait_until(lambda: broker1 in tcp_peer_ports(jprod.proc.pid), 60,
+                   "the producer to connect to broker 1 through Custos")
+        before = gateway_metrics(gw3)
+
+        plan = tmp_path / "move.json"
+        plan.write_text(json.dumps({"version": 1, "partitions": [
+            {"topic": topic_name, "partition": 1, "replicas": [2, 1, 3]}]}))
+        r = subprocess.run([KAFKA_SH, "tool", "org.apache.kafka.tools.reassign.ReassignPartitionsCommand",
+                            "--bootstrap-server", direct, "--reassignment-json-file", str(plan), "--execute"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_until(lambda: admin.list_topics(topic_name, timeout=10).topics[topic_name].partitions[1].replicas
+                   == [2, 1, 3], 30, "partition 1's replicas reordered")
+        elected = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(topic_name, 1)]).result(30)
+        assert all(e is None for e in elected.values()), elected
+        wait_until(lambda: leader(1) == 2, 30, "partition 1 led by broker 2")
+        resume.write_text("go")
+
+        assert jprod.wait(140) == 0, jprod.stderr()
+        assert jcons.wait(170) == 0, jcons.stderr()
+        after = gateway_metrics(gw3)
+    finally:
+        stop.set()
+        watcher.join(5)
+        jcons.kill()
+        if jprod is not None:
+            jprod.kill()
+
+    # Nothing lost, nothing twice.
+    got = jcons.records()
+    offsets = {p: sorted(r.o for r in got if r.p == p) for p in (0, 1)}
+    assert offsets[0] == list(range(first[0])), "partition 0 read whole, once"
+    assert offsets[1] == list(range(first[1] + moved)), "partition 1 read whole across the move, once"
+    assert len(jprod.records()) == moved
+
+    # Both clients reached broker 2 through Custos, and no client ever held a
+    # connection to a broker itself.
+    leaked = {name: ports & real_ports for name, ports in seen.items() if ports & real_ports}
+    assert not leaked, f"Java clients connected to brokers directly: {leaked}"
+    broker2 = gw3.broker_port_base + 2
+    assert broker2 in seen.get("consumer", set()) and broker2 in seen.get("producer", set()), seen
+
+    # The hints reached both clients, rewritten: a Fetch answer carried one
+    # (answers then held ~1 MiB of partition 0: streamed, not read whole), and
+    # a Produce answer did.
+    def delta(name, labels=""):
+        return metric_sum(after, name, labels) - metric_sum(before, name, labels)
+
+    assert delta("custos_leader_hints_rewritten_total", 'api="Fetch"') >= 1, "no Fetch answer named the new leader"
+    assert delta("custos_leader_hints_rewritten_total", 'api="Produce"') >= 1, "no Produce answer named the new leader"
+    assert delta("custos_fetch_streamed_total") >= 1, "no large Fetch answer was streamed"

@@ -47,6 +47,8 @@ import java.io.PrintStream;
 import java.io.FileOutputStream;
 import java.io.FileDescriptor;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Paths;
 import java.security.MessageDigest;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -473,6 +475,11 @@ public final class E2eClient {
         String protocol = a.get("group-protocol", "classic");
         boolean follow = a.flag("follow");
         long extraMs = a.getLong("extra-ms", 0);
+        // --pause-after N --resume-file F: after N records, stop polling until F
+        // exists (what the consumer has buffered stays buffered meanwhile).
+        int pauseAfter = a.getInt("pause-after", 0);
+        String resumeFile = a.get("resume-file", null);
+        if (pauseAfter > 0 && resumeFile == null) throw new IllegalArgumentException("--pause-after needs --resume-file");
         if (follow && group == null) throw new IllegalArgumentException("--follow needs --group");
 
         Properties p = new Properties();
@@ -575,6 +582,12 @@ public final class E2eClient {
                     emit(recJson(r));
                     digest.add(r.partition(), r.offset(), r.timestamp(), r.key(), r.value(), r.headers());
                     got++;
+                }
+                if (pauseAfter > 0 && got >= pauseAfter) {
+                    pauseAfter = 0;
+                    emit(obj("t", "paused", "count", got));
+                    while (!Files.exists(Paths.get(resumeFile)) && remaining() > 0) Thread.sleep(50);
+                    emit(obj("t", "resumed", "count", got));
                 }
             }
             emit(obj("t", "closing", "count", got));

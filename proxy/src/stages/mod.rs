@@ -67,8 +67,9 @@ pub fn registry(deps: &StageDeps) -> Vec<Arc<dyn Stage>> {
             || deps.auditor.enabled()
             || deps.protection.is_some(),
     }));
-    stages.push(Arc::new(rewrite_addresses::RewriteAddresses::new(
-        deps.brokers.clone(),
-    )));
+    stages.push(Arc::new(
+        rewrite_addresses::RewriteAddresses::new(deps.brokers.clone())
+            .with_metrics(deps.metrics.clone()),
+    ));
     stages
 }

@@ -18,6 +18,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::broker_map::BrokerMap;
 use crate::message::Response;
+use crate::metrics::Metrics;
 use crate::pipeline::{Blame, SessionInfo, Stage, StageError};
 use crate::wire::{put_uvarint, Reader};
 
@@ -29,12 +30,29 @@ const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 /// Rewrites broker addresses in responses to proxy addresses.
 pub struct RewriteAddresses {
     brokers: Arc<BrokerMap>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl RewriteAddresses {
     /// A stage rewriting to the addresses of `brokers`.
     pub fn new(brokers: Arc<BrokerMap>) -> Self {
-        Self { brokers }
+        Self {
+            brokers,
+            metrics: None,
+        }
+    }
+
+    /// Counts the leader hints it rewrites in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts `n` leader hints of a `key` answer pointed at Custos.
+    fn count_hints(&self, key: ApiKey, n: usize) {
+        if let (Some(m), true) = (&self.metrics, n > 0) {
+            m.leader_hints(key, n);
+        }
     }
 
     /// Points one broker entry at its proxy address, learning the real one;
@@ -152,6 +170,7 @@ impl Stage for RewriteAddresses {
                     .push(NodeEndpoint::decode(&mut buf, version).map_err(|e| bad(e.to_string()))?);
             }
             endpoints.retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
+            self.count_hints(ApiKey::Fetch, endpoints.len());
             let mut count = Vec::with_capacity(5);
             put_uvarint(&mut count, endpoints.len() as u32 + 1);
             let mut field = bytes::BytesMut::from(&count[..]);
@@ -217,18 +236,26 @@ impl Stage for RewriteAddresses {
                     );
                 }
             }
-            ResponseKind::Produce(p) => p
-                .node_endpoints
-                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
-            ResponseKind::Fetch(f) => f
-                .node_endpoints
-                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
-            ResponseKind::ShareFetch(f) => f
-                .node_endpoints
-                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
-            ResponseKind::ShareAcknowledge(a) => a
-                .node_endpoints
-                .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port)),
+            ResponseKind::Produce(p) => {
+                p.node_endpoints
+                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
+                self.count_hints(ApiKey::Produce, p.node_endpoints.len());
+            }
+            ResponseKind::Fetch(f) => {
+                f.node_endpoints
+                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
+                self.count_hints(ApiKey::Fetch, f.node_endpoints.len());
+            }
+            ResponseKind::ShareFetch(f) => {
+                f.node_endpoints
+                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
+                self.count_hints(ApiKey::ShareFetch, f.node_endpoints.len());
+            }
+            ResponseKind::ShareAcknowledge(a) => {
+                a.node_endpoints
+                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
+                self.count_hints(ApiKey::ShareAcknowledge, a.node_endpoints.len());
+            }
             _ => {}
         }
         Ok(())
@@ -354,7 +381,8 @@ mod tests {
 
     #[tokio::test]
     async fn produce_leader_hints_are_rewritten_and_plain_answers_untouched() {
-        let s = stage(0);
+        let metrics = Arc::new(Metrics::new());
+        let s = stage(0).with_metrics(metrics.clone());
         let hint = ProduceResponse::default().with_node_endpoints(vec![NodeEndpoint::default()
             .with_node_id(BrokerId(0))
             .with_host(StrBytes::from_static_str("kafka.internal"))
@@ -365,6 +393,11 @@ mod tests {
             panic!("not produce");
         };
         assert_eq!(p.node_endpoints[0].host.as_str(), "proxy.example");
+        let text = metrics.encode();
+        assert!(
+            text.contains("custos_leader_hints_rewritten_total{api=\"Produce\"} 1"),
+            "{text}"
+        );
 
         let plain = Response::encode_local(
             ApiKey::Produce,
