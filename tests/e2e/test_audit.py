@@ -8,13 +8,12 @@ import re
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from harness import CUSTOS_BIN, DIRECT, rd_common, rd_create_topic, start_gateway, stop_gateway, wait_until
+from harness import CUSTOS_BIN, DIRECT, gateway_metrics, rd_common, rd_create_topic, start_gateway, stop_gateway, wait_until
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="the audit log is Custos's")
 
@@ -31,8 +30,7 @@ def audit_yaml(d, mode="strict"):
 
 
 def metric(gw, name) -> float:
-    with urllib.request.urlopen(f"http://{gw.host}:{gw.admin_port}/metrics", timeout=5) as r:
-        m = re.search(r"^%s(?:_total)? (\S+)$" % name, r.read().decode(), re.M)
+    m = re.search(r"^%s(?:_total)? (\S+)$" % name, gateway_metrics(gw), re.M)
     return float(m.group(1)) if m else 0.0
 
 

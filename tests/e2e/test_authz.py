@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -19,6 +18,7 @@ from confluent_kafka.admin import NewTopic
 
 from harness import (CUSTOS_BIN, DIRECT, Sec, add_scram_users, java, java_produce, rd_admin, rd_common,
                      start_gateway, stop_gateway, wait_until)
+from harness import gateway_metrics as metrics
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="authorization is Custos's; the test broker has none")
 
@@ -85,11 +85,6 @@ def setup(kafka, tmp_path_factory):
 @pytest.fixture
 def gw(setup):
     return setup[0]
-
-
-def metrics(gw) -> str:
-    with urllib.request.urlopen(f"http://{gw.host}:{gw.admin_port}/metrics", timeout=5) as r:
-        return r.read().decode()
 
 
 def counter(text, name) -> float:

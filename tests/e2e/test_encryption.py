@@ -18,6 +18,7 @@ from confluent_kafka.admin import NewTopic
 
 from harness import (keys_cli, CUSTOS_BIN, DIRECT, PLAIN, Sec, add_scram_users, java, java_consume, java_produce, rd_admin,
                      rd_common, rd_consume, start_gateway, stop_gateway, wait_until)
+from harness import gateway_metrics as metrics
 from records import record_headers, record_key, record_value
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="encryption is Custos's; the broker alone stores plaintext")
@@ -148,11 +149,6 @@ def create(gw, name, partitions=1):
     a = rd_admin(gw.bootstrap, sec("reader"))
     fs = a.create_topics([NewTopic(name, partitions, 1)], operation_timeout=20)
     fs[name].result(30)
-
-
-def metrics(gw) -> str:
-    with urllib.request.urlopen(f"http://{gw.host}:{gw.admin_port}/metrics", timeout=5) as r:
-        return r.read().decode()
 
 
 def rd_produce_values(gw, user, topic, values, key=None, extra=None):
