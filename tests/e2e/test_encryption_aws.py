@@ -5,7 +5,9 @@ only envelopes; a consumer allowed to Decrypt gets the originals. Then the
 KMS goes silent (moto paused: calls hang until Custos's KMS timeout): a
 produce to a protected topic with no cached data key fails with a retriable
 error and nothing reaches the broker; once the KMS answers again, the same
-produce goes through."""
+produce goes through. A gateway with no cached data key withholds encrypted
+records from consumers while the KMS is silent, and delivers them all once
+it answers."""
 import os
 import re
 import time
@@ -14,8 +16,8 @@ import urllib.request
 import pytest
 from confluent_kafka import Producer
 
-from harness import (keys_cli, DIRECT, rd_common, rd_consume, rd_create_topic, start_gateway,
-                     stop_gateway)
+from harness import (keys_cli, DIRECT, gateway_metrics, metric_sum, rd_common, rd_consume, rd_consumer,
+                     rd_create_topic, start_gateway, stop_gateway)
 from moto_server import MotoServer
 
 pytestmark = pytest.mark.skipif(DIRECT, reason="encryption is Custos's")
@@ -27,6 +29,19 @@ permit (principal, action in Action::"All", resource);
 @id("everyone-decrypts")
 permit (principal, action == Action::"Decrypt", resource is Topic);
 '''
+
+
+# Short KMS timeouts and breaker, and whole values of aws.secure.* encrypted.
+VALUES_YAML = ("  kms_calls:\n"
+               "    timeout_ms: 1000\n"
+               "    max_retries: 1\n"
+               "    breaker_threshold: 3\n"
+               "    breaker_cooldown_ms: 1000\n"
+               "  rules:\n"
+               "    - name: aws-values\n"
+               "      topics: {prefix: \"aws.secure.\"}\n"
+               "      kek: alias/custos-e2e\n"
+               "      value: true\n")
 
 
 def gateway_yaml(moto, policies, encryption_rest):
@@ -49,17 +64,7 @@ def setup(kafka, tmp_path_factory):
     policies.write_text(POLICIES)
     g = start_gateway(
         kafka, d / "custos", "custos-enc-aws",
-        extra_yaml=gateway_yaml(moto, policies,
-                                "  kms_calls:\n"
-                                "    timeout_ms: 1000\n"
-                                "    max_retries: 1\n"
-                                "    breaker_threshold: 3\n"
-                                "    breaker_cooldown_ms: 1000\n"
-                                "  rules:\n"
-                                "    - name: aws-values\n"
-                                "      topics: {prefix: \"aws.secure.\"}\n"
-                                "      kek: alias/custos-e2e\n"
-                                "      value: true\n"))
+        extra_yaml=gateway_yaml(moto, policies, VALUES_YAML))
     yield g, moto, arn
     stop_gateway(g)
     moto.stop()
@@ -213,6 +218,47 @@ def test_stored_data_keys_with_aws_kms(setup, kafka, tmp_path):
         assert [r.v for r in rd_consume(gw.bootstrap, topic, 200)] == values
     finally:
         stop_gateway(gw)
+
+
+def test_kms_outage_withholds_encrypted_records_until_it_answers(setup, kafka, tmp_path):
+    """A gateway that has never opened these records' data keys, its KMS
+    silent: a consumer gets none of the records (no plaintext, no mask, no
+    placeholder), only retriable errors, and keeps its place; once the KMS
+    answers again, the same consumer reads every record, byte for byte."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    gw, moto, _ = setup
+    topic = "aws.secure.fetch-outage"
+    rd_create_topic(gw.bootstrap, topic, 1)
+    values = [f"outage-{i}-{'z' * 80}".encode() for i in range(100)]
+    assert produce(gw, topic, values) == (100, {})
+    policies = tmp_path / "policies.cedar"
+    policies.write_text(POLICIES)
+    fresh = start_gateway(kafka, tmp_path / "custos", "custos-enc-aws-fresh",
+                          extra_yaml=gateway_yaml(moto, policies, VALUES_YAML))
+    c = rd_consumer(fresh.bootstrap, extra={"fetch.error.backoff.ms": 200})
+    got = []
+
+    def read_for(seconds, until=None):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and (until is None or len(got) < until):
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                got.append(m.value())
+
+    try:
+        moto.pause()
+        try:
+            c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+            read_for(6)
+            assert got == [], f"{len(got)} records delivered while their data key could not be had"
+            assert metric_sum(gateway_metrics(fresh), "custos_decrypt_failures_total") >= 1
+        finally:
+            moto.resume()
+        read_for(60, until=len(values))
+        assert got == values
+    finally:
+        c.close()
+        stop_gateway(fresh)
 
 
 def test_kms_stopped_refuses_protected_produce(setup, kafka):
