@@ -215,7 +215,7 @@ def test_leader_moved_under_java_clients_is_announced_at_its_gateway_address(gw3
 
     real_ports = {kafka3.client_port(n) + d for n in range(1, 4) for d in (0, 100)}
     resume = tmp_path / "resume"
-    moved = 300
+    moved = 400
     jcons = JavaProc("consume", "--bootstrap", gw3.bootstrap, "--topic", topic_name,
                      "--count", sum(first.values()) + moved, "--pause-after", 1, "--resume-file", resume,
                      "--property", "metadata.max.age.ms=300000", "--timeout-ms", 150000, timeout=170)
@@ -238,7 +238,7 @@ def test_leader_moved_under_java_clients_is_announced_at_its_gateway_address(gw3
         wait_until(lambda: any(o.get("t") == "paused" for o in jcons.snapshot()), 60,
                    "the consumer to pause with an answer buffered")
         # A producer that learns partition 1's leader before the move and
-        # keeps sending to it for ~15 s.
+        # keeps sending to it for ~20 s.
         jprod = JavaProc("produce", "--bootstrap", gw3.bootstrap, "--topic", topic_name, "--partition", 1,
                          "--count", moved, "--size", 200, "--seed", 9, "--interval-ms", 50, "--idempotent",
                          "--property", "metadata.max.age.ms=300000", "--timeout-ms", 120000, timeout=140)
