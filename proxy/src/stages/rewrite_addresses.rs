@@ -144,6 +144,7 @@ impl Stage for RewriteAddresses {
         let mut out = Vec::with_capacity(tail.len());
         put_uvarint(&mut out, count);
         let mut changed = false;
+        let mut hints = 0;
         for _ in 0..count {
             let tag = r.uvarint("tag").map_err(|e| bad(e.to_string()))?;
             let size = r.uvarint("tag size").map_err(|e| bad(e.to_string()))? as usize;
@@ -170,7 +171,7 @@ impl Stage for RewriteAddresses {
                     .push(NodeEndpoint::decode(&mut buf, version).map_err(|e| bad(e.to_string()))?);
             }
             endpoints.retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
-            self.count_hints(ApiKey::Fetch, endpoints.len());
+            hints += endpoints.len();
             let mut count = Vec::with_capacity(5);
             put_uvarint(&mut count, endpoints.len() as u32 + 1);
             let mut field = bytes::BytesMut::from(&count[..]);
@@ -183,6 +184,11 @@ impl Stage for RewriteAddresses {
             changed = true;
         }
         out.extend_from_slice(&tail[r.position()..]);
+        // Counted only if they will reach the client: a rewritten tail that
+        // no longer fits the answer's length is dropped for padding.
+        if hints > 0 && crate::wire::pad_tagged_fields(&out, tail.len()).is_some() {
+            self.count_hints(ApiKey::Fetch, hints);
+        }
         Ok(changed.then_some(out))
     }
 
@@ -409,6 +415,49 @@ mod tests {
         let mut r = Response::parse(plain.clone(), ApiKey::Produce, 11).expect("parse");
         s.on_response(&session(), &mut r).await.expect("stage");
         assert_eq!(r.into_bytes().expect("bytes").as_ptr(), plain.as_ptr());
+    }
+
+    /// A Fetch answer's closing tagged fields holding one leader endpoint.
+    fn fetch_tail(host: &'static str) -> Vec<u8> {
+        let endpoint = kafka_protocol::messages::fetch_response::NodeEndpoint::default()
+            .with_node_id(BrokerId(0))
+            .with_host(StrBytes::from_static_str(host))
+            .with_port(9092);
+        let mut field = bytes::BytesMut::new();
+        field.extend_from_slice(&[2]); // compact array of one
+        endpoint.encode(&mut field, 17).expect("encode");
+        let mut tail = vec![1, 0]; // one tagged field, tag 0
+        put_uvarint(&mut tail, field.len() as u32);
+        tail.extend_from_slice(&field);
+        tail
+    }
+
+    #[test]
+    fn streamed_fetch_hints_are_counted_only_when_they_fit() {
+        let metrics = Arc::new(Metrics::new());
+        let s = stage(0).with_metrics(metrics.clone());
+        let fetch_hints = |m: &Metrics| {
+            let text = m.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("custos_leader_hints_rewritten_total{api=\"Fetch\"} "))
+                .map_or(0, |v| v.parse::<u64>().expect("count"))
+        };
+        // "proxy.example" fits where "kafka.internal.example" was.
+        let long = fetch_tail("kafka.internal.example");
+        let out = s
+            .on_fetch_tail(17, &long)
+            .expect("tail")
+            .expect("rewritten");
+        assert!(crate::wire::pad_tagged_fields(&out, long.len()).is_some());
+        assert_eq!(fetch_hints(&metrics), 1);
+        // It does not fit where "k" was: the stream drops it, so it is not counted.
+        let short = fetch_tail("k");
+        let out = s
+            .on_fetch_tail(17, &short)
+            .expect("tail")
+            .expect("rewritten");
+        assert!(crate::wire::pad_tagged_fields(&out, short.len()).is_none());
+        assert_eq!(fetch_hints(&metrics), 1);
     }
 
     #[tokio::test]
