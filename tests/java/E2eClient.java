@@ -21,6 +21,8 @@
 //            [--isolation read_committed|read_uncommitted] [--extra-ms MS]
 //            [--follow]   (group member that runs until "quit" or EOF on stdin; prints
 //                          {"t":"assignment","partitions":[...]} on every change)
+//            [--pause-after N --resume-file F]  (after N records, prints {"t":"paused"} and
+//                          stops polling until file F exists, its buffered records kept)
 //   share-consume --bootstrap B --topic T --group G --count N [--extra-ms MS]
 //            [--reset earliest|latest|by_duration:PnDTnHnMn.nS] [--ack-mode implicit|explicit]
 //            KIP-932 share group member (KafkaShareConsumer; the broker needs the feature
