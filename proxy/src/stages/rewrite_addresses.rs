@@ -213,7 +213,14 @@ impl Stage for RewriteAddresses {
         if !has_endpoints {
             return Ok(());
         }
-        let version = response.api_version;
+        let (key, version) = (response.api_key, response.api_version);
+        // Leader hints (KIP-951) pointed at Custos: the ones kept are counted.
+        macro_rules! point_hints {
+            ($endpoints:expr) => {{
+                $endpoints.retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
+                self.count_hints(key, $endpoints.len());
+            }};
+        }
         match response.body_mut().map_err(codec)? {
             ResponseKind::Metadata(m) => m
                 .brokers
@@ -242,26 +249,10 @@ impl Stage for RewriteAddresses {
                     );
                 }
             }
-            ResponseKind::Produce(p) => {
-                p.node_endpoints
-                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
-                self.count_hints(ApiKey::Produce, p.node_endpoints.len());
-            }
-            ResponseKind::Fetch(f) => {
-                f.node_endpoints
-                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
-                self.count_hints(ApiKey::Fetch, f.node_endpoints.len());
-            }
-            ResponseKind::ShareFetch(f) => {
-                f.node_endpoints
-                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
-                self.count_hints(ApiKey::ShareFetch, f.node_endpoints.len());
-            }
-            ResponseKind::ShareAcknowledge(a) => {
-                a.node_endpoints
-                    .retain_mut(|n| self.rewrite(n.node_id, &mut n.host, &mut n.port));
-                self.count_hints(ApiKey::ShareAcknowledge, a.node_endpoints.len());
-            }
+            ResponseKind::Produce(p) => point_hints!(p.node_endpoints),
+            ResponseKind::Fetch(f) => point_hints!(f.node_endpoints),
+            ResponseKind::ShareFetch(f) => point_hints!(f.node_endpoints),
+            ResponseKind::ShareAcknowledge(a) => point_hints!(a.node_endpoints),
             _ => {}
         }
         Ok(())
